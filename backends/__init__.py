@@ -1,0 +1,1 @@
+"""Backends: one module per family, each registered under the `harness.backends` entry points."""

@@ -1,0 +1,225 @@
+"""Torch backend on cpu and cuda: the reference model, run as fast as torch allows.
+
+On CUDA one eager decode step of a 1B model costs ~13 ms of kernel-launch overhead
+against <1 ms of memory traffic (../shared/anchors/h100.md): without a CUDA graph the
+number measures Python. So each decode step -- forward, argmax, cache write, position
+and output bookkeeping -- is captured once per batch size in one CUDA graph, and decode
+is n graph replays with no host synchronisation in between.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import os
+import platform
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from backends.base import Backend, BackendError, DecodeResult, LoadInfo
+from workloads.models import build_model, decode_step
+from workloads.models.llama import KVCache, Transformer
+from workloads.zoo import ModelSpec
+
+
+@dataclass
+class TorchOptions:
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    threads: int | None = None  # CPU intra-op threads; default: torch's choice
+    cuda_graphs: bool = True  # capture the decode step (cuda only)
+    compile: bool = False  # torch.compile (inductor, default mode) the decode step first;
+    # check each batch size against the uncompiled path: on an H100 inductor made
+    # batch 64 fourteen times slower.
+
+
+@dataclass
+class _State:
+    next_token: torch.Tensor  # [B, 1] on device
+    pos: int  # position of next_token
+
+
+class _CapturedDecode:
+    """One decode step in a CUDA graph over static buffers: reads tok/pos, writes the
+    argmax into out[:, step] and advances tok, pos and step, all on the device."""
+
+    def __init__(self, model: Transformer, step_fn, batch: int, max_new: int, device):
+        self.tok = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.step = torch.zeros(1, dtype=torch.long, device=device)
+        self.out = torch.zeros(batch, max_new, dtype=torch.long, device=device)
+
+        def body():
+            nxt = step_fn(model, self.tok, self.pos).argmax(-1, keepdim=True)
+            self.out.index_copy_(1, self.step, nxt)
+            self.tok.copy_(nxt)
+            self.pos.add_(1)
+            self.step.add_(1)
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside capture, as CUDA graphs require
+            for _ in range(3):
+                self.step.zero_()
+                body()
+        torch.cuda.current_stream().wait_stream(side)
+        self.step.zero_()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            body()
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    Options = TorchOptions
+    dtypes = ("fp32", "bf16", "fp16")
+
+    def __init__(self, options: TorchOptions):
+        super().__init__(options)
+        self.device = torch.device(options.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise BackendError(f"device {options.device!r} asked for, but this torch ({torch.__version__}) "
+                               "sees no CUDA device")
+        if self.device.type not in ("cpu", "cuda"):
+            raise BackendError(f"torch backend runs on cpu or cuda, not {options.device!r}")
+        if options.threads:
+            torch.set_num_threads(options.threads)
+        self.model: Transformer | None = None
+        self._caches: dict[int, list[KVCache]] = {}
+        self._graphs: dict[int, _CapturedDecode] = {}
+        self._step_fn = decode_step
+        self._max_new = 0
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def weights_device(self) -> str:
+        return str(self.device)
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"backend": self.name, "torch": torch.__version__, "device": str(self.device),
+                                "threads": torch.get_num_threads()}
+        if self.is_cuda:
+            p = torch.cuda.get_device_properties(self.device)
+            info.update(gpu=p.name, gpu_memory_bytes=p.total_memory, cuda=torch.version.cuda,
+                        capability=f"{p.major}.{p.minor}", sm_count=p.multi_processor_count)
+        else:
+            info.update(cpu=platform.processor() or platform.machine(), mkldnn=torch.backends.mkldnn.is_available())
+        return info
+
+    def load(self, spec: ModelSpec, dtype: str, max_batch: int, max_seq: int) -> LoadInfo:
+        t0 = time.perf_counter()
+        self.model = build_model(spec, dtype, self.device)
+        self.model.setup_cache(max_batch, max_seq)
+        self._caches = {max_batch: self.model.get_caches()}
+        self._max_new = max_seq
+        self.synchronize()
+        load_s = time.perf_counter() - t0
+        compile_s = 0.0
+        if self.options.compile:
+            t1 = time.perf_counter()
+            self._step_fn = torch.compile(decode_step, mode="default", fullgraph=True, dynamic=False)
+            compile_s = time.perf_counter() - t1  # lazy: the real cost lands in prepare()
+        return LoadInfo(load_s=load_s, compile_s=compile_s,
+                        details={"weights": "checkpoint" if spec.checkpoint else f"random(seed={spec.seed})"})
+
+    def prepare(self, batch: int) -> float:
+        t0 = time.perf_counter()
+        self._use_batch(batch)
+        if self.is_cuda and self.options.cuda_graphs and batch not in self._graphs:
+            with torch.inference_mode():
+                self._graphs[batch] = _CapturedDecode(self.model, self._step_fn, batch, self._max_new, self.device)
+        elif self.options.compile and not self.is_cuda:
+            with torch.inference_mode():  # trigger compilation outside the timed window
+                tok = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
+                self._step_fn(self.model, tok, torch.zeros(1, dtype=torch.long, device=self.device))
+        self.synchronize()
+        return time.perf_counter() - t0
+
+    def _use_batch(self, batch: int) -> None:
+        if batch not in self._caches:
+            self._caches[batch] = self.model.new_caches(batch)
+        if self.model.max_batch != batch:
+            self.model.set_caches(self._caches[batch])
+
+    @torch.inference_mode()
+    def prefill(self, token_ids: np.ndarray) -> _State:
+        tokens = torch.from_numpy(np.ascontiguousarray(token_ids)).to(self.device, non_blocking=True)
+        self._use_batch(tokens.shape[0])
+        pos = torch.arange(tokens.shape[1], device=self.device)
+        logits = self.model(tokens, pos, prefill=True, last_only=True)
+        return _State(logits[:, -1].argmax(-1, keepdim=True), tokens.shape[1])
+
+    @torch.inference_mode()
+    def decode(self, state: _State, n: int) -> DecodeResult:
+        batch = state.next_token.shape[0]
+        if state.pos + n > self.model.max_seq:
+            raise BackendError(f"decode to position {state.pos + n} exceeds the cache ({self.model.max_seq})")
+        graph = self._graphs.get(batch) if self.is_cuda else None
+        if graph is not None:
+            return self._decode_graph(graph, state, n)
+        out = torch.empty(batch, n, dtype=torch.long, device=self.device)
+        tok, pos = state.next_token, torch.tensor([state.pos], device=self.device)
+        times = []
+        t0 = time.perf_counter()
+        for i in range(n):
+            tok = self._step_fn(self.model, tok, pos).argmax(-1, keepdim=True)
+            out[:, i : i + 1] = tok
+            pos += 1
+            if not self.is_cuda:  # on cpu a step is done when it returns
+                times.append(time.perf_counter() - t0)
+        return DecodeResult(out.cpu().numpy(), times or None)
+
+    def _decode_graph(self, g: _CapturedDecode, state: _State, n: int) -> DecodeResult:
+        g.tok.copy_(state.next_token)
+        g.pos.fill_(state.pos)
+        g.step.zero_()
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(n + 1)]
+        events[0].record()
+        for i in range(n):
+            g.graph.replay()
+            events[i + 1].record()
+        events[-1].synchronize()
+        times = [events[0].elapsed_time(e) / 1e3 for e in events[1:]]
+        return DecodeResult(g.out[:, :n].cpu().numpy(), times)
+
+    def synchronize(self) -> None:
+        if self.is_cuda:
+            torch.cuda.synchronize(self.device)
+
+    def meters(self) -> list[dict[str, Any]]:
+        if self.is_cuda:
+            return [{"type": "nvml", "index": self.device.index or 0}]
+        return [{"type": "rapl"}]
+
+    def memory(self) -> dict[str, int]:
+        """Peak device memory since the last call (cuda), for the cell's record."""
+        if not self.is_cuda:
+            return {}
+        peak = torch.cuda.max_memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return {"device_peak_bytes": int(peak)}
+
+    @torch.inference_mode()
+    def logits(self, token_ids: np.ndarray, n_prefill: int) -> np.ndarray:
+        tokens = torch.from_numpy(np.ascontiguousarray(token_ids)).to(self.device)
+        B, T = tokens.shape
+        saved = self.model.get_caches()
+        self.model.set_caches(self.model.new_caches(B))
+        try:
+            pos = torch.arange(n_prefill, device=self.device)
+            out = [self.model(tokens[:, :n_prefill], pos, prefill=True)]
+            for t in range(n_prefill, T):
+                out.append(self.model(tokens[:, t : t + 1], torch.tensor([t], device=self.device), prefill=False))
+            return torch.cat(out, dim=1).float().cpu().numpy()
+        finally:
+            self.model.set_caches(saved)
+
+    def close(self) -> None:
+        self.model = None
+        self._caches.clear()
+        self._graphs.clear()
+        if self.is_cuda:
+            torch.cuda.empty_cache()
+

@@ -1,0 +1,157 @@
+"""`harness` command line: run | report | compare | verify | calibrate | env | list."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+import sys
+import time
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """A mistake in what the user asked: printed as one clear message, no traceback."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    from harness.config import ConfigError
+    from harness.registry import RegistryError
+    from harness.results import ResultsError
+
+    try:
+        return args.func(args) or 0
+    except (UserError, ConfigError, RegistryError, ResultsError) as e:
+        print(f"error: {e}" if not isinstance(e, ConfigError) else f"error: invalid suite:\n{e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are saved; `harness run --resume RUN_DIR` runs the rest", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description="Benchmark LLM inference on pluggable accelerator backends.")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run a suite (default: the CPU smoke suite)")
+    r.add_argument("suite", nargs="?", help="suite YAML file or shipped suite name (smoke, standard, procurement)")
+    r.add_argument("--name", help="run folder name under the output folder (default: timestamp-suite)")
+    r.add_argument("--output", help="output folder (default: the suite's `output`, results/)")
+    r.add_argument("--resume", metavar="RUN_DIR", help="run only the cells of RUN_DIR that have no result")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    rep = sub.add_parser("report", help="print the table of one or more run folders")
+    rep.add_argument("runs", nargs="+")
+    rep.set_defaults(func=cmd_report)
+
+    e = sub.add_parser("env", help="print this machine's inventory")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_env)
+
+    ls = sub.add_parser("list", help="list models, backends and suites")
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def cmd_run(args) -> int:
+    from harness.config import load_plan, resolve_suite_path
+    from harness.results import load_run, safe_run_dir
+    from harness.runner import new_run_id, run_plan
+
+    t0 = time.time()
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "suite.yaml").exists():
+            raise UserError(f"{run_dir}: not a resumable run folder (no suite.yaml)")
+        plan = load_plan(run_dir / "suite.yaml")
+        plan.source = str(run_dir / "suite.yaml")
+        run_plan(plan, run_dir=run_dir, quiet=args.quiet, resume=True)
+    else:
+        path = resolve_suite_path(args.suite)
+        plan = load_plan(path)
+        if args.output:
+            plan.suite.output = args.output
+        run_dir = safe_run_dir(plan.suite.output, args.name or new_run_id(plan.suite.name))
+        if run_dir.exists() and (run_dir / "run.json").exists():
+            raise UserError(f"{run_dir} already holds a run; pick another --name or use --resume {run_dir}")
+        run_plan(plan, run_dir=run_dir, quiet=args.quiet)
+    _, records = load_run(run_dir)
+    _print_records(records, title=f"{plan.suite.name}: {run_dir}")
+    failed = sum(r.get("status") == "failed" for r in records)
+    invalid = sum(r.get("status") == "invalid" for r in records)
+    print(f"{len(records)} cells ({failed} failed, {invalid} invalid) in {time.time() - t0:.1f} s; results in {run_dir}")
+    return 1 if failed == len(records) and records else 0
+
+
+def _print_records(records, title=None) -> None:
+    from harness.report.table import bench_rows, print_table
+
+    order = {r["cell_id"]: i for i, r in enumerate(records)}
+    print_table(bench_rows(sorted(records, key=lambda r: order[r["cell_id"]])), title=title)
+
+
+def cmd_report(args) -> int:
+    from harness.results import load_run
+
+    for run in args.runs:
+        meta, records = load_run(run)
+        _print_records(records, title=f"{meta.get('suite')}: {run}")
+    return 0
+
+
+def cmd_env(args) -> int:
+    from harness.inventory import inventory
+
+    inv = inventory()
+    if args.json:
+        print(json.dumps(inv, indent=2))
+        return 0
+    print(f"host      {inv['hostname']}  ({inv['os']})")
+    c = inv["cpu"]
+    print(f"cpu       {c['model']}: {c['physical_cores']} cores, {c['logical_cores']} threads, {c['affinity']} usable")
+    print(f"memory    {inv['memory_bytes'] / 2**30:.1f} GiB")
+    for g in inv["gpus"] or [None]:
+        print("gpu       " + (f"{g['index']}: {g['name']}, {g['memory_bytes'] / 2**30:.0f} GiB, driver {g['driver']}"
+                             if g else "none visible through NVML"))
+    print(f"python    {inv['python']}")
+    for k, v in inv["packages"].items():
+        print(f"  {k:<22} {v}")
+    print(f"git       {inv['git_commit'] or 'unknown'}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from harness.config import SUITES_DIR
+    from harness.registry import RegistryError, backend_entry_points, load_backend_class
+    from workloads.zoo import DTYPE_BYTES, ZOO
+
+    print("models (weights per dtype):")
+    print(f"  {'name':<15} {'params':>10} " + " ".join(f"{d:>9}" for d in DTYPE_BYTES))
+    for name, a in ZOO.items():
+        sizes = " ".join(f"{a.weight_bytes(d) / 1e9:8.3f}G" if a.weight_bytes(d) >= 1e8 else f"{a.weight_bytes(d) / 1e6:8.2f}M"
+                         for d in DTYPE_BYTES)
+        print(f"  {name:<15} {a.param_count() / 1e6:9.1f}M {sizes}")
+    print("backends:")
+    for name, target in sorted(backend_entry_points().items()):
+        try:
+            cls = load_backend_class(name)
+            extra = ""
+            if hasattr(cls, "available_providers"):
+                extra = f"; providers here: {', '.join(cls.available_providers())}"
+            print(f"  {name:<15} {target}  dtypes: {', '.join(cls.dtypes)}{extra}")
+        except RegistryError as e:
+            print(f"  {name:<15} {target}  (not usable here: {e})")
+    print("suites:")
+    for f in sorted(SUITES_DIR.glob("*.yaml")):
+        print(f"  {f.stem:<15} {f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

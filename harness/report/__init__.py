@@ -1,0 +1,1 @@
+"""Tables and documents built from result folders only."""

@@ -1,0 +1,126 @@
+"""Result files: one folder per run, one JSON line per cell, loaders into pandas.
+
+results/<run-id>/
+  run.json          inventory, harness version, git commit, resolved config, status
+  results.jsonl     one record per finished cell (ok, failed or invalid)
+  timelines/        power and telemetry per cell (CSV)
+  logs/             each worker's stderr
+
+Only the parent process appends to results.jsonl, one whole line per write(), flushed
+and fsynced: a kill -9 can at worst leave a partial last line, which loaders skip.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+import re
+from typing import Any, Iterable
+
+SCHEMA_VERSION = 1
+_RUN_ID_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class ResultsError(ValueError):
+    pass
+
+
+def safe_run_dir(output: str | Path, run_id: str) -> Path:
+    """results/<run_id>, refusing names that could escape the results folder."""
+    if not _RUN_ID_OK.match(run_id) or ".." in run_id:
+        raise ResultsError(f"run name {run_id!r}: expected letters, digits, '.', '_' or '-' "
+                           "(no path separators), at most 128 characters")
+    return Path(output) / run_id
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def append_record(path: Path, record: dict) -> None:
+    line = (json.dumps(record, default=_json_default) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _json_default(o):
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:
+        pass
+    return str(o)
+
+
+def read_records(path: Path) -> list[dict]:
+    """Every complete record; a torn last line (a killed writer) is skipped."""
+    if not path.exists():
+        return []
+    out = []
+    for raw in path.read_text().splitlines():
+        raw = raw.strip()
+        if not raw:
+            continue
+        try:
+            out.append(json.loads(raw))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def load_run(run_dir: str | Path) -> tuple[dict, list[dict]]:
+    """run.json and the cell records of one run folder (read, never executed)."""
+    run_dir = Path(run_dir)
+    meta_path = run_dir / "run.json"
+    if not meta_path.exists():
+        raise ResultsError(f"{run_dir}: not a run folder (no run.json)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{meta_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    records = read_records(run_dir / "results.jsonl")
+    # A resumed run may hold a failed attempt and a later success of one cell: keep the last.
+    latest: dict[str, dict] = {}
+    for r in records:
+        latest[r["cell_id"]] = r
+    return meta, list(latest.values())
+
+
+def records_frame(run_dirs: Iterable[str | Path]):
+    """One row per cell across runs, with flat metric columns (pandas)."""
+    import pandas as pd
+
+    rows = []
+    for d in run_dirs:
+        meta, records = load_run(d)
+        for r in records:
+            rows.append(flatten_record(r, run_id=meta.get("run_id", Path(d).name)))
+    return pd.DataFrame(rows)
+
+
+def flatten_record(r: dict, run_id: str = "") -> dict:
+    row = {k: r.get(k) for k in ("cell_id", "backend", "backend_type", "device", "model", "params", "dtype",
+                                 "batch", "prompt_len", "gen_len", "scenario", "status", "valid")}
+    row["run_id"] = run_id
+    for name, m in (r.get("metrics") or {}).items():
+        if isinstance(m, dict):
+            for stat in ("mean", "sd", "median", "n"):
+                if stat in m:
+                    row[f"{name}_{stat}"] = m[stat]
+    acc = r.get("accuracy") or {}
+    row["accuracy"] = acc.get("status")
+    row["error"] = (r.get("error") or {}).get("message")
+    return row

@@ -1,0 +1,265 @@
+"""Expand a plan into cells, run them in worker processes, write results as they finish.
+
+Each (backend, model, dtype) group runs in its own worker process (harness.worker), so
+a segfault in a vendor library, an out-of-memory kill or a hang costs one cell: the
+runner records it as failed, with the reason, and starts a fresh worker for the rest.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+import datetime as dt
+import json
+import os
+from pathlib import Path
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from harness.config import Cell, Plan, load_plan
+from harness.inventory import inventory
+from harness.results import append_record, load_run, safe_run_dir, write_json_atomic
+
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+POLL_S = 0.05
+
+
+def new_run_id(suite_name: str) -> str:
+    return f"{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{suite_name}"
+
+
+class Progress:
+    """Shown while cells run (rich, on stderr); silent when not a terminal and quiet=True."""
+
+    def __init__(self, total: int, quiet: bool = False):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, \
+            TimeElapsedColumn
+
+        self.console = Console(stderr=True, quiet=quiet)
+        self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=self.console, transient=False)
+        self.task = self.bar.add_task("starting", total=total)
+
+    def __enter__(self):
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+
+    def describe(self, text: str) -> None:
+        self.bar.update(self.task, description=text)
+
+    def advance(self, record: dict) -> None:
+        self.bar.advance(self.task)
+        if record.get("status") == "failed":
+            self.console.print(f"[red]failed[/red] {record['cell_id']}: {record['error']['message'].splitlines()[0]}")
+
+
+def run_plan(plan: Plan, run_dir: Path | None = None, run_id: str | None = None, quiet: bool = False,
+             resume: bool = False) -> Path:
+    suite = plan.suite
+    if run_dir is None:
+        run_dir = safe_run_dir(suite.output, run_id or new_run_id(suite.name))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "logs").mkdir(exist_ok=True)
+    results_path = run_dir / "results.jsonl"
+    done: set[str] = set()
+    if resume:
+        _, records = load_run(run_dir)
+        done = {r["cell_id"] for r in records}
+        meta = json.loads((run_dir / "run.json").read_text())
+    else:
+        shutil.copyfile(plan.source, run_dir / "suite.yaml")
+        meta = {"run_id": run_dir.name, "suite": suite.name, "suite_file": plan.source,
+                "harness_version": _version(), "started_at": time.time(), "status": "running",
+                "config": asdict(suite), "cells": [c.id for c in plan.cells], "inventory": inventory()}
+    meta["status"] = "running"
+    meta.setdefault("attempts", []).append({"started_at": time.time(), "resume": resume})
+    write_json_atomic(run_dir / "run.json", meta)
+
+    todo = [c for c in plan.cells if c.id not in done]
+    status = "complete"
+    try:
+        with Progress(len(plan.cells), quiet=quiet) as progress:
+            progress.bar.update(progress.task, completed=len(plan.cells) - len(todo))
+            for group, cells in _groups(todo).items():
+                _run_group(plan, group, cells, run_dir, results_path, progress)
+    except KeyboardInterrupt:
+        status = "interrupted"
+    finally:
+        meta["status"] = status
+        meta["finished_at"] = time.time()
+        write_json_atomic(run_dir / "run.json", meta)
+    if status == "interrupted":
+        raise KeyboardInterrupt
+    return run_dir
+
+
+def _groups(cells: list[Cell]) -> dict:
+    out: dict = {}
+    for c in cells:
+        out.setdefault(c.group, []).append(c)
+    return out
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("accel-harness")
+    except Exception:  # noqa: BLE001 - running from a source tree
+        from harness import __version__
+
+        return __version__
+
+
+def _job(plan: Plan, cells: list[Cell], run_dir: Path) -> dict:
+    s = plan.suite
+    b = plan.backend(cells[0].backend)
+    w = plan.workload(cells[0])
+    from harness.registry import load_backend_class
+    from harness.config import options_from_dict
+
+    cls = load_backend_class(b.type)
+    device = cls.device_of(options_from_dict(cls.Options, b.options))
+    return {"backend": {"name": b.name, "type": b.type, "options": b.options}, "device": device,
+            "model": cells[0].model, "dtype": cells[0].dtype, "checkpoint": w.checkpoint,
+            "seed": w.seed if w.seed is not None else s.seed, "warmup": s.warmup, "repetitions": s.repetitions,
+            "energy": asdict(s.energy), "accuracy": asdict(s.accuracy), "meters": s.meters,
+            "run_dir": str(run_dir),
+            "cells": [dict(asdict(c), id=c.id) for c in cells]}
+
+
+def _run_group(plan: Plan, group, cells: list[Cell], run_dir: Path, results_path: Path, progress: Progress) -> None:
+    remaining = list(cells)
+    timeout = plan.suite.timeout_s
+    slug = "_".join(group)
+    while remaining:
+        job_path = run_dir / "logs" / f".{slug}.job.json"
+        events_path = run_dir / "logs" / f".{slug}.events.jsonl"
+        write_json_atomic(job_path, _job(plan, remaining, run_dir))
+        events_path.unlink(missing_ok=True)
+        log = open(run_dir / "logs" / f"{slug}.log", "ab")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")])))
+        proc = subprocess.Popen([sys.executable, "-m", "harness.worker", str(job_path), str(events_path)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)  # own process group: a kill takes its children too
+        try:
+            remaining = _watch(proc, events_path, remaining, timeout, results_path, progress, run_dir / "logs" / f"{slug}.log")
+        except KeyboardInterrupt:
+            _kill(proc)
+            raise
+        finally:
+            log.close()
+
+
+def _watch(proc, events_path: Path, remaining: list[Cell], timeout: float, results_path: Path,
+           progress: Progress, log_path: Path) -> list[Cell]:
+    """Follow one worker; return the cells still to run (after a crash or timeout)."""
+    by_id = {c.id: c for c in remaining}
+    pending = list(remaining)
+    offset = 0
+    current, since = None, time.monotonic()
+    phase = "loading"
+    progress.describe(f"loading {remaining[0].backend} {remaining[0].model} {remaining[0].dtype}")
+    buf = b""
+    while True:
+        exited = proc.poll() is not None
+        if events_path.exists():
+            with open(events_path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            offset += len(chunk)
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                ev = json.loads(raw)
+                kind = ev["event"]
+                if kind == "loaded":
+                    phase = "loaded"
+                elif kind == "load_failed":
+                    for c in pending:
+                        _record(results_path, progress, _failed(c, "load", ev["message"], ev.get("trace")))
+                    _kill(proc)
+                    return []
+                elif kind == "start":
+                    current, since = by_id[ev["cell_id"]], time.monotonic()
+                    progress.describe(_cell_label(current))
+                elif kind == "done":
+                    _record(results_path, progress, ev["record"])
+                    pending = [c for c in pending if c.id != ev["cell_id"]]
+                    current = None
+        if not pending:
+            proc.wait()
+            return []
+        if exited:
+            reason = _exit_reason(proc.returncode, log_path)
+            victim = current or pending[0]
+            where = "while loading the model" if phase == "loading" else "during the cell"
+            _record(results_path, progress, _failed(victim, "crash", f"worker {reason} {where}"))
+            return [c for c in pending if c.id != victim.id]
+        if time.monotonic() - since > timeout:
+            _kill(proc)
+            victim = current or pending[0]
+            what = "cell" if current else "model load"
+            _record(results_path, progress, _failed(victim, "timeout", f"{what} ran past timeout_s={timeout:g}"))
+            return [c for c in pending if c.id != victim.id]
+        time.sleep(POLL_S)
+
+
+def _cell_label(c: Cell) -> str:
+    return f"{c.backend} {c.model} {c.dtype} b{c.batch} pp{c.prompt_len} tg{c.gen_len}"
+
+
+def _record(results_path: Path, progress: Progress, record: dict) -> None:
+    append_record(results_path, record)
+    progress.advance(record)
+
+
+def _failed(cell: Cell, kind: str, message: str, trace: str | None = None) -> dict:
+    r = {"cell_id": cell.id, "backend": cell.backend, "backend_type": cell.backend_type, "model": cell.model,
+         "dtype": cell.dtype, "precision": cell.dtype, "batch": cell.batch, "prompt_len": cell.prompt_len,
+         "gen_len": cell.gen_len, "scenario": cell.scenario, "status": "failed", "valid": False,
+         "error": {"kind": kind, "message": message}}
+    if trace:
+        r["error"]["trace"] = trace
+    return r
+
+
+def _exit_reason(rc: int, log_path: Path) -> str:
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        hint = " (killed: out of memory?)" if -rc == signal.SIGKILL else ""
+        reason = f"died of {name}{hint}"
+    else:
+        reason = f"exited with status {rc}"
+    tail = _log_tail(log_path)
+    return f"{reason}; last log lines: {tail}" if tail else reason
+
+
+def _log_tail(path: Path, n: int = 3) -> str:
+    try:
+        lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        return ""
+    return " | ".join(lines[-n:])[-600:]
+
+
+def _kill(proc) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    proc.wait()
+
+
+def run_suite(path: str | Path, **kw) -> Path:
+    return run_plan(load_plan(path), **kw)

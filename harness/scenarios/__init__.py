@@ -1,0 +1,1 @@
+"""How requests are issued to a backend; scenarios know nothing of models."""
