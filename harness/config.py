@@ -184,7 +184,8 @@ class _Checker:
         for f in fields(cls):
             if f.name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
                 self.fail(f"{path}.{f.name}" if path else f.name, "required key missing")
-                return None
+                # carry on with an empty value so the rest of the file is checked too
+                kwargs[f.name] = [] if get_origin(hints[f.name]) is list else ""
         try:
             return cls(**kwargs)
         except TypeError as e:  # a value of the wrong type already reported above
@@ -281,10 +282,9 @@ def _check_semantics(suite: SuiteConfig, chk: _Checker) -> None:
     from harness.registry import RegistryError, load_backend_class
     from workloads.zoo import DTYPE_BYTES, ZOO
 
-    if not suite.backends:
-        chk.fail("backends", "expected at least one backend")
-    if not suite.workloads:
-        chk.fail("workloads", "expected at least one workload")
+    for key in ("backends", "workloads"):
+        if not getattr(suite, key) and key in chk.lines:
+            chk.fail(key, f"expected a list with at least one entry")
     labels: set[str] = set()
     backend_classes = {}
     for i, b in enumerate(suite.backends):
