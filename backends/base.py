@@ -71,8 +71,9 @@ class Backend(ABC):
     def load(self, spec: ModelSpec, dtype: str, max_batch: int, max_seq: int) -> LoadInfo:
         """Make the model ready for batches up to max_batch and sequences up to max_seq."""
 
-    def prepare(self, batch: int) -> float:
-        """Get ready to run `batch` sequences (allocate a cache, capture a graph...).
+    def prepare(self, batch: int, seq_len: int) -> float:
+        """Get ready to run `batch` sequences of up to seq_len positions (allocate a
+        cache sized to them, capture a graph...).
         Called before a cell's warm-up, outside every timed window; returns the seconds
         spent compiling or capturing, reported apart from load time."""
         return 0.0

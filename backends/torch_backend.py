@@ -85,10 +85,10 @@ class TorchBackend(Backend):
         if options.threads:
             torch.set_num_threads(options.threads)
         self.model: Transformer | None = None
-        self._caches: dict[int, list[KVCache]] = {}
-        self._graphs: dict[int, _CapturedDecode] = {}
+        self._caches: dict[tuple[int, int], list[KVCache]] = {}  # (batch, positions) -> cache set
+        self._graphs: dict[tuple[int, int], _CapturedDecode] = {}
+        self._seq_for_batch: dict[int, int] = {}
         self._step_fn = decode_step
-        self._max_new = 0
 
     @property
     def is_cuda(self) -> bool:
@@ -112,8 +112,7 @@ class TorchBackend(Backend):
         t0 = time.perf_counter()
         self.model = build_model(spec, dtype, self.device)
         self.model.setup_cache(max_batch, max_seq)
-        self._caches = {max_batch: self.model.get_caches()}
-        self._max_new = max_seq
+        self._caches = {(max_batch, max_seq): self.model.get_caches()}
         self.synchronize()
         load_s = time.perf_counter() - t0
         compile_s = 0.0
@@ -124,12 +123,14 @@ class TorchBackend(Backend):
         return LoadInfo(load_s=load_s, compile_s=compile_s,
                         details={"weights": "checkpoint" if spec.checkpoint else f"random(seed={spec.seed})"})
 
-    def prepare(self, batch: int) -> float:
+    def prepare(self, batch: int, seq_len: int) -> float:
         t0 = time.perf_counter()
+        self._seq_for_batch[batch] = seq_len
         self._use_batch(batch)
-        if self.is_cuda and self.options.cuda_graphs and batch not in self._graphs:
+        key = (batch, seq_len)
+        if self.is_cuda and self.options.cuda_graphs and key not in self._graphs:
             with torch.inference_mode():
-                self._graphs[batch] = _CapturedDecode(self.model, self._step_fn, batch, self._max_new, self.device)
+                self._graphs[key] = _CapturedDecode(self.model, self._step_fn, batch, seq_len, self.device)
         elif self.options.compile and not self.is_cuda:
             with torch.inference_mode():  # trigger compilation outside the timed window
                 tok = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
@@ -137,11 +138,14 @@ class TorchBackend(Backend):
         self.synchronize()
         return time.perf_counter() - t0
 
-    def _use_batch(self, batch: int) -> None:
-        if batch not in self._caches:
-            self._caches[batch] = self.model.new_caches(batch)
-        if self.model.max_batch != batch:
-            self.model.set_caches(self._caches[batch])
+    def _use_batch(self, batch: int) -> tuple[int, int]:
+        """Switch the model to the cache set of this batch (and its prepared length)."""
+        key = (batch, self._seq_for_batch.get(batch, self.model.max_seq))
+        if key not in self._caches:
+            self._caches[key] = self.model.new_caches(*key)
+        if (self.model.max_batch, self.model.cache_len) != key:
+            self.model.set_caches(self._caches[key])
+        return key
 
     @torch.inference_mode()
     def prefill(self, token_ids: np.ndarray) -> _State:
@@ -154,9 +158,9 @@ class TorchBackend(Backend):
     @torch.inference_mode()
     def decode(self, state: _State, n: int) -> DecodeResult:
         batch = state.next_token.shape[0]
-        if state.pos + n > self.model.max_seq:
-            raise BackendError(f"decode to position {state.pos + n} exceeds the cache ({self.model.max_seq})")
-        graph = self._graphs.get(batch) if self.is_cuda else None
+        if state.pos + n > self.model.cache_len:
+            raise BackendError(f"decode to position {state.pos + n} exceeds the cache ({self.model.cache_len})")
+        graph = self._graphs.get((batch, self.model.cache_len)) if self.is_cuda else None
         if graph is not None:
             return self._decode_graph(graph, state, n)
         out = torch.empty(batch, n, dtype=torch.long, device=self.device)

@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("runs", nargs="+")
     rep.set_defaults(func=cmd_report)
 
+    c = sub.add_parser("calibrate", help="measure a device's memory bandwidth and matmul rates (roofline basis)")
+    c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    c.add_argument("--output", default="results", help="results folder that holds calibration/ (default results)")
+    c.add_argument("--quick", action="store_true", help="smaller buffers, shorter timing (CI)")
+    c.set_defaults(func=cmd_calibrate)
+
     e = sub.add_parser("env", help="print this machine's inventory")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_env)
@@ -102,6 +108,23 @@ def cmd_report(args) -> int:
     for run in args.runs:
         meta, records = load_run(run)
         _print_records(records, title=f"{meta.get('suite')}: {run}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    import torch
+
+    from harness.calibrate import calibrate, save
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA device")
+    cal = calibrate(args.device, quick=args.quick)
+    path = save(cal, args.output)
+    print(f"{cal['device']} on {cal['host']}: copy bandwidth {cal['memory_bandwidth_Bps'] / 1e9:.1f} GB/s "
+          "(bytes read + written)")
+    for dt, v in cal["matmul_flops"].items():
+        print(f"  matmul {dt}: {v / 1e12:.2f} TFLOP/s" if v else f"  matmul {dt}: unavailable")
+    print(f"saved {path}; later runs on this host and device show roofline %")
     return 0
 
 

@@ -76,6 +76,16 @@ def run_plan(plan: Plan, run_dir: Path | None = None, run_id: str | None = None,
         meta = {"run_id": run_dir.name, "suite": suite.name, "suite_file": plan.source,
                 "harness_version": _version(), "started_at": time.time(), "status": "running",
                 "config": asdict(suite), "cells": [c.id for c in plan.cells], "inventory": inventory()}
+    from harness.calibrate import load_for
+    from harness.registry import load_backend_class
+    from harness.config import options_from_dict
+
+    cals = {}
+    for b in suite.backends:
+        cls = load_backend_class(b.type)
+        device = cls.device_of(options_from_dict(cls.Options, b.options))
+        cals[device] = load_for(suite.output, device)
+    meta["calibration"] = cals
     meta["status"] = "running"
     meta.setdefault("attempts", []).append({"started_at": time.time(), "resume": resume})
     write_json_atomic(run_dir / "run.json", meta)
@@ -125,7 +135,10 @@ def _job(plan: Plan, cells: list[Cell], run_dir: Path) -> dict:
 
     cls = load_backend_class(b.type)
     device = cls.device_of(options_from_dict(cls.Options, b.options))
+    from harness.calibrate import load_for
+
     return {"backend": {"name": b.name, "type": b.type, "options": b.options}, "device": device,
+            "calibration": load_for(s.output, device),
             "model": cells[0].model, "dtype": cells[0].dtype, "checkpoint": w.checkpoint,
             "seed": w.seed if w.seed is not None else s.seed, "warmup": s.warmup, "repetitions": s.repetitions,
             "energy": asdict(s.energy), "accuracy": asdict(s.accuracy), "meters": s.meters,

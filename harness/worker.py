@@ -139,7 +139,7 @@ def measure_cell(job, cell, spec, backend, info, description, meters, energy_cfg
     from harness.scenarios.offline import run_offline, run_one
 
     batch, plen, glen = cell["batch"], cell["prompt_len"], cell["gen_len"]
-    prepare_s = backend.prepare(batch)
+    prepare_s = backend.prepare(batch, plen + glen)
     prompts = prompt_tokens(spec.args.vocab_size, batch, plen, job["seed"] + 7919 * plen + batch)
     samples, tokens = run_offline(backend, prompts, glen, job["warmup"], job["repetitions"])
     if tokens.shape != (batch, glen - 1):
@@ -175,6 +175,9 @@ def measure_cell(job, cell, spec, backend, info, description, meters, energy_cfg
     else:
         record["energy"] = {"status": "disabled" if not job["energy"].get("enabled", True) else "no meters"}
 
+    from harness.roofline import roofline
+
+    record["roofline"] = roofline(record, job.get("calibration"))
     if acc.enabled:
         key = (acc.batch, acc.seq_len)
         ref_device = acc.reference_device or backend.weights_device()

@@ -35,6 +35,13 @@ def _energy(r: dict, phase: str) -> str:
     return f"{m[f'{phase}_j_per_token']:.4g} ({tag})"
 
 
+def _pct(v: float | None) -> str:
+    """Roofline share; over 100 % cannot be real and is marked suspect."""
+    if v is None:
+        return "-"
+    return f"{v:.0f} % SUSPECT" if v > 100 else f"{v:.0f} %"
+
+
 def _accuracy(r: dict) -> str:
     a = r.get("accuracy") or {}
     if a.get("passed") is True:
@@ -52,14 +59,15 @@ def bench_rows(records: list[dict]) -> pd.DataFrame:
         if r.get("status") == "failed":
             msg = (r.get("error") or {}).get("message", "")
             rows.append({**base, "test": f"pp{r.get('prompt_len')}+tg{r.get('gen_len')}", "t/s": "FAILED",
-                         "J/token": "-", "accuracy": msg.splitlines()[0][:60] if msg else "-"})
+                         "% roof": "-", "J/token": "-", "accuracy": msg.splitlines()[0][:60] if msg else "-"})
             continue
         m = r.get("metrics") or {}
         acc = _accuracy(r)
+        roof = r.get("roofline") or {}
         rows.append({**base, "test": f"pp{r['prompt_len']}", "t/s": _pm(m.get("prefill_tps")),
-                     "J/token": _energy(r, "prefill"), "accuracy": acc})
+                     "% roof": _pct(roof.get("prefill_pct")), "J/token": _energy(r, "prefill"), "accuracy": acc})
         rows.append({**base, "test": f"tg{r['gen_len']}", "t/s": _pm(m.get("decode_tps")),
-                     "J/token": _energy(r, "decode"), "accuracy": acc})
+                     "% roof": _pct(roof.get("decode_pct")), "J/token": _energy(r, "decode"), "accuracy": acc})
     return pd.DataFrame(rows)
 
 
@@ -79,7 +87,7 @@ def print_table(df: pd.DataFrame, title: str | None = None) -> None:
 
     table = Table(title=title, show_lines=False)
     for c in df.columns:
-        table.add_column(c, justify="right" if c in ("batch", "t/s", "J/token") else "left")
+        table.add_column(c, justify="right" if c in ("batch", "t/s", "% roof", "J/token") else "left")
     for _, row in df.iterrows():
         style = "red" if "INVALID" in str(row.get("accuracy")) or row.get("t/s") == "FAILED" else None
         table.add_row(*(str(row[c]) for c in df.columns), style=style)

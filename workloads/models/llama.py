@@ -159,7 +159,7 @@ class Transformer(nn.Module):
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        self.max_batch = self.max_seq = 0
+        self.max_batch = self.max_seq = self.cache_len = 0
 
     def setup_cache(self, max_batch: int, max_seq: int) -> None:
         """Size rotary tables and the causal mask for max_seq positions and allocate a KV
@@ -174,10 +174,15 @@ class Transformer(nn.Module):
         self.max_seq = max_seq
         self.set_caches(self.new_caches(max_batch))
 
-    def new_caches(self, batch: int) -> list[KVCache]:
-        """A fresh cache per layer for `batch` sequences, at the size setup_cache chose."""
+    def new_caches(self, batch: int, seq: int | None = None) -> list[KVCache]:
+        """A fresh cache per layer for `batch` sequences of up to `seq` positions (default
+        and maximum: the size setup_cache chose). Decode reads the whole cache, so a cell
+        gets a cache sized to its own prompt + generation, not to the longest cell's."""
+        seq = seq or self.max_seq
+        if seq > self.max_seq:
+            raise ValueError(f"cache of {seq} positions asked for; setup_cache sized tables for {self.max_seq}")
         w, a = self.output.weight, self.args
-        return [KVCache(batch, a.n_kv_heads, self.max_seq, a.head_dim, w.dtype, w.device) for _ in self.layers]
+        return [KVCache(batch, a.n_kv_heads, seq, a.head_dim, w.dtype, w.device) for _ in self.layers]
 
     def get_caches(self) -> list[KVCache]:
         return [layer.attention.cache for layer in self.layers]
@@ -187,7 +192,7 @@ class Transformer(nn.Module):
         captured against a set stays valid when that set comes back."""
         for layer, cache in zip(self.layers, caches):
             layer.attention.cache = cache
-        self.max_batch = caches[0].k.shape[0]
+        self.max_batch, self.cache_len = caches[0].k.shape[0], caches[0].k.shape[2]
 
     def forward(self, tokens: Tensor, pos: Tensor, prefill: bool, last_only: bool = False) -> Tensor:
         """tokens [B, T] at absolute positions pos [T]; returns logits [B, T, vocab] fp32
@@ -196,7 +201,7 @@ class Transformer(nn.Module):
         prefill=True assumes the cache is empty before pos[0] == 0."""
         B = tokens.shape[0]
         cos, sin = self.rope_cos[pos], self.rope_sin[pos]
-        mask = None if prefill else self.causal[pos][None, None]  # [1, 1, T, max_seq]
+        mask = None if prefill else self.causal[pos, : self.cache_len][None, None]  # [1, 1, T, cache_len]
         if B != self.max_batch:
             raise ValueError(f"batch {B} does not match the KV cache's batch {self.max_batch}: call setup_cache")
         x = self.tok_embeddings(tokens)

@@ -1,0 +1,46 @@
+"""Roofline %: measured speed against what the calibrated hardware could physically do.
+
+decode: each step must read every weight once (the embedding table only if it is also
+  the output head) plus each sequence's KV cache up to its position. Limit:
+  tokens/s = batch / (bytes per step / bandwidth).
+prefill: flops = batch x prompt_len x flops per token at the mean context (prompt/2).
+  Limit: time = flops / calibrated matmul rate.
+Over 100 % is physically impossible: flagged "suspect", never a win.
+"""
+from __future__ import annotations
+
+from workloads.zoo import ZOO, ModelArgs
+
+SUSPECT_ABOVE = 1.0
+
+
+def decode_limit_tps(args: ModelArgs, dtype: str, batch: int, prompt_len: int, gen_len: int, bandwidth: float) -> float:
+    mean_context = prompt_len + gen_len / 2
+    step_bytes = args.decode_bytes_per_step(dtype) + batch * mean_context * args.kv_bytes_per_token(dtype)
+    return batch * bandwidth / step_bytes
+
+
+def prefill_limit_s(args: ModelArgs, batch: int, prompt_len: int, flops_per_s: float) -> float:
+    return batch * prompt_len * args.matmul_flops_per_token(context=prompt_len // 2) / flops_per_s
+
+
+def roofline(record: dict, calibration: dict | None) -> dict:
+    """{"decode_pct", "prefill_pct", "suspect", "basis"} for one ok record; {} when unknown."""
+    args = ZOO.get(record.get("model"))
+    m = record.get("metrics") or {}
+    if not calibration or args is None or "decode_tps" not in m:
+        return {}
+    dtype = record.get("dtype", "fp32")
+    bytes_dtype = dtype if dtype in ("fp32", "bf16", "fp16") else "fp16"
+    out: dict = {"basis": f"calibration {calibration.get('device')} on {calibration.get('host')}"}
+    bw = calibration.get("memory_bandwidth_Bps")
+    if bw:
+        limit = decode_limit_tps(args, bytes_dtype, record["batch"], record["prompt_len"], record["gen_len"], bw)
+        out["decode_limit_tps"] = limit
+        out["decode_pct"] = 100 * m["decode_tps"]["median"] / limit
+    peak = (calibration.get("matmul_flops") or {}).get(bytes_dtype)
+    if peak:
+        t_min = prefill_limit_s(args, record["batch"], record["prompt_len"], peak)
+        out["prefill_pct"] = 100 * t_min / m["ttft_s"]["median"]
+    out["suspect"] = any(out.get(k, 0) > 100 * SUSPECT_ABOVE for k in ("decode_pct", "prefill_pct"))
+    return out
