@@ -10,7 +10,7 @@ $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[onnx,nvidia,report,test]'
+	$(BIN)/python -m pip install -q -e '.[onnx,nvidia,report,hf,test]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -42,7 +42,9 @@ def init_random(model: Transformer, seed: int) -> None:
         if name.endswith("norm.weight"):
             p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen, device=device))
         elif name == "tok_embeddings.weight":
-            p.copy_(torch.randn(p.shape, generator=gen, device=device))
+            # rows of norm ~1: the layers' outputs, not the input token, dominate the
+            # residual stream, so greedy decoding wanders instead of repeating its input
+            p.copy_(torch.randn(p.shape, generator=gen, device=device) / p.shape[1] ** 0.5)
         else:  # Linear [out, in]: unit-variance outputs keep the residual stream healthy
             p.copy_(torch.randn(p.shape, generator=gen, device=device) / p.shape[1] ** 0.5)
 
