@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--quick", action="store_true", help="smaller buffers, shorter timing (CI)")
     c.set_defaults(func=cmd_calibrate)
 
+    from harness.serve import add_serve_command
+
+    add_serve_command(sub)
+
     e = sub.add_parser("env", help="print this machine's inventory")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_env)

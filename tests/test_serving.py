@@ -1,0 +1,444 @@
+"""Serving: the openai-http client and the load generators against `harness serve` on 127.0.0.1.
+
+Every server here binds loopback on a free port and is stopped by its fixture; every
+scenario is a handful of requests with the tiny model, so the file runs in seconds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from backends.base import BackendError
+from backends.openai_http import OpenAIHttpBackend, OpenAIHttpClient, OpenAIHttpOptions, StreamResult
+from harness.scenarios import loadgen
+from harness.scenarios.loadgen import (LengthsConfig, LengthSampler, Request, RequestResult, build_requests, drive,
+                                       poisson_schedule, run_scenario, scenario_from_dict)
+from harness.serve import FaultSpec, start_server, sut_for_backend
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXED = {"type": "fixed", "prompt_len": 8, "output_len": 6}
+
+
+@pytest.fixture(scope="module")
+def server():
+    h = start_server("torch", "tiny", host="127.0.0.1", port=0, max_batch=4, max_seq=96,
+                     options={"device": "cpu", "threads": 1})
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+def client(url: str, **kw) -> OpenAIHttpClient:
+    c = OpenAIHttpClient(OpenAIHttpOptions(url=url, timeout_s=30, **kw))
+    c.check()
+    return c
+
+
+def req(i: int, p: int, n: int) -> Request:
+    return Request(id=i, prompt_len=p, max_tokens=n, prompt_ids=list(range(20, 20 + p)))
+
+
+# --- the client against the server -------------------------------------------------------------------
+
+def test_stream_token_counts_exact_and_times_monotonic(server):
+    c = client(server.url)
+    for i, (p, n) in enumerate([(5, 1), (17, 7), (3, 20)]):
+        r = loadgen.as_result(c.issue(req(i, p, n)))
+        assert r.ok, r.error
+        assert (r.n_generated, r.n_prompt, r.n_chunks) == (n, p, n)
+        assert not r.count_mismatch and not r.prompt_mismatch
+        assert r.finish_reason == "length"
+        ts = [r.t_issue] + r.token_times
+        assert all(b >= a for a, b in zip(ts, ts[1:])), "timestamps must not go backwards"
+        assert r.t_issue < r.t_first_token <= r.t_end
+        if n >= 2:
+            assert r.t_first_token - r.t_issue < r.t_end - r.t_issue  # TTFT below end-to-end
+    c.close()
+
+
+def test_text_prompts_counted_from_usage(server):
+    c = client(server.url, send_token_ids=False, text_unit="a")
+    r = c.issue(req(1, 11, 4))
+    assert r.ok and r.n_prompt == 11 and r.n_generated == 4 and not r.prompt_mismatch
+    c2 = client(server.url, send_token_ids=False, text_unit="ab")  # 2 tokens per unit, told 1
+    r2 = c2.issue(req(2, 6, 3))
+    assert r2.ok and r2.n_prompt == 12 and r2.prompt_mismatch  # the true count, and the flag
+    assert "text prompt" in r2.notes
+
+
+def test_http_api_shape(server):
+    models = json.loads(urllib.request.urlopen(server.url + "/v1/models", timeout=10).read())
+    assert models["data"][0]["id"] == "tiny"
+
+    def post(body):
+        rq = urllib.request.Request(server.url + "/v1/completions", data=json.dumps(body).encode(),
+                                    headers={"Content-Type": "application/json"})
+        return json.loads(urllib.request.urlopen(rq, timeout=10).read())
+
+    out = post({"model": "tiny", "prompt": [1, 2, 3], "max_tokens": 5})
+    assert out["usage"] == {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+    assert len(out["choices"][0]["text"]) == 5
+    # greedy and deterministic: the same prompt as text gives the same completion twice
+    a, b = post({"prompt": "hello", "max_tokens": 4}), post({"prompt": "hello", "max_tokens": 4})
+    assert a["choices"][0]["text"] == b["choices"][0]["text"] and a["usage"]["prompt_tokens"] == 5
+    for body, code in [({"prompt": [1] * 90, "max_tokens": 10}, 400), ({"model": "other", "prompt": [1]}, 404),
+                       ({"prompt": []}, 400), ({"prompt": [99999]}, 400)]:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            post(body)
+        assert e.value.code == code
+
+
+def test_count_mismatch_flagged_and_ignore_eos_honoured(server):
+    eng = server.engine
+    eng.eos_token_id = _first_token(eng, list(range(20, 26)))  # this prompt's first token is now EOS
+    try:
+        stops = client(server.url, fixed_length_params=[]).issue(req(2, 6, 5))  # EOS honoured: stops at 1
+        assert stops.ok and stops.n_generated == 1 and stops.count_mismatch and stops.finish_reason == "stop"
+        fixed = client(server.url).issue(req(3, 6, 5))  # ignore_eos + min_tokens: all 5
+        assert fixed.ok and fixed.n_generated == 5 and not fixed.count_mismatch
+    finally:
+        eng.eos_token_id = None
+
+
+def _collect(job) -> list[int]:
+    toks = []
+    while True:
+        ev = job.sink.get(timeout=30)
+        assert ev[0] == "token", ev
+        toks.append(ev[1])
+        if ev[3]:
+            return toks
+
+
+def _first_token(engine, prompt):
+    job = engine.submit(prompt, 1)
+    ev = job.sink.get(timeout=30)
+    assert ev[0] == "token"
+    return ev[1]
+
+
+# --- faults: the request fails, the run goes on ---------------------------------------------------------
+
+def test_dropped_stream_and_http_error_are_failed_requests(server):
+    drop = start_server(engine=server.engine, fault="drop-after=3")
+    err = start_server(engine=server.engine, fault="error-rate=1")
+    try:
+        c = OpenAIHttpClient(OpenAIHttpOptions(url=drop.url, model="tiny", timeout_s=30, probe=False))
+        r = loadgen.as_result(c.issue(req(1, 8, 10)))
+        assert not r.ok and r.n_chunks == 3 and r.t_end >= r.token_times[-1]
+        e = OpenAIHttpClient(OpenAIHttpOptions(url=err.url, model="tiny", timeout_s=30, probe=False)).issue(req(2, 8, 4))
+        assert not e.ok and e.error.startswith("HTTP 500")
+        # after both, the good server still answers exactly
+        assert client(server.url).issue(req(3, 8, 4)).n_generated == 4
+    finally:
+        drop.stop()
+        err.stop()
+    assert server.engine._thread.is_alive()  # fronts stopped; the shared engine serves on
+
+
+def test_scenario_with_faults_records_failures_and_goes_on(server):
+    flaky = start_server(engine=server.engine, fault="error-rate=0.3,drop-rate=0.5,drop-after=2,seed=3")
+    try:
+        c = OpenAIHttpClient(OpenAIHttpOptions(url=flaky.url, model="tiny", timeout_s=30, probe=False))
+        out = run_scenario(c, {"type": "concurrency", "concurrency": 3, "requests": 16, "warmup_requests": 0,
+                               "lengths": FIXED}, seed=0)
+    finally:
+        flaky.stop()
+    run = out["runs"][0]
+    m = run["metrics"]
+    assert m["requests"] == 16 and m["failed"] > 0 and m["ok"] > 0 and m["ok"] + m["failed"] == 16
+    kinds = set(m["errors"])
+    assert "HTTP 500" in kinds and any(k.startswith(("stream ended", "IncompleteRead")) for k in kinds), kinds
+    for row in run["requests"]:
+        if row["error"] is None:
+            assert row["n_generated"] == 6 and not row["count_mismatch"]
+        else:
+            assert row["ttft_s"] is None  # failed requests never enter the latency figures
+    assert m["ttft_s"]["n"] == m["ok"]
+
+
+# --- Poisson arrivals -----------------------------------------------------------------------------------
+
+def test_poisson_schedule_statistics():
+    rate = 20.0
+    gaps = np.diff(np.concatenate([[0.0], poisson_schedule(rate, 4000, seed=7)]))
+    mean, se = gaps.mean(), gaps.std(ddof=1) / math.sqrt(len(gaps))
+    assert abs(mean - 1 / rate) < 4 * se  # mean within a 4-sigma interval of 1/rate
+    stats = pytest.importorskip("scipy.stats")
+    assert stats.kstest(gaps, "expon", args=(0, 1 / rate)).pvalue > 0.01
+    assert np.array_equal(poisson_schedule(rate, 50, 7), poisson_schedule(rate, 50, 7))
+    assert not np.array_equal(poisson_schedule(rate, 50, 7), poisson_schedule(rate, 50, 8))
+
+
+def test_server_scenario_against_server(server):
+    c = client(server.url)
+    rate, n = 25.0, 40
+    out = run_scenario(c, {"type": "server", "rates": [rate], "requests": n, "warmup_requests": 1,
+                           "lengths": {"type": "uniform", "prompt_len": [4, 12], "output_len": [2, 6]},
+                           "limits": {"ttft_s": 5.0, "tpot_s": 5.0}}, seed=11)
+    run = out["runs"][0]
+    m = run["metrics"]
+    assert m["failed"] == 0 and m["count_mismatch"] == 0 and m["prompt_mismatch"] == 0
+    arrivals = np.array([r["arrival_s"] for r in run["requests"]])
+    gaps = np.diff(np.concatenate([[0.0], arrivals]))
+    assert abs(gaps.mean() - 1 / rate) < 4 * gaps.std(ddof=1) / math.sqrt(n)
+    # the generator kept to its schedule, so the arrivals the server saw are the Poisson ones
+    assert m["issue_lag_s"]["p90"] < 0.05
+    for row in run["requests"]:
+        assert row["ttft_s"] < row["e2e_s"] or row["n_generated"] == 1
+    assert m["goodput"]["requests"] == n and run["steady_window"]["valid"]
+    assert out["summary"][0]["rate"] == rate and out["summary"][0]["achieved_rps"] > 0
+
+
+# --- API key ------------------------------------------------------------------------------------------
+
+def test_api_key_from_env_never_written(tmp_path, monkeypatch):
+    secret = "sk-test-" + os.urandom(12).hex()
+    monkeypatch.setenv("HARNESS_TEST_API_KEY", secret)
+    h = start_server("torch", "tiny", max_batch=2, max_seq=64, api_key_env="HARNESS_TEST_API_KEY")
+    try:
+        anon = OpenAIHttpClient(OpenAIHttpOptions(url=h.url, model="tiny", probe=False, timeout_s=30))
+        denied = anon.issue(req(1, 4, 2))
+        assert denied.error.startswith("HTTP 401")
+        opts = OpenAIHttpOptions(url=h.url, api_key_env="HARNESS_TEST_API_KEY", timeout_s=30,
+                                 headers={"X-Team": "bench"})
+        be = OpenAIHttpBackend(opts)
+        info = be.load(None, "fp32", 2, 64)
+        out = run_scenario(be.sut(), {"type": "single-stream", "requests": 3, "lengths": FIXED,
+                                      "record_token_times": True}, seed=0)
+        assert out["runs"][0]["metrics"]["ok"] == 3
+        record = {"describe": be.describe(), "load": dataclasses.asdict(info), "options": dataclasses.asdict(opts),
+                  "result": out, "denied": dataclasses.asdict(denied)}
+        (tmp_path / "results.jsonl").write_text(json.dumps(record, default=str) + "\n")
+        (tmp_path / "run.json").write_text(json.dumps({"describe": be.describe(), "repr": repr(opts)}))
+        be.close()
+    finally:
+        h.stop()
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            assert secret not in f.read_text(), f"API key leaked into {f.name}"
+    assert "HARNESS_TEST_API_KEY" in (tmp_path / "run.json").read_text()  # the variable's name is fine
+
+
+def test_error_text_echoing_the_key_is_scrubbed(monkeypatch):
+    monkeypatch.setenv("HARNESS_TEST_API_KEY2", "sk-echo-secret-123")
+    c = OpenAIHttpClient(OpenAIHttpOptions(url="http://127.0.0.1:9", api_key_env="HARNESS_TEST_API_KEY2"))
+    assert "sk-echo-secret-123" not in c._scrub("bad key sk-echo-secret-123")
+
+
+def test_openai_backend_is_not_a_device_backend(server):
+    be = OpenAIHttpBackend(OpenAIHttpOptions(url=server.url + "/v1", timeout_s=30))
+    be.load(None, "fp32", 1, 64)
+    assert be.describe()["model"] == "tiny"
+    with pytest.raises(BackendError):
+        be.prefill(np.zeros((1, 4), dtype=np.int64))
+    with pytest.raises(BackendError):
+        be.logits(np.zeros((1, 4), dtype=np.int64), 2)
+    with pytest.raises(BackendError, match="cannot reach"):
+        OpenAIHttpBackend(OpenAIHttpOptions(url="http://127.0.0.1:9", timeout_s=2)).load(None, "fp32", 1, 8)
+    be.close()
+
+
+def test_stream_result_matches_request_result():
+    assert [f.name for f in dataclasses.fields(StreamResult)] == [f.name for f in dataclasses.fields(RequestResult)]
+
+
+# --- in-process backends under single-stream and fixed concurrency ----------------------------------------
+
+def test_torch_backend_in_process_single_stream_and_concurrency():
+    from backends.torch_backend import TorchBackend, TorchOptions
+    from harness.meters import EstimateMeter
+    from workloads.zoo import ModelSpec, get_model
+
+    be = TorchBackend(TorchOptions(device="cpu", threads=1))
+    spec = ModelSpec(get_model("tiny"), seed=0)
+    cfg = {"type": "single-stream", "requests": 4, "lengths": {"type": "uniform", "prompt_len": [4, 9],
+                                                                "output_len": [3, 7]}}
+    max_seq = loadgen.scenario_max_seq(scenario_from_dict(cfg))
+    be.load(spec, "fp32", 3, max_seq)
+    sut, release = sut_for_backend(be, spec.args.vocab_size, max_batch=3, max_seq=max_seq, batch_wait_s=0.005)
+    meter = EstimateMeter({"watts": 50.0, "scope": "cpu-package"})
+    meter.start()
+    try:
+        single = run_scenario(sut, cfg, seed=2, meters=[meter])["runs"][0]
+        fixed = {"type": "fixed", "prompt_len": 6, "output_len": 5}  # equal prompts: batchable
+        conc = run_scenario(sut, dict(cfg, type="concurrency", requests=9, lengths=fixed), concurrency=3,
+                            seed=2)["runs"][0]
+    finally:
+        release()
+        be.close()
+    for run in (single, conc):
+        m = run["metrics"]
+        assert m["failed"] == 0 and m["count_mismatch"] == 0 and m["ok"] == run["n_requests"]
+        assert all(r["ttft_s"] < r["e2e_s"] for r in run["requests"])
+        assert m["itl_s"]["n"] > 0 and m["steady"]["valid"]
+    assert conc["concurrency"] == 3 and max(sut.engine.stats["batch_sizes"]) >= 2  # batched
+    e = single["energy"]
+    assert e["status"] == "ok"
+    est = e["meters"][0]
+    assert est["method"] == "estimate" and est["quality"] == "estimate"
+    assert est["gross_j"] == pytest.approx(50.0 * est["duration_s"])
+    assert est["j_per_output_token_gross"] == pytest.approx(est["gross_j"] / e["tokens"])
+
+
+def test_engine_streams_the_same_greedy_tokens_as_offline_decode():
+    from backends.torch_backend import TorchBackend, TorchOptions
+    from harness.serve import BatchingEngine
+    from workloads.zoo import ModelSpec, get_model
+
+    be = TorchBackend(TorchOptions(device="cpu", threads=1))
+    spec = ModelSpec(get_model("tiny"), seed=0)
+    be.load(spec, "fp32", 2, 32)
+    prompts = np.array([[5, 6, 7, 8, 9], [50, 60, 70, 80, 90]], dtype=np.int64)
+    be.prepare(2, 32)
+    state = be.prefill(prompts)
+    first = state.next_token.numpy()
+    ref = np.concatenate([first, be.decode(state, 7).tokens], axis=1)  # 8 tokens per row
+    eng = BatchingEngine(be, spec.args.vocab_size, max_batch=2, max_seq=32, batch_wait_s=0.01).start()
+    try:
+        jobs = [eng.submit(p.tolist(), n) for p, n in zip(prompts, (8, 5))]  # one batch; rows stop apart
+        got = [_collect(j) for j in jobs]
+    finally:
+        eng.stop()
+    assert got[0] == ref[0].tolist() and got[1] == ref[1, :5].tolist()
+    assert eng.stats["batch_sizes"] == {2: 1}
+
+
+# --- the load generators' own logic (a fake SUT, no model) ------------------------------------------------
+
+class SleepySUT:
+    """Answers after a fixed time per token; records the time each request arrived."""
+
+    def __init__(self, per_token: float = 0.002, fail_ids=()):
+        self.per_token, self.fail_ids = per_token, set(fail_ids)
+
+    def issue(self, r: Request) -> RequestResult:
+        res = RequestResult(id=r.id, prompt_len=r.prompt_len, n_requested=r.max_tokens, t_issue=time.perf_counter())
+        if r.id in self.fail_ids:
+            raise ConnectionResetError("boom")
+        for _ in range(r.max_tokens):
+            time.sleep(self.per_token)
+            res.token_times.append(time.perf_counter())
+        res.t_first_token, res.t_end = res.token_times[0], res.token_times[-1]
+        res.n_generated, res.n_prompt = r.max_tokens, r.prompt_len
+        res.check_counts()
+        return res
+
+
+def test_steady_window_boundaries():
+    reqs = [Request(i, 4, 2 + 2 * i) for i in range(6)]  # ends ~20 ms apart: the order is unambiguous
+    sut = SleepySUT(per_token=0.01)
+    res, w, t0 = drive(sut, reqs, kind="offline")
+    ends = sorted(r.t_end for r in res)
+    # offline: up when all 6 are in flight, draining from the first completion
+    assert w.valid and w.t_begin <= max(r.t_issue for r in res) and ends[0] <= w.t_end < ends[1]
+    res, w, t0 = drive(sut, reqs, kind="single-stream")
+    assert w.t_begin <= min(r.t_issue for r in res) and w.t_end >= max(r.t_end for r in res)  # the whole run
+    res, w, t0 = drive(sut, list(reversed(reqs)), kind="concurrency", concurrency=2)
+    last_issue = max(r.t_issue for r in res)
+    after = sorted(r.t_end for r in res if r.t_end > last_issue)
+    assert w.valid and after[0] <= w.t_end < after[-1]  # the first completion after the last issue
+    sched = np.arange(1, 7) * 0.03
+    res, w, t0 = drive(sut, reqs, kind="server", schedule=sched)
+    assert w.valid and w.t_begin >= min(r.t_end for r in res)  # the first completion
+    assert t0 + sched[-1] <= w.t_end < t0 + sched[-1] + 0.05  # the last arrival
+
+
+def test_failed_requests_do_not_stop_the_run():
+    out = run_scenario(SleepySUT(fail_ids={1, 3}), {"type": "concurrency", "concurrency": 2, "requests": 6,
+                                                    "warmup_requests": 0, "lengths": FIXED,
+                                                    "limits": {"ttft_s": 1.0}}, seed=0)
+    m = out["runs"][0]["metrics"]
+    assert m["failed"] == 2 and m["ok"] == 4 and m["errors"] == {"ConnectionResetError": 2}
+    assert m["goodput"]["requests"] == 4 and m["goodput"]["fraction"] == pytest.approx(4 / 6)
+
+
+def test_goodput_limits():
+    out = run_scenario(SleepySUT(per_token=0.004), {"type": "single-stream", "requests": 3, "warmup_requests": 0,
+                                                    "lengths": FIXED, "limits": {"tpot_s": 0.001}}, seed=0)
+    assert out["runs"][0]["metrics"]["goodput"]["requests"] == 0
+
+
+# --- lengths ------------------------------------------------------------------------------------------------
+
+def test_lengths_distributions():
+    rng = np.random.default_rng(0)
+    u = LengthSampler(LengthsConfig(type="uniform", prompt_len=[3, 9], output_len=[2, 4])).sample(500, rng)
+    assert {p for p, _ in u} == set(range(3, 10)) and {o for _, o in u} == {2, 3, 4}
+    f = LengthSampler(LengthsConfig(type="file", path="sharegpt_like", max_prompt_len=64, max_output_len=32))
+    pairs = f.sample(200, rng)
+    assert max(p for p, _ in pairs) <= 64 and max(o for _, o in pairs) <= 32 and f.max_total() == 96
+    cfg = scenario_from_dict({"requests": 5, "lengths": {"type": "file", "path": "sharegpt_like"}})
+    a, b = build_requests(cfg, 5, seed=1), build_requests(cfg, 5, seed=1)
+    assert a == b and all(len(r.prompt_ids) == r.prompt_len for r in a)
+    with pytest.raises(ValueError, match="rates"):
+        scenario_from_dict({"type": "server"})
+    with pytest.raises(ValueError, match="not found"):
+        scenario_from_dict({"lengths": {"type": "file", "path": "no_such_lengths"}})
+
+
+def test_shipped_sharegpt_like_file_is_reproducible():
+    shipped = json.loads((ROOT / "workloads" / "lengths" / "sharegpt_like.json").read_text())
+    assert "SYNTHETIC" in shipped["description"]
+    assert shipped["pairs"] == loadgen.make_sharegpt_like()["pairs"]
+
+
+def test_fault_spec_parsing():
+    f = FaultSpec.parse("drop-after=3")
+    assert f.drop_rate == 1.0 and f.drop_after == 3
+    with pytest.raises(ValueError):
+        FaultSpec.parse("explode=1")
+
+
+# --- the real command --------------------------------------------------------------------------------------
+
+def test_serve_command_subprocess(tmp_path):
+    ready = tmp_path / "url"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "harness.serve", "--model", "tiny", "--port", "0",
+                             "--max-batch", "2", "--max-seq", "64", "--ready-file", str(ready)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 60
+        while not ready.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert ready.exists(), proc.stderr.read().decode() if proc.poll() is not None else "server did not start"
+        url = ready.read_text().strip()
+        assert url.startswith("http://127.0.0.1:")
+        r = client(url).issue(req(1, 5, 3))
+        assert r.ok and r.n_generated == 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+
+
+def test_measure_scenario_cell_for_the_worker(server):
+    from harness.serve import measure_scenario_cell
+
+    be = OpenAIHttpBackend(OpenAIHttpOptions(url=server.url, timeout_s=30))
+    be.load(None, "fp32", 4, 64)
+    rec = measure_scenario_cell(be, {"type": "server", "rates": [50.0, 100.0], "requests": 6, "warmup_requests": 0},
+                                vocab_size=2048, batch=4, prompt_len=8, gen_len=4, seed=0, rate=50.0)
+    be.close()
+    assert rec["status"] == "ok" and rec["runs"] is None and rec["scenario"]["rates"] == [50.0]
+    assert rec["metrics"]["ok"] == 6 and rec["summary"][0]["rate"] == 50.0
+    assert all(r["n_generated"] == 4 and r["n_prompt"] == 8 for r in rec["requests"])
+    json.dumps(rec)  # a record must serialize as is
