@@ -205,6 +205,13 @@ class Meter(ABC):
 
     type: ClassVar[str]
     Options: ClassVar[type]
+    #: samples older than this are forgotten (never those of an open window), so a
+    #: ten-hour run polling at 20 Hz does not grow without bound
+    retain_s: ClassVar[float] = 3600.0
+    trim_every: ClassVar[int] = 4096   # samples between two trims
+    #: end_window may wait (for a log to catch up, for the next poll); such meters
+    #: are closed after the others, so their wait does not pad the others' windows
+    ends_late: ClassVar[bool] = False
 
     def __init__(self, options: Any = None):
         self.options = options_from_dict(type(self).Options, options, f"meter {self.type}")
@@ -232,6 +239,12 @@ class Meter(ABC):
     # windows --------------------------------------------------------------
     def begin_window(self, name: str) -> None:
         self._open[name] = time.time()
+
+    def history_cutoff(self) -> float:
+        """Time before which samples may be dropped: retain_s back, never inside an open window."""
+        cutoff = time.time() - self.retain_s
+        opened = list(self._open.values())
+        return min([cutoff] + opened)
 
     def _close_window(self, name: str) -> tuple[float, float]:
         """Pop an open window; (t_start, t_end) in unix seconds."""

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import ClassVar, Optional
 
 from .base import (EnergyReading, Meter, MeterError, PeriodicSampler, check_positive,
-                   median_interval)
+                   median_interval, warn_once)
 
 _ZONE_RE = re.compile(r"^intel-rapl:(\d+(?::\d+)*)$")
 
@@ -86,8 +86,14 @@ class _Domain:
         self.wraps = 0
         self.error: Optional[str] = None    # last read error, None when healthy
         self.error_times: list[float] = []
+        self.dead: Optional[str] = None     # unreadable since start(): why
         self.change_times: list[float] = []  # when a new counter value was first seen
         self.samples: list[tuple[float, int]] = []  # (t, acc_uj)
+
+    def forget_before(self, cutoff: float) -> None:
+        self.samples = [x for x in self.samples if x[0] >= cutoff]
+        self.change_times = [x for x in self.change_times if x >= cutoff]
+        self.error_times = [x for x in self.error_times if x >= cutoff]
 
     def read(self, t: float) -> None:
         try:
@@ -182,17 +188,17 @@ class RaplMeter(Meter):
             dom = _Domain(zdir, zname, scope, max_range)
             dom.read(time.time())
             if dom.error is not None:
+                dom.dead = dom.error   # reported unavailable for its scope, not polled
                 problems.append(dom.error)
-                continue
             self.domains.append(dom)
-        if not self.domains:
+        if not any(d.dead is None for d in self.domains):
+            self.domains = []
             self.mark_unavailable(problems[0] if problems else
                                   f"no package or dram zone under {root} (found: {', '.join(self.skipped)})")
             return
         if problems:
-            # some zones readable, some not: keep the readable ones, say once
+            # some zones readable, some not: measure the readable ones, say once
             self.reason = "; ".join(problems)
-            from .base import warn_once
             warn_once(("rapl-partial", self.reason), f"energy meter rapl: {self.reason}")
         if self.options.period_s > 0:
             self._sampler = PeriodicSampler(self._poll, self.options.period_s, self.name)
@@ -207,8 +213,14 @@ class RaplMeter(Meter):
     def _poll(self) -> None:
         with self._lock:
             t = time.time()
-            for d in self.domains:
+            for d in self.live:
                 d.read(t)
+                if len(d.samples) % self.trim_every == 0:
+                    d.forget_before(self.history_cutoff())
+
+    @property
+    def live(self) -> list[_Domain]:
+        return [d for d in self.domains if d.dead is None]
 
     def _reading_name(self, d: _Domain) -> str:
         return f"{self.name}:{d.zone_name}"
@@ -220,11 +232,11 @@ class RaplMeter(Meter):
             return
         with self._lock:
             t = time.time()
-            for d in self.domains:
+            for d in self.live:
                 d.read(t)
             self._open[name] = t
             self._win[name] = {
-                d.zone_name: (d.acc_uj, len(d.error_times), d.error) for d in self.domains
+                d.zone_name: (d.acc_uj, len(d.error_times), d.error) for d in self.live
             }
 
     def end_window(self, name: str) -> list[EnergyReading]:
@@ -233,7 +245,7 @@ class RaplMeter(Meter):
             return [self.unavailable_reading(t0, t1, self.reason or "unavailable")]
         with self._lock:
             t1 = time.time()
-            for d in self.domains:
+            for d in self.live:
                 d.read(t1)
             t0 = self._open.pop(name, None)
             if t0 is None:
@@ -241,7 +253,11 @@ class RaplMeter(Meter):
             start = self._win.pop(name)
             out = []
             for d in self.domains:
-                out.append(self._domain_reading(d, start[d.zone_name], t0, t1))
+                if d.dead is not None or d.zone_name not in start:
+                    out.append(self.unavailable_reading(t0, t1, d.dead or "zone not read at window start",
+                                                        meter=self._reading_name(d), scope=d.scope))
+                else:
+                    out.append(self._domain_reading(d, start[d.zone_name], t0, t1))
         return out
 
     def _domain_reading(self, d: _Domain, start: tuple, t0: float, t1: float) -> EnergyReading:
@@ -255,8 +271,6 @@ class RaplMeter(Meter):
                                             meter=rname, scope=d.scope)
         changes = [t for t in d.change_times if t0 < t <= t1]
         period = median_interval(changes) if len(changes) >= 3 else median_interval(d.change_times[-200:])
-        wraps_in = sum(1 for _ in ())  # placeholder for clarity below
-        del wraps_in
         return EnergyReading(
             meter=rname, method="counter", scope=d.scope,
             joules=(d.acc_uj - acc0) / 1e6, duration_s=t1 - t0,
@@ -272,7 +286,7 @@ class RaplMeter(Meter):
         if not self.available:
             return None
         with self._lock:
-            times = self.domains[0].change_times[-200:]
+            times = self.live[0].change_times[-200:]
         p = median_interval(times)
         return p if p is not None else (self.options.period_s or 0.001)
 
@@ -281,12 +295,14 @@ class RaplMeter(Meter):
             return None
         t0 = self._open[name]
         with self._lock:
-            return min(sum(1 for t in d.change_times if t > t0) for d in self.domains)
+            if any(d.error for d in self.live):
+                return None  # failing: end_window will say why
+            return min(sum(1 for t in d.change_times if t > t0) for d in self.live)
 
     def timeline(self, since: Optional[float] = None) -> list[dict]:
         rows = []
         with self._lock:
-            for d in self.domains:
+            for d in self.live:
                 prev = None
                 for t, acc in d.samples:
                     if prev is not None and (since is None or t >= since):

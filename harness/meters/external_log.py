@@ -1,0 +1,543 @@
+"""Energy from another machine's power-meter log: a generic CSV and the SPEC
+PTDaemon sample log (the format MLPerf Power uses).
+
+Why: an NPU or PIM card without software telemetry can only be measured at the
+wall, by a meter that another machine logs. That log is written while the run
+goes on and may be readable only after a window closes, so this meter records
+window edges by this machine's wall clock (``time.time()``) and, at
+``end_window`` (waiting up to ``settle_s`` for the log to reach the window's
+end), attributes samples to the window by timestamp.
+
+Time: a log timestamp is converted to this machine's clock as
+``t = log_time - clock_offset_s``, where ``clock_offset_s`` is how far the
+meter host's clock is ahead of this one (measure it with NTP/chrony, or by a
+mark). Timestamps without a zone are read in ``tz`` (an IANA name, e.g.
+"UTC", "Europe/Berlin"; default: this machine's local zone). PTDaemon writes
+its host's local time.
+
+Attribution: a sample is the average power over the interval that ends at its
+timestamp (``sample_covers: preceding``, PTDaemon's behaviour; a power
+analyser reports the mean over its last update interval) or that starts at it
+(``following``). A sample whose interval straddles a window edge contributes
+in proportion to the overlap. A window the log does not cover, or that
+contains a gap longer than ``max_gap_s`` or an invalid sample (PTDaemon writes
+-1 for one), is unavailable, with the reason.
+
+Parsing is strict: a malformed line raises :class:`MeterError` naming the file,
+the line and what was expected (the meter reports it as the reason), unless
+``skip_malformed`` is set, in which case such lines are counted and skipped.
+"""
+
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import ClassVar, NamedTuple, Optional
+from zoneinfo import ZoneInfo
+
+from .base import (EnergyReading, Meter, MeterError, check_positive, check_scope, log,
+                   median_interval)
+
+PTD_TIME_FORMATS = ("%m-%d-%Y %H:%M:%S.%f", "%m-%d-%Y %H:%M:%S")
+_EPOCH_MAX = 1e11  # seconds; beyond this a number is probably milliseconds
+
+
+class LogSample(NamedTuple):
+    """One log line: time on this machine's clock, watts (None: invalid sample)."""
+
+    t: float
+    watts: Optional[float]
+    line: int
+    mark: Optional[str] = None
+
+
+def _zone(tz: Optional[str]) -> Optional[ZoneInfo]:
+    if tz is None:
+        return None
+    try:
+        return ZoneInfo(tz)
+    except Exception:  # noqa: BLE001 - ZoneInfoNotFoundError, ValueError for odd keys
+        raise MeterError(f"option 'tz': unknown time zone {tz!r} (expected an IANA name such as "
+                         f"'UTC' or 'Europe/Berlin')") from None
+
+
+def _to_unix(dt: datetime, zone: Optional[ZoneInfo]) -> float:
+    """Naive datetimes are in ``zone`` (None: this machine's local zone)."""
+    if dt.tzinfo is None and zone is not None:
+        dt = dt.replace(tzinfo=zone)
+    return dt.timestamp()
+
+
+def _finite(text: str) -> float:
+    v = float(text.strip())
+    if not math.isfinite(v):
+        raise ValueError("not finite")
+    return v
+
+
+class _LineParser:
+    """Shared state of both formats: file name, zone, clock offset, time order."""
+
+    def __init__(self, path: str, tz: Optional[str], clock_offset_s: float):
+        self.path = path
+        self.zone = _zone(tz)
+        self.offset = float(clock_offset_s)
+        self.last: Optional[tuple[float, int]] = None  # (t, line) of the previous sample
+
+    def fail(self, lineno: int, what: str) -> MeterError:
+        return MeterError(f"{self.path} line {lineno}: {what}")
+
+    def _ordered(self, t: float, lineno: int, raw_ts: str) -> float:
+        if self.last is not None and t < self.last[0]:
+            raise self.fail(lineno, f"timestamp {raw_ts!r} is earlier than line {self.last[1]}'s; "
+                                    f"expected samples in time order (a daylight-saving change? set 'tz')")
+        self.last = (t, lineno)
+        return t
+
+    def feed(self, lineno: int, line: str) -> Optional[LogSample]:
+        raise NotImplementedError
+
+
+class PtdaemonLogParser(_LineParser):
+    """``Time,MM-DD-YYYY HH:MM:SS.fff,Watts,<w>,Volts,<v>,Amps,<a>,PF,<pf>,Mark,<m>``."""
+
+    def feed(self, lineno: int, line: str) -> Optional[LogSample]:
+        line = line.strip().lstrip("\ufeff")
+        if not line:
+            return None
+        fields = [f.strip() for f in line.split(",")]
+        if fields[0] != "Time" or len(fields) < 2:
+            raise self.fail(lineno, f"expected a PTDaemon sample line 'Time,<MM-DD-YYYY HH:MM:SS.fff>,"
+                                    f"Watts,<number>,...', got {line[:60]!r}")
+        raw_ts = fields[1]
+        dt = None
+        for fmt in PTD_TIME_FORMATS:
+            try:
+                dt = datetime.strptime(raw_ts, fmt)
+                break
+            except ValueError:
+                continue
+        if dt is None:
+            raise self.fail(lineno, f"expected a timestamp like '11-27-2026 18:40:01.123' after 'Time,', "
+                                    f"got {raw_ts[:40]!r}")
+        rest = fields[2:]
+        if len(rest) % 2:
+            raise self.fail(lineno, f"expected 'name,value' pairs after the timestamp; "
+                                    f"{rest[-1][:20]!r} has no value")
+        pairs = list(zip(rest[0::2], rest[1::2]))
+        watts_vals = [v for k, v in pairs if k == "Watts"]
+        if len(watts_vals) != 1:
+            raise self.fail(lineno, "expected exactly one 'Watts,<number>' pair" +
+                            (" (multi-channel logs are not supported: log one channel)" if watts_vals else ""))
+        try:
+            watts = _finite(watts_vals[0])
+        except ValueError:
+            raise self.fail(lineno, f"expected a number after 'Watts', got {watts_vals[0][:20]!r}") from None
+        mark = next((v for k, v in pairs if k == "Mark"), None)
+        try:
+            t = _to_unix(dt, self.zone) - self.offset
+        except (ValueError, OverflowError, OSError):
+            raise self.fail(lineno, f"expected a representable date, got {raw_ts!r}") from None
+        t = self._ordered(t, lineno, raw_ts)
+        return LogSample(t, watts if watts >= 0 else None, lineno, mark)
+
+
+class CsvLogParser(_LineParser):
+    """A CSV with (at least) a timestamp and a watts column, mapped by ``columns``.
+
+    ``columns`` maps "timestamp" and "watts" to header names (then the first
+    non-comment line is the header) or to 0-based column numbers (then there
+    is no header). Timestamps: unix seconds, ISO 8601, "epoch_ms" numbers, or
+    a ``strptime`` format given as ``timestamp_format``.
+    """
+
+    def __init__(self, path: str, columns: dict, tz: Optional[str] = None, clock_offset_s: float = 0.0,
+                 timestamp_format: Optional[str] = None, delimiter: str = ",", watts_scale: float = 1.0):
+        super().__init__(path, tz, clock_offset_s)
+        for key in ("timestamp", "watts"):
+            if key not in columns:
+                raise MeterError(f"option 'columns' must map {key!r} to a column name or number "
+                                 f"(got keys {sorted(columns)})")
+            v = columns[key]
+            if isinstance(v, bool) or not isinstance(v, (str, int)) or (isinstance(v, int) and v < 0):
+                raise MeterError(f"option 'columns.{key}' must be a header name or a column number >= 0, "
+                                 f"got {v!r}")
+        if len(delimiter) != 1:
+            raise MeterError(f"option 'delimiter' must be one character, got {delimiter!r}")
+        self.columns = {"timestamp": columns["timestamp"], "watts": columns["watts"]}
+        self.mark_col = columns.get("mark")
+        self.needs_header = any(isinstance(v, str) for v in (*self.columns.values(), self.mark_col)
+                                if v is not None)
+        self.index: Optional[dict] = None if self.needs_header else dict(self.columns)
+        if self.mark_col is not None and not self.needs_header:
+            self.index["mark"] = self.mark_col
+        self.fmt = timestamp_format
+        self.delimiter = delimiter
+        self.scale = watts_scale
+
+    def _split(self, lineno: int, line: str) -> list[str]:
+        try:
+            rows = list(csv.reader([line], delimiter=self.delimiter))
+        except csv.Error as e:
+            raise self.fail(lineno, f"expected a CSV row: {e}") from None
+        return [c.strip() for c in rows[0]] if rows else []
+
+    def _timestamp(self, lineno: int, text: str) -> float:
+        fmt = self.fmt
+        try:
+            if fmt in (None, "epoch_s", "epoch_ms"):
+                try:
+                    v = _finite(text)
+                except ValueError:
+                    if fmt is not None:
+                        raise
+                    dt = datetime.fromisoformat(text)
+                    return _to_unix(dt, self.zone)
+                if fmt == "epoch_ms":
+                    v /= 1000.0
+                if not 0 <= v < _EPOCH_MAX:
+                    raise self.fail(lineno, f"expected unix seconds between 1970 and year 5138, got "
+                                            f"{text[:30]!r} (milliseconds? set timestamp_format: epoch_ms)")
+                return v
+            return _to_unix(datetime.strptime(text, fmt), self.zone)
+        except MeterError:
+            raise
+        except (ValueError, OverflowError, OSError, TypeError):
+            want = {None: "unix seconds or an ISO 8601 time", "epoch_s": "unix seconds",
+                    "epoch_ms": "unix milliseconds"}.get(fmt, f"a time in the format {fmt!r}")
+            raise self.fail(lineno, f"expected {want} in column {self.columns['timestamp']!r}, "
+                                    f"got {text[:30]!r}") from None
+
+    def feed(self, lineno: int, line: str) -> Optional[LogSample]:
+        line = line.strip().lstrip("\ufeff")
+        if not line or line.startswith("#"):
+            return None
+        cells = self._split(lineno, line)
+        if self.index is None:  # this is the header
+            self.index = {}
+            wanted = dict(self.columns)
+            if self.mark_col is not None:
+                wanted["mark"] = self.mark_col
+            for key, col in wanted.items():
+                if isinstance(col, int):
+                    self.index[key] = col
+                elif col in cells:
+                    self.index[key] = cells.index(col)
+                else:
+                    raise self.fail(lineno, f"expected a header with a column {col!r} (for {key}); "
+                                            f"header is {', '.join(cells)[:120]!r}")
+            return None
+        need = max(self.index.values()) + 1
+        if len(cells) < need:
+            raise self.fail(lineno, f"expected at least {need} columns, got {len(cells)}")
+        raw_ts, raw_w = cells[self.index["timestamp"]], cells[self.index["watts"]]
+        t = self._timestamp(lineno, raw_ts) - self.offset
+        try:
+            watts = _finite(raw_w) * self.scale
+        except ValueError:
+            raise self.fail(lineno, f"expected a number of watts in column {self.columns['watts']!r}, "
+                                    f"got {raw_w[:30]!r}") from None
+        mark = cells[self.index["mark"]] if "mark" in self.index and self.index["mark"] < len(cells) else None
+        t = self._ordered(t, lineno, raw_ts)
+        return LogSample(t, watts if watts >= 0 else None, lineno, mark)
+
+
+def parse_lines(parser: _LineParser, text: str, first_line: int = 1,
+                skip_malformed: bool = False) -> tuple[list[LogSample], int]:
+    """Parse ``text`` line by line; returns (samples, number of skipped lines)."""
+    out, skipped = [], 0
+    for i, line in enumerate(text.splitlines()):
+        try:
+            s = parser.feed(first_line + i, line)
+        except MeterError:
+            if not skip_malformed:
+                raise
+            skipped += 1
+            continue
+        if s is not None:
+            out.append(s)
+    return out, skipped
+
+
+def parse_ptdaemon_log(text: str, path: str = "<ptdaemon log>", tz: Optional[str] = None,
+                       clock_offset_s: float = 0.0) -> list[LogSample]:
+    """All samples of a PTDaemon log given as text (raises MeterError on a bad line)."""
+    return parse_lines(PtdaemonLogParser(path, tz, clock_offset_s), text)[0]
+
+
+def parse_csv_log(text: str, path: str = "<csv log>", columns: Optional[dict] = None,
+                  tz: Optional[str] = None, clock_offset_s: float = 0.0,
+                  timestamp_format: Optional[str] = None, delimiter: str = ",",
+                  watts_scale: float = 1.0) -> list[LogSample]:
+    """All samples of a CSV power log given as text (raises MeterError on a bad line)."""
+    parser = CsvLogParser(path, columns or {"timestamp": "timestamp", "watts": "watts"}, tz,
+                          clock_offset_s, timestamp_format, delimiter, watts_scale)
+    return parse_lines(parser, text)[0]
+
+
+class LogTail:
+    """Reads a growing log file incrementally, only complete lines.
+
+    A last line without its newline is held back (the writer may be mid-line;
+    a half-written "345.2" must not be read as "34"). A file that shrank or was
+    replaced is read again from the start.
+    """
+
+    def __init__(self, path: str, make_parser, skip_malformed: bool = False):
+        self.path = path
+        self.make_parser = make_parser
+        self.skip_malformed = skip_malformed
+        self._reset()
+
+    def _reset(self) -> None:
+        self.parser = self.make_parser()
+        self.offset = 0
+        self.lineno = 0
+        self.samples: list[LogSample] = []
+        self.skipped = 0
+        self.ident: Optional[tuple] = None
+
+    def read(self) -> list[LogSample]:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise MeterError(f"{self.path}: log file not found (is the meter host writing it here?)") from None
+        except OSError as e:
+            raise MeterError(f"{self.path}: cannot read the log: {e.strerror or e}") from None
+        if self.ident is not None and (st.st_ino, st.st_dev) != self.ident or st.st_size < self.offset:
+            self._reset()
+        self.ident = (st.st_ino, st.st_dev)
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError as e:
+            raise MeterError(f"{self.path}: cannot read the log: {e.strerror or e}") from None
+        end = data.rfind(b"\n")
+        if end < 0:
+            return self.samples
+        chunk = data[: end + 1]
+        for raw in chunk.split(b"\n")[:-1]:
+            lineno = self.lineno + 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                err = MeterError(f"{self.path} line {lineno}: expected UTF-8 text")
+                if not self.skip_malformed:
+                    raise err from None
+                self.skipped += 1
+                self.lineno, self.offset = lineno, self.offset + len(raw) + 1
+                continue
+            try:
+                s = self.parser.feed(lineno, line)
+            except MeterError:
+                if not self.skip_malformed:
+                    raise  # offset stays before this line: the error repeats, it does not vanish
+                self.skipped += 1
+                s = None
+            if s is not None:
+                self.samples.append(s)
+            self.lineno, self.offset = lineno, self.offset + len(raw) + 1
+        return self.samples
+
+
+class _Uncovered(Exception):
+    """Internal: the log does not cover the window; the message is the reason."""
+
+
+def apportion(samples: list[LogSample], t0: float, t1: float, covers: str, period: float,
+              gap_limit: float) -> tuple[float, int]:
+    """Joules in [t0, t1] from interval-average samples, and the samples used.
+
+    Each sample covers (t_prev, t] ("preceding") or [t, t_next) ("following");
+    the first/last open interval is one ``period`` long. Raises _Uncovered with
+    a plain reason when the window is not fully covered by valid samples.
+    """
+    if not samples:
+        raise _Uncovered("the log has no samples yet")
+    spans = []
+    for i, s in enumerate(samples):
+        if covers == "preceding":
+            a = samples[i - 1].t if i else s.t - period
+            b = s.t
+        else:
+            a = s.t
+            b = samples[i + 1].t if i + 1 < len(samples) else s.t + period
+        spans.append((a, b, s))
+    lo, hi = spans[0][0], spans[-1][1]
+    if t0 < lo or t1 > hi:
+        fmt = "%H:%M:%S"
+        raise _Uncovered(
+            f"log does not cover the window: log spans {time.strftime(fmt, time.localtime(lo))}"
+            f"-{time.strftime(fmt, time.localtime(hi))} (this clock), window is "
+            f"{time.strftime(fmt, time.localtime(t0))}-{time.strftime(fmt, time.localtime(t1))} "
+            f"({t1 - hi:+.1f} s past the log's end; check clock_offset_s/tz, or raise settle_s)")
+    joules, used = 0.0, 0
+    for a, b, s in spans:
+        overlap = min(b, t1) - max(a, t0)
+        if overlap <= 0:
+            continue
+        if b - a > gap_limit:
+            raise _Uncovered(f"gap of {b - a:.1f} s in the log before line {s.line} inside the window "
+                             f"(max_gap_s={gap_limit:.1f})")
+        if s.watts is None:
+            raise _Uncovered(f"invalid meter sample (negative watts) at line {s.line} inside the window")
+        if overlap > 0:
+            joules += s.watts * overlap
+            used += 1
+    return joules, used
+
+
+@dataclass
+class _LogOptions:
+    path: str
+    tz: Optional[str] = None
+    clock_offset_s: float = 0.0
+    scope: str = "wall"
+    sample_covers: str = "preceding"
+    period_s: Optional[float] = None
+    max_gap_s: Optional[float] = None
+    settle_s: float = 3.0
+    skip_malformed: bool = False
+    name: Optional[str] = None
+
+    def __post_init__(self):
+        check_scope(self.scope)
+        if self.sample_covers not in ("preceding", "following"):
+            raise MeterError(f"option 'sample_covers' must be preceding or following, got {self.sample_covers!r}")
+        check_positive("period_s", self.period_s)
+        check_positive("max_gap_s", self.max_gap_s)
+        check_positive("settle_s", self.settle_s, allow_zero=True)
+        if not math.isfinite(self.clock_offset_s):
+            raise MeterError("option 'clock_offset_s' must be a finite number of seconds")
+        _zone(self.tz)
+
+
+@dataclass
+class PtdaemonLogOptions(_LogOptions):
+    """Options of a ``{type: ptdaemon-log, path: ...}`` meter (see module docstring)."""
+
+
+@dataclass
+class CsvLogOptions(_LogOptions):
+    """Options of a ``{type: csv-log, path: ...}`` meter (see module docstring).
+
+    columns: {"timestamp": <header or number>, "watts": <header or number>,
+    optional "mark"}; timestamp_format: None (unix seconds or ISO 8601),
+    "epoch_s", "epoch_ms" or a strptime format; watts_scale: multiply the watts
+    column (0.001 for a milliwatt log).
+    """
+
+    columns: dict = field(default_factory=lambda: {"timestamp": "timestamp", "watts": "watts"})
+    timestamp_format: Optional[str] = None
+    delimiter: str = ","
+    watts_scale: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        CsvLogParser(self.path, self.columns, self.tz, self.clock_offset_s, self.timestamp_format,
+                     self.delimiter, self.watts_scale)  # validates columns/delimiter
+
+
+class ExternalLogMeter(Meter):
+    """Shared window logic of the log importers."""
+
+    ends_late: ClassVar[bool] = True  # end_window waits up to settle_s for the log
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self.method = "external"
+        self.scope = self.options.scope
+        self.name = self.options.name or f"{self.type}:{os.path.basename(self.options.path)}"
+        self.tail = LogTail(self.options.path, self._make_parser, self.options.skip_malformed)
+
+    def _make_parser(self) -> _LineParser:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        super().start()
+        if not os.path.exists(self.options.path):
+            # not an error yet: the meter host may create it once the run starts
+            log.info("meter %s: %s does not exist yet; it is read at the end of each window",
+                     self.name, self.options.path)
+
+    def _period(self, samples: list[LogSample]) -> float:
+        p = median_interval([s.t for s in samples[-2000:]])
+        return p or self.options.period_s or 1.0
+
+    def end_window(self, name: str) -> list[EnergyReading]:
+        t0, t1 = self._close_window(name)
+        deadline = time.time() + self.options.settle_s
+        while True:
+            try:
+                samples = self.tail.read()
+            except MeterError as e:
+                if time.time() < deadline and "not found" in str(e):
+                    time.sleep(0.1)
+                    continue
+                return [self.unavailable_reading(t0, t1, str(e))]
+            period = self._period(samples)
+            covered = bool(samples) and (samples[-1].t if self.options.sample_covers == "preceding"
+                                         else samples[-1].t + period) >= t1
+            if covered or time.time() >= deadline:
+                break
+            time.sleep(min(0.1, max(0.0, deadline - time.time())))
+        gap_limit = self.options.max_gap_s or 3 * period
+        tele = {"log": self.options.path, "clock_offset_s": self.options.clock_offset_s,
+                "sample_covers": self.options.sample_covers, "skipped_lines": self.tail.skipped}
+        try:
+            joules, used = apportion(samples, t0, t1, self.options.sample_covers, period, gap_limit)
+        except _Uncovered as e:
+            return [self.unavailable_reading(t0, t1, f"{self.options.path}: {e}", telemetry=tele)]
+        inside = [s for s in samples if t0 - period <= s.t <= t1 + period]
+        watts = [s.watts for s in inside if s.watts is not None]
+        if watts:
+            tele.update(watts_min=min(watts), watts_max=max(watts))
+        marks = sorted({s.mark for s in inside if s.mark})
+        if marks:
+            tele["marks"] = marks[:20]
+        win_period = median_interval([s.t for s in inside])
+        return [EnergyReading(meter=self.name, method="external", scope=self.scope, joules=joules,
+                              duration_s=t1 - t0, n_updates=used,
+                              update_period_s=win_period or period, quality="ok",
+                              telemetry=tele, t_start=t0, t_end=t1)]
+
+    def expected_period_s(self) -> Optional[float]:
+        try:
+            samples = self.tail.read()
+        except MeterError:
+            samples = []
+        return self._period(samples)
+
+    def timeline(self, since: Optional[float] = None) -> list[dict]:
+        try:
+            samples = self.tail.read()
+        except MeterError:
+            samples = self.tail.samples
+        return [{"t": s.t, "meter": self.name, "watts": s.watts, "mark": s.mark}
+                for s in samples if since is None or s.t >= since]
+
+
+class PtdaemonLogMeter(ExternalLogMeter):
+    """Wall power from a SPEC PTDaemon sample log (MLPerf Power)."""
+
+    type: ClassVar[str] = "ptdaemon-log"
+    Options: ClassVar[type] = PtdaemonLogOptions
+
+    def _make_parser(self) -> _LineParser:
+        return PtdaemonLogParser(self.options.path, self.options.tz, self.options.clock_offset_s)
+
+
+class CsvLogMeter(ExternalLogMeter):
+    """Power from a generic ``timestamp,watts`` CSV written by any meter."""
+
+    type: ClassVar[str] = "csv-log"
+    Options: ClassVar[type] = CsvLogOptions
+
+    def _make_parser(self) -> _LineParser:
+        o = self.options
+        return CsvLogParser(o.path, o.columns, o.tz, o.clock_offset_s, o.timestamp_format,
+                            o.delimiter, o.watts_scale)
+
