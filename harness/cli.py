@@ -100,10 +100,15 @@ def cmd_run(args) -> int:
 
 
 def _print_records(records, title=None) -> None:
+    from harness.report.scenario_table import is_scenario_record, scenario_rows
     from harness.report.table import bench_rows, print_table
 
-    order = {r["cell_id"]: i for i, r in enumerate(records)}
-    print_table(bench_rows(sorted(records, key=lambda r: order[r["cell_id"]])), title=title)
+    offline = [r for r in records if not is_scenario_record(r)]
+    loaded = [r for r in records if is_scenario_record(r)]
+    if offline or not loaded:
+        print_table(bench_rows(offline), title=title)
+    if loaded:
+        print_table(scenario_rows(loaded), title=f"{title} (request-level scenarios)" if title else None)
 
 
 def cmd_report(args) -> int:

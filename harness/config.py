@@ -75,7 +75,7 @@ class SuiteConfig:
     seed: int = 0
     warmup: int = 1
     repetitions: int = 5
-    scenario: Literal["offline"] = "offline"
+    scenario: str | dict = "offline"  # a type name, or a mapping (harness.scenarios.loadgen.ScenarioConfig)
     timeout_s: float = 900.0  # per cell, in its worker process
     meters: list[dict] | None = None  # default: each backend's own meters
     energy: EnergyConfig = field(default_factory=EnergyConfig)
@@ -204,7 +204,8 @@ class Cell:
     batch: int
     prompt_len: int
     gen_len: int
-    scenario: str
+    scenario: str  # offline | single-stream | concurrency | server@<rate>
+    rate: float | None = None  # requests/s of one point of a server sweep
 
     @property
     def id(self) -> str:
@@ -269,13 +270,22 @@ def load_plan(path: str | Path) -> Plan:
     _check_semantics(suite, chk)
     if chk.problems:
         raise ConfigError(chk.problems)
+    scen = scenario_dict(suite)
+    points = [(f"server@{r:g}", float(r)) for r in scen.get("rates", [])] if scen["type"] == "server" \
+        else [(scen["type"], None)]
     cells = [
-        Cell(b.name, b.type, w.model, dt, bs, p, g, suite.scenario)
+        Cell(b.name, b.type, w.model, dt, bs, p, g, label, rate)
         for b in suite.backends
         for w in suite.workloads
         for dt, bs, p, g in itertools.product(w.dtypes, w.batch_sizes, w.prompt_lens, w.gen_lens)
+        for label, rate in points
     ]
     return Plan(suite, str(path), cells)
+
+
+def scenario_dict(suite: SuiteConfig) -> dict:
+    """The suite's scenario as a mapping with at least a `type`."""
+    return {"type": suite.scenario} if isinstance(suite.scenario, str) else dict(suite.scenario)
 
 
 def _check_semantics(suite: SuiteConfig, chk: _Checker) -> None:
@@ -332,11 +342,37 @@ def _check_semantics(suite: SuiteConfig, chk: _Checker) -> None:
             if longest > args.max_seq_len:
                 chk.fail(f"{p}.prompt_lens", f"prompt + generation = {longest} exceeds {w.model}'s "
                                              f"{args.max_seq_len} positions")
+    _check_scenario(suite, chk)
     a = suite.accuracy
     if a and a.prefill_len >= a.seq_len:
         chk.fail("accuracy.prefill_len", f"expected less than accuracy.seq_len ({a.seq_len}), got {a.prefill_len}")
     if suite.meters is not None:
         _check_meters(suite.meters, chk)
+
+
+def _check_scenario(suite: SuiteConfig, chk: _Checker) -> None:
+    from harness.scenarios.loadgen import ScenarioConfig
+
+    types_ = get_args(get_type_hints(ScenarioConfig)["type"])
+    if isinstance(suite.scenario, str):
+        if suite.scenario not in types_:
+            chk.fail("scenario", f"expected one of {', '.join(types_)} (or a mapping with `type:`), got {suite.scenario!r}")
+            suite.scenario = "offline"
+        if suite.scenario == "server":
+            chk.fail("scenario", "the server scenario needs a mapping with `rates:` (requests/s), e.g. "
+                                 "{type: server, rates: [1, 2, 4]}")
+            suite.scenario = "offline"
+        return
+    if not isinstance(suite.scenario, dict):
+        chk.fail("scenario", f"expected a scenario name or a mapping, got {suite.scenario!r}")
+        suite.scenario = "offline"
+        return
+    cfg = chk.dataclass(ScenarioConfig, suite.scenario, "scenario")
+    if cfg is None:
+        suite.scenario = "offline"
+        return
+    for key, msg in cfg.problems():
+        chk.fail(f"scenario.{key}", msg)
 
 
 def _check_meters(meters: list[dict], chk: _Checker) -> None:

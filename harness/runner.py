@@ -17,9 +17,9 @@ import subprocess
 import sys
 import time
 
-from harness.config import Cell, Plan, load_plan
+from harness.config import Cell, Plan, load_plan, scenario_dict
 from harness.inventory import inventory
-from harness.results import append_record, load_run, safe_run_dir, write_json_atomic
+from harness.results import append_record, load_run, read_records, safe_run_dir, write_json_atomic
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 POLL_S = 0.05
@@ -142,7 +142,7 @@ def _job(plan: Plan, cells: list[Cell], run_dir: Path) -> dict:
             "model": cells[0].model, "dtype": cells[0].dtype, "checkpoint": w.checkpoint,
             "seed": w.seed if w.seed is not None else s.seed, "warmup": s.warmup, "repetitions": s.repetitions,
             "energy": asdict(s.energy), "accuracy": asdict(s.accuracy), "meters": s.meters,
-            "run_dir": str(run_dir),
+            "run_dir": str(run_dir), "scenario": scenario_dict(s),
             "cells": [dict(asdict(c), id=c.id) for c in cells]}
 
 
@@ -156,7 +156,8 @@ def _run_group(plan: Plan, group, cells: list[Cell], run_dir: Path, results_path
         write_json_atomic(job_path, _job(plan, remaining, run_dir))
         events_path.unlink(missing_ok=True)
         log = open(run_dir / "logs" / f"{slug}.log", "ab")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")])))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")])),
+                   HARNESS_RUNNER_PID=str(os.getpid()))  # the worker ends itself if this process dies
         proc = subprocess.Popen([sys.executable, "-m", "harness.worker", str(job_path), str(events_path)],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)  # own process group: a kill takes its children too
@@ -164,6 +165,7 @@ def _run_group(plan: Plan, group, cells: list[Cell], run_dir: Path, results_path
             remaining = _watch(proc, events_path, remaining, timeout, results_path, progress, run_dir / "logs" / f"{slug}.log")
         except KeyboardInterrupt:
             _kill(proc)
+            _save_finished(events_path, remaining, results_path, progress)
             raise
         finally:
             log.close()
@@ -221,6 +223,24 @@ def _watch(proc, events_path: Path, remaining: list[Cell], timeout: float, resul
             _record(results_path, progress, _failed(victim, "timeout", f"{what} ran past timeout_s={timeout:g}"))
             return [c for c in pending if c.id != victim.id]
         time.sleep(POLL_S)
+
+
+def _save_finished(events_path: Path, cells: list[Cell], results_path: Path, progress: Progress) -> None:
+    """After Ctrl-C: record the cells the worker reported finished that were not read yet."""
+    ids = {c.id for c in cells}
+    saved = {r["cell_id"] for r in read_records(results_path)}
+    try:
+        lines = events_path.read_bytes().splitlines()
+    except OSError:
+        return
+    for raw in lines:
+        try:
+            ev = json.loads(raw)
+        except ValueError:
+            continue  # the line the killed worker was writing
+        if ev.get("event") == "done" and ev.get("cell_id") in ids and ev["cell_id"] not in saved:
+            _record(results_path, progress, ev["record"])
+            saved.add(ev["cell_id"])
 
 
 def _cell_label(c: Cell) -> str:

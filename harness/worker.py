@@ -48,7 +48,34 @@ def prompt_tokens(vocab: int, batch: int, prompt_len: int, seed: int) -> np.ndar
     return np.random.default_rng(seed).integers(0, vocab, size=(batch, prompt_len), dtype=np.int64)
 
 
+def _die_with_parent() -> None:
+    """End this worker when the runner dies (kill -9, the OOM killer): an orphan would go
+    on measuring cells nobody records, and hold the device while `--resume` starts
+    another worker on it."""
+    runner = os.environ.get("HARNESS_RUNNER_PID", "")
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    else:
+        import threading
+
+        def watch(ppid=os.getppid()):
+            while os.getppid() == ppid:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if runner.isdigit() and os.getppid() != int(runner):
+        os._exit(1)  # the runner died before the above took effect
+
+
 def main(job_path: str, events_path: str) -> int:
+    _die_with_parent()
     ev = Events(events_path)
     job = json.loads(Path(job_path).read_text())
     from harness.config import AccuracyConfig, EnergyConfig, options_from_dict
@@ -64,8 +91,15 @@ def main(job_path: str, events_path: str) -> int:
         max_batch = max(c["batch"] for c in cells)
         acc = AccuracyConfig(**job["accuracy"])
         max_seq = max(max(c["prompt_len"] + c["gen_len"] for c in cells), acc.seq_len if acc.enabled else 0)
+        scenario = job.get("scenario") or {"type": "offline"}
+        if scenario["type"] != "offline":
+            from harness.scenarios.loadgen import scenario_from_dict, scenario_max_seq
+
+            cfg = scenario_from_dict(scenario)
+            max_seq = max([max_seq] + [scenario_max_seq(cfg, c["prompt_len"], c["gen_len"]) for c in cells])
         backend = cls(options)
         info = backend.load(spec, job["dtype"], max_batch, max_seq)
+        backend.load_details = info.details
         description = backend.describe()
     except Exception as e:  # noqa: BLE001 - any load failure fails this group's cells, with its message
         ev.emit(event="load_failed", message=_message(e), trace=traceback.format_exc())
@@ -84,6 +118,7 @@ def main(job_path: str, events_path: str) -> int:
             record = {"status": "failed", "valid": False,
                       "error": {"kind": "exception", "message": _message(e), "trace": traceback.format_exc()}}
         record.update(_cell_fields(cell, spec, job))
+        record["precision"] = precision_of(cell, backend)
         record["started_at"], record["wall_s"] = t0, time.time() - t0
         ev.emit(event="done", cell_id=cell["id"], record=record)
     for m in meters:
@@ -108,6 +143,13 @@ def _model_spec(job: dict):
         args = args_from_hf_config(_P(job["checkpoint"]), name=job["model"])
         return ModelSpec(args, seed=job["seed"], checkpoint=job["checkpoint"])
     return ModelSpec(get_model(job["model"]), seed=job["seed"])
+
+
+def precision_of(cell: dict, backend) -> str:
+    """What the weights really are: a backend that quantizes (llama.cpp q8_0) says so
+    in load details, so such a cell is never compared with fp32 as the same workload."""
+    details = getattr(backend, "load_details", None) or {}
+    return details.get("precision") or cell["dtype"]
 
 
 def _cell_fields(cell: dict, spec, job: dict) -> dict:
@@ -139,6 +181,10 @@ def measure_cell(job, cell, spec, backend, info, description, meters, energy_cfg
     from harness.scenarios.offline import run_offline, run_one
 
     batch, plen, glen = cell["batch"], cell["prompt_len"], cell["gen_len"]
+    scenario = job.get("scenario") or {"type": "offline"}
+    if scenario["type"] != "offline":
+        return measure_scenario(job, cell, spec, backend, info, description, meters, energy_cfg, acc,
+                                reference_cache)
     prepare_s = backend.prepare(batch, plen + glen)
     prompts = prompt_tokens(spec.args.vocab_size, batch, plen, job["seed"] + 7919 * plen + batch)
     samples, tokens = run_offline(backend, prompts, glen, job["warmup"], job["repetitions"])
@@ -159,15 +205,14 @@ def measure_cell(job, cell, spec, backend, info, description, meters, energy_cfg
     record["memory"] = memory
 
     if meters:
-        from harness.energy import EnergySettings, measure_cell_energy
+        from harness.energy import measure_cell_energy
 
-        settings = EnergySettings(idle_s=energy_cfg.idle_s, min_window_s=energy_cfg.min_window_s,
-                                  min_updates=energy_cfg.min_updates, lengthen=energy_cfg.lengthen)
+        settings = _energy_settings(energy_cfg)
         result = measure_cell_energy(
             meters,
             run_prefill=lambda: (backend.prefill(prompts), backend.synchronize()),
             run_generation=lambda: run_one(backend, prompts, glen),
-            prompt_tokens=batch * plen, generated_tokens=batch * glen, settings=settings)
+            prompt_tokens=batch * plen, generated_tokens=batch * glen, settings=settings, sequences=batch)
         timeline = result.pop("timeline", None)
         if timeline:
             record["energy_timeline"] = _write_timeline(job, cell, timeline)
@@ -178,6 +223,41 @@ def measure_cell(job, cell, spec, backend, info, description, meters, energy_cfg
     from harness.roofline import roofline
 
     record["roofline"] = roofline(record, job.get("calibration"))
+    _gate(record, job, cell, spec, backend, acc, reference_cache)
+    return record
+
+
+def _energy_settings(cfg):
+    from harness.energy import EnergySettings
+
+    return EnergySettings(idle_s=cfg.idle_s, min_window_s=cfg.min_window_s, min_updates=cfg.min_updates,
+                          lengthen=cfg.lengthen)
+
+
+def measure_scenario(job, cell, spec, backend, info, description, meters, energy_cfg, acc, reference_cache) -> dict:
+    """A cell under a LoadGen-style scenario (single-stream, concurrency, server@rate):
+    requests issued by harness.scenarios.loadgen, energy over the steady-state window."""
+    from harness.serve import measure_scenario_cell
+
+    out = measure_scenario_cell(backend, job["scenario"], vocab_size=spec.args.vocab_size, batch=cell["batch"],
+                                prompt_len=cell["prompt_len"], gen_len=cell["gen_len"], seed=job["seed"],
+                                rate=cell.get("rate"), meters=meters or None,
+                                energy_settings=_energy_settings(energy_cfg) if meters else None)
+    record = dict(out)
+    record["load"] = {"load_s": info.load_s, "compile_s": info.compile_s, "details": info.details}
+    record["describe"] = description
+    if hasattr(backend, "sut"):  # an endpoint: its logits are not ours to read
+        record["accuracy"] = {"status": "not checkable (endpoint backend)", "passed": None}
+        record["valid"] = record.get("status") == "ok"
+    else:
+        _gate(record, job, cell, spec, backend, acc, reference_cache)
+    return record
+
+
+def _gate(record, job, cell, spec, backend, acc, reference_cache) -> None:
+    """Accuracy gate: the cell is invalid when its logits leave the dtype's tolerance."""
+    from harness.accuracy import compare, gate_tokens
+
     if acc.enabled:
         key = (acc.batch, acc.seq_len)
         ref_device = acc.reference_device or backend.weights_device()
@@ -187,16 +267,15 @@ def measure_cell(job, cell, spec, backend, info, description, meters, energy_cfg
 
             reference_cache[key] = reference_logits(spec, gate, ref_device)
         got = backend.logits(gate, acc.prefill_len)
-        record["accuracy"] = compare(got, reference_cache[key], cell["dtype"])
+        record["accuracy"] = compare(got, reference_cache[key], precision_of(cell, backend))
         record["accuracy"]["reference"] = f"torch fp32 full forward on {ref_device}"
         if not record["accuracy"]["passed"]:
             record["status"], record["valid"] = "invalid", False
         else:
-            record["valid"] = True
+            record["valid"] = record.get("status") == "ok"
     else:
         record["accuracy"] = {"status": "not checked", "passed": None}
-        record["valid"] = True
-    return record
+        record["valid"] = record.get("status") == "ok"
 
 
 def _write_timeline(job: dict, cell: dict, rows: list[dict]) -> str:

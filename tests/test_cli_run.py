@@ -91,3 +91,16 @@ def test_list_and_env():
     env = harness("env", "--json")
     inv = json.loads(env.stdout)
     assert inv["cpu"]["logical_cores"] >= 1 and inv["python"]
+
+
+def test_server_scenario_run_prints_latency_throughput_table(tmp_path):
+    suite = SUITE.replace("batch_sizes: [1, 3]", "batch_sizes: [2]") + \
+        "scenario: {type: server, rates: [20], requests: 6, warmup_requests: 1, limits: {ttft_s: 5}}\n"
+    (tmp_path / "s.yaml").write_text(suite)
+    proc = harness("run", str(tmp_path / "s.yaml"), "--output", str(tmp_path / "out"), "--name", "srv", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "server@20" in proc.stdout and "TTFT p99 ms" in proc.stdout
+    _, records = load_run(tmp_path / "out" / "srv")
+    (r,) = records
+    assert r["status"] == "ok" and r["metrics"]["ok"] == 6 and r["summary"][0]["failed"] == 0
+    assert r["metrics"]["ttft_s"]["p50"] < r["metrics"]["e2e_s"]["p50"]

@@ -90,3 +90,19 @@ def test_not_yaml_and_missing_file(write_suite, tmp_path):
 def test_yaml_is_loaded_safely(write_suite):
     probs = errors(write_suite, "name: !!python/object/apply:os.system ['echo pwned']\n")
     assert "not valid YAML" in probs[0]
+
+
+def test_scenario_sweep_expands_one_cell_per_rate(write_suite):
+    plan = load_plan(write_suite(GOOD + "scenario: {type: server, rates: [1, 2.5], requests: 4}\n"))
+    assert {c.scenario for c in plan.cells} == {"server@1", "server@2.5"}
+    assert {c.rate for c in plan.cells} == {1.0, 2.5}
+    assert len(plan.cells) == 2 * 8
+
+
+def test_scenario_errors(write_suite):
+    probs = errors(write_suite, GOOD + "scenario: burst\n")
+    assert any("scenario: expected one of offline, single-stream, concurrency, server" in p for p in probs)
+    probs = errors(write_suite, GOOD + "scenario: {type: server, requets: 3}\n")
+    joined = "\n".join(probs)
+    assert "scenario.requets: unknown key (did you mean 'requests'?)" in joined
+    assert "scenario.rates: the server scenario needs a list of rates" in joined
