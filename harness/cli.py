@@ -46,9 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 
-    rep = sub.add_parser("report", help="print the table of one or more run folders")
-    rep.add_argument("runs", nargs="+")
-    rep.set_defaults(func=cmd_report)
+    from harness.report.commands import add_commands
+
+    add_commands(sub)  # report, compare, verify
 
     c = sub.add_parser("calibrate", help="measure a device's memory bandwidth and matmul rates (roofline basis)")
     c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
@@ -109,15 +109,6 @@ def _print_records(records, title=None) -> None:
         print_table(bench_rows(offline), title=title)
     if loaded:
         print_table(scenario_rows(loaded), title=f"{title} (request-level scenarios)" if title else None)
-
-
-def cmd_report(args) -> int:
-    from harness.results import load_run
-
-    for run in args.runs:
-        meta, records = load_run(run)
-        _print_records(records, title=f"{meta.get('suite')}: {run}")
-    return 0
 
 
 def cmd_calibrate(args) -> int:

@@ -74,7 +74,7 @@ class SuiteConfig:
     description: str = ""
     seed: int = 0
     warmup: int = 1
-    repetitions: int = 5
+    repetitions: int = 10  # 5 is the least for a bootstrap interval that holds its coverage (harness.stats)
     scenario: str | dict = "offline"  # a type name, or a mapping (harness.scenarios.loadgen.ScenarioConfig)
     timeout_s: float = 900.0  # per cell, in its worker process
     meters: list[dict] | None = None  # default: each backend's own meters

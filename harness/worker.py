@@ -119,6 +119,10 @@ def main(job_path: str, events_path: str) -> int:
                       "error": {"kind": "exception", "message": _message(e), "trace": traceback.format_exc()}}
         record.update(_cell_fields(cell, spec, job))
         record["precision"] = precision_of(cell, backend)
+        if "decode_tps" in (record.get("metrics") or {}):
+            from harness.roofline import roofline
+
+            record["roofline"] = roofline(record, job.get("calibration"))
         record["started_at"], record["wall_s"] = t0, time.time() - t0
         ev.emit(event="done", cell_id=cell["id"], record=record)
     for m in meters:
@@ -220,9 +224,6 @@ def measure_cell(job, cell, spec, backend, info, description, meters, energy_cfg
     else:
         record["energy"] = {"status": "disabled" if not job["energy"].get("enabled", True) else "no meters"}
 
-    from harness.roofline import roofline
-
-    record["roofline"] = roofline(record, job.get("calibration"))
     _gate(record, job, cell, spec, backend, acc, reference_cache)
     return record
 

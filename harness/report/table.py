@@ -21,18 +21,25 @@ def _params(n) -> str:
 
 
 def _energy(r: dict, phase: str) -> str:
-    """J/token of the phase from the cell's primary meter, with its method, or why not."""
+    """J/token of the phase (gross) from the cell's primary meter, with its scope, or why not.
+
+    The primary meter is a measurement before an estimate and a full window before a
+    short one; an estimate is always labelled "estimate", a short window "short".
+    """
+    from harness.claims import energy_unavailable_reason, is_estimate, meter_figure, primary_meter
+
     e = r.get("energy") or {}
     if e.get("status") in ("disabled", "no meters"):
         return e["status"]
-    meters = e.get("meters") or []
-    avail = [m for m in meters if m.get(f"{phase}_j_per_token") is not None]
-    if not avail:
-        reasons = {m.get("reason") for m in meters if m.get("reason")}
-        return "unavailable" + (f": {'; '.join(sorted(reasons))}" if reasons else "")
-    m = avail[0]
-    tag = "est." if m.get("method") == "estimate" else m.get("scope", "")
-    return f"{m[f'{phase}_j_per_token']:.4g} ({tag})"
+    metric = "j_per_prompt_token" if phase == "prefill" else "j_per_token"
+    m = primary_meter(r, metric)
+    if m is None:
+        return energy_unavailable_reason(r).replace("no energy figure", "unavailable")
+    if is_estimate(m):
+        tag = "estimate"
+    else:
+        tag = m.get("scope", "") + (", short" if m.get("quality") == "short-window" else "")
+    return f"{meter_figure(m, metric):.4g} ({tag})"
 
 
 def _pct(v: float | None) -> str:
@@ -51,23 +58,41 @@ def _accuracy(r: dict) -> str:
     return a.get("status", "-")
 
 
-def bench_rows(records: list[dict]) -> pd.DataFrame:
+def _ci(m: dict | None) -> str:
+    """median [95 % bootstrap CI] of the metric's samples (harness.stats)."""
+    from harness import stats
+
+    if not m or not m.get("samples"):
+        return "-"
+    s = stats.summarize(m["samples"])
+    return f"{stats.fmt_num(s.median)} {stats.fmt_ci(s.ci_low, s.ci_high, 4)}"
+
+
+def bench_rows(records: list[dict], ci: bool = False) -> pd.DataFrame:
+    """One row per cell and test. ci=True adds the median with its 95 % bootstrap
+    interval and the number of repetitions. Invalid cells say INVALID in the t/s column too."""
     rows = []
     for r in records:
         base = {"model": r.get("model"), "params": _params(r.get("params")), "dtype": r.get("precision", r.get("dtype")),
                 "backend": r.get("backend"), "device": r.get("device", "-"), "batch": r.get("batch")}
         if r.get("status") == "failed":
             msg = (r.get("error") or {}).get("message", "")
-            rows.append({**base, "test": f"pp{r.get('prompt_len')}+tg{r.get('gen_len')}", "t/s": "FAILED",
-                         "% roof": "-", "J/token": "-", "accuracy": msg.splitlines()[0][:60] if msg else "-"})
+            row = {**base, "test": f"pp{r.get('prompt_len')}+tg{r.get('gen_len')}", "t/s": "FAILED"}
+            if ci:
+                row.update({"median [95% CI]": "-", "n": "-"})
+            rows.append({**row, "% roof": "-", "J/token": "-", "accuracy": msg.splitlines()[0][:60] if msg else "-"})
             continue
         m = r.get("metrics") or {}
         acc = _accuracy(r)
         roof = r.get("roofline") or {}
-        rows.append({**base, "test": f"pp{r['prompt_len']}", "t/s": _pm(m.get("prefill_tps")),
-                     "% roof": _pct(roof.get("prefill_pct")), "J/token": _energy(r, "prefill"), "accuracy": acc})
-        rows.append({**base, "test": f"tg{r['gen_len']}", "t/s": _pm(m.get("decode_tps")),
-                     "% roof": _pct(roof.get("decode_pct")), "J/token": _energy(r, "decode"), "accuracy": acc})
+        invalid = r.get("status") == "invalid" or r.get("valid") is False
+        for test, key, phase, pct in ((f"pp{r['prompt_len']}", "prefill_tps", "prefill", "prefill_pct"),
+                                      (f"tg{r['gen_len']}", "decode_tps", "decode", "decode_pct")):
+            tps = _pm(m.get(key))
+            row = {**base, "test": test, "t/s": f"INVALID {tps}" if invalid else tps}
+            if ci:
+                row.update({"median [95% CI]": _ci(m.get(key)), "n": (m.get(key) or {}).get("n", "-")})
+            rows.append({**row, "% roof": _pct(roof.get(pct)), "J/token": _energy(r, phase), "accuracy": acc})
     return pd.DataFrame(rows)
 
 
@@ -75,7 +100,7 @@ def to_markdown(df: pd.DataFrame) -> str:
     if df.empty:
         return "(no results)"
     cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---:" if c in ("batch", "t/s") else "---" for c in cols) + "|"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---:" if c in ("batch", "t/s", "median [95% CI]", "n") else "---" for c in cols) + "|"]
     for _, row in df.iterrows():
         lines.append("| " + " | ".join(str(row[c]) for c in cols) + " |")
     return "\n".join(lines)
@@ -87,8 +112,10 @@ def print_table(df: pd.DataFrame, title: str | None = None) -> None:
 
     table = Table(title=title, show_lines=False)
     for c in df.columns:
-        table.add_column(c, justify="right" if c in ("batch", "t/s", "% roof", "J/token") else "left")
+        table.add_column(c, justify="right" if c in ("batch", "t/s", "% roof", "J/token", "median [95% CI]", "n")
+                         else "left")
     for _, row in df.iterrows():
-        style = "red" if "INVALID" in str(row.get("accuracy")) or row.get("t/s") == "FAILED" else None
+        style = "red" if "INVALID" in str(row.get("accuracy")) or str(row.get("t/s")).startswith(("FAILED", "INVALID")) \
+            else None
         table.add_row(*(str(row[c]) for c in df.columns), style=style)
     Console(width=200).print(table)

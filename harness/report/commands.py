@@ -1,0 +1,226 @@
+"""`harness report`, `harness compare` and `harness verify`: the documents people act on.
+
+harness.cli calls ``add_commands(subparsers)``. User mistakes raise
+harness.results.ResultsError (or harness.claims.ClaimsError, a subclass), which the CLI
+prints as one line with exit status 2.
+
+  harness report RUN... [--out DIR] [--prices FILE] [--timeline CELL_ID] [--claims FILE]
+  harness compare RUN_A RUN_B [...] [--markdown FILE] [--metric NAME ...]
+  harness verify CLAIMS.yaml RUN... [--markdown FILE] [--strict]
+
+verify exits 1 when a claim marked `required: true` is REFUTED (with --strict: when it is
+anything but SUPPORTED), 0 otherwise.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.results import ResultsError
+
+
+def add_commands(subparsers) -> None:
+    rep = subparsers.add_parser(
+        "report", help="Markdown + self-contained HTML report of one or more run folders",
+        description="Write report.md (figures in plots/ beside it) and report.html (everything embedded) covering "
+                    "the llama-bench table per device with intervals, energy provenance, procurement figures, "
+                    "throughput/energy against batch, latency trade-offs with Pareto fronts and a power timeline.")
+    rep.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) (results/<run-id>)")
+    rep.add_argument("--out", metavar="DIR", help="output folder (default: RUN/report of the first run)")
+    rep.add_argument("--prices", metavar="FILE", help="prices YAML for cost per million tokens "
+                                                      "(see workloads/prices.example.yaml)")
+    rep.add_argument("--timeline", metavar="CELL_ID", help="cell whose power timeline to plot, e.g. "
+                                                           "torch-cpu/tiny/fp32/b1/p64/g32/offline (default: the "
+                                                           "cell with the most power samples)")
+    rep.add_argument("--claims", metavar="FILE", help="also judge the claims of this file in the report")
+    rep.add_argument("--print", dest="print_table", action="store_true", help="also print the tables to the terminal")
+    rep.set_defaults(func=cmd_report)
+
+    cmp = subparsers.add_parser(
+        "compare", help="matching cells of several runs side by side, with ratios and intervals",
+        description="The first configuration (run, backend, device) is the reference A; each other one is "
+                    "compared with it on the cells they share (same model, precision, batch, prompt and generation "
+                    "length, scenario).")
+    cmp.add_argument("runs", nargs="+", metavar="RUN", help="run folders (one is enough if it holds two backends)")
+    cmp.add_argument("--markdown", metavar="FILE", help="also write the comparison as Markdown")
+    cmp.add_argument("--metric", action="append", metavar="NAME",
+                     help="metric(s) to compare (default: decode_tps prefill_tps ttft_s tpot_s tokens_per_joule "
+                          "j_per_token)")
+    cmp.set_defaults(func=cmd_compare)
+
+    ver = subparsers.add_parser(
+        "verify", help="judge efficiency claims against measured runs (SUPPORTED / REFUTED / INCONCLUSIVE)",
+        description="Each claim's verdict comes from the 95 % interval of the measured ratio: SUPPORTED when its "
+                    "lower bound reaches the factor, REFUTED when its upper bound is below it, INCONCLUSIVE "
+                    "otherwise. Exit status 1 when a required claim is REFUTED.")
+    ver.add_argument("claims", metavar="CLAIMS.yaml", help="claims file (see workloads/claims.example.yaml)")
+    ver.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) holding the measurements")
+    ver.add_argument("--markdown", metavar="FILE",
+                     help="where to write the verdicts as Markdown (default: RUN/verdicts-<claims>.md of the first run)")
+    ver.add_argument("--strict", action="store_true", help="exit 1 also when a required claim is INCONCLUSIVE")
+    ver.set_defaults(func=cmd_verify)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry (tests, `python -m harness.report.commands`): the three commands with
+    the CLI's error handling (one line on stderr, exit 2, for a user's mistake)."""
+    import argparse
+    import sys
+
+    from harness.cli import EXIT_USER_ERROR, UserError
+
+    p = argparse.ArgumentParser(prog="harness")
+    add_commands(p.add_subparsers(metavar="COMMAND"))
+    args = p.parse_args(argv)
+    if not getattr(args, "func", None):
+        p.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return args.func(args) or 0
+    except (UserError, ResultsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def _check_runs(runs: list[str]) -> None:
+    for r in runs:
+        p = Path(r)
+        if not p.is_dir():
+            raise ResultsError(f"{r}: no such run folder")
+        if not (p / "run.json").exists():
+            raise ResultsError(f"{r}: not a run folder (no run.json)")
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as e:
+        raise ResultsError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def cmd_report(args) -> int:
+    from harness.report.markdown import build_report, write_report
+
+    _check_runs(args.runs)
+    doc = build_report(args.runs, prices_path=args.prices, timeline_cell=args.timeline, claims_path=args.claims)
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "report"
+    md, html = write_report(doc, out)
+    if args.print_table:
+        from harness.claims import load_cells
+        from harness.report.table import bench_rows, print_table
+
+        cells = load_cells(args.runs)
+        print_table(bench_rows([c.record for c in cells], ci=True), title=doc.title)
+    print(f"wrote {md} (figures in {md.parent / 'plots'})")
+    print(f"wrote {html} (self-contained: open it in any browser, no network needed)")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from harness.claims import ALIASES, METRICS, load_cells
+    from harness.report.markdown import COMPARE_METRICS, build_compare, compare_markdown
+
+    _check_runs(args.runs)
+    metrics = COMPARE_METRICS
+    if args.metric:
+        metrics = tuple(ALIASES.get(m, m) for m in args.metric)
+        bad = [m for m in metrics if m not in METRICS]
+        if bad:
+            raise ResultsError(f"--metric {bad[0]}: expected one of {', '.join(METRICS)}")
+    cmp = build_compare(load_cells(args.runs), metrics)
+    print_compare(cmp)
+    if args.markdown:
+        _write(Path(args.markdown), compare_markdown(cmp))
+        print(f"wrote {args.markdown}")
+    return 0
+
+
+def print_compare(cmp) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from harness.claims import METRICS
+    from harness.report.markdown import _ratio_text, _wk, compare_value
+
+    from rich.markup import escape
+
+    console = Console(width=max(170, Console().width))
+    ref = cmp.configs[0]
+    console.print(f"[bold]A (reference):[/bold] {escape(cmp.config_labels[ref])}")
+    styles = {"better": "green", "worse": "red", "no clear difference": "yellow"}
+    for other in cmp.configs[1:]:
+        rows = [r for r in cmp.rows if r.other.config_key == other]
+        t = Table(title=escape(f"B: {cmp.config_labels[other]}  vs  A"), title_justify="left")
+        for col, just in (("workload", "left"), ("metric", "left"), ("A median [95% CI]", "right"),
+                          ("B median [95% CI]", "right"), ("B / A [95% CI]", "right"), ("B is", "left")):
+            t.add_column(col, justify=just)
+        for r in rows:
+            style = styles.get(r.judgement, "bold red" if r.judgement.startswith(("INVALID", "FAILED")) else None)
+            t.add_row(escape(_wk(r.workload)), f"{r.metric} ({METRICS[r.metric].unit})",
+                      escape(compare_value(r.ref_summary, r.ref, r.ref_meter)),
+                      escape(compare_value(r.other_summary, r.other, r.other_meter)), escape(_ratio_text(r.ratio)),
+                      f"[{style}]{r.judgement}[/{style}]" if style else r.judgement)
+        if not rows:
+            console.print(escape(f"B: {cmp.config_labels[other]}: no cells match A's workloads"))
+            continue
+        console.print(t)
+        for m in METRICS:
+            if (other, m) in cmp.overall:
+                r = cmp.overall[(other, m)]
+                console.print(escape(f"  across {r.n_a} workloads, {m}: B / A = {_ratio_text(r)} (geometric mean, paired)"))
+    if cmp.unmatched:
+        console.print("[dim]without a match: " + escape(", ".join(c.short for c in cmp.unmatched)) + "[/dim]")
+    console.print("[dim]B / A of the metric as measured; lower is better for ttft_s, tpot_s and j_per_token. "
+                  "'no clear difference': the 95 % interval of the ratio contains 1.[/dim]")
+
+
+def cmd_verify(args) -> int:
+    from harness.claims import exit_code, load_claims, load_cells, verdicts_markdown, verify
+
+    claims = load_claims(args.claims)  # check the claims file before touching any run
+    _check_runs(args.runs)
+    verdicts = verify(claims, load_cells(args.runs))
+    print_verdicts(verdicts)
+    md = Path(args.markdown) if args.markdown else Path(args.runs[0]) / f"verdicts-{Path(args.claims).stem}.md"
+    _write(md, verdicts_markdown(verdicts))
+    print(f"wrote {md}")
+    code = exit_code(verdicts, strict=args.strict)
+    if code:
+        bad = [v for v in verdicts if v.claim.required and v.verdict != "SUPPORTED"
+               and (args.strict or v.verdict == "REFUTED")]
+        print(f"{len(bad)} required claim(s) {'not supported' if args.strict else 'refuted'}: "
+              + "; ".join(v.claim.name for v in bad))
+    return code
+
+
+def print_verdicts(verdicts) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from rich.markup import escape
+
+    from harness.claims import fmt_ratio, verdict_lines
+
+    console = Console(width=max(150, Console().width))
+    colors = {"SUPPORTED": "green", "REFUTED": "red", "INCONCLUSIVE": "yellow"}
+    t = Table(title="claim verdicts", title_justify="left")
+    for col, just in (("#", "right"), ("claim", "left"), ("metric", "left"), ("factor", "right"),
+                      ("measured [95% CI]", "right"), ("verdict", "left"), ("required", "left")):
+        t.add_column(col, justify=just)
+    for i, v in enumerate(verdicts, 1):
+        c = colors[v.verdict]
+        t.add_row(str(i), escape(v.claim.name), v.claim.metric, f">= {v.claim.at_least:g}x",
+                  escape(fmt_ratio(v.comparison.ratio if v.comparison else None)), f"[bold {c}]{v.verdict}[/bold {c}]",
+                  "yes" if v.claim.required else "no")
+    console.print(t)
+    for i, v in enumerate(verdicts, 1):
+        c = colors[v.verdict]
+        console.print(f"\n[bold]{i}. {escape(v.claim.name)}[/bold]: [bold {c}]{v.verdict}[/bold {c}]")
+        for line in verdict_lines(v)[1:]:
+            console.print(escape(line.replace("**", "")), highlight=False, soft_wrap=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Report figures as PNG bytes (matplotlib, Agg canvas: no display, no global pyplot state).
+
+Conventions in every figure: one colour per configuration (backend, precision,
+workload), one marker shape per device; INVALID cells (failed the accuracy gate) are red
+crosses labelled INVALID and are never joined into a line or a Pareto front; energy
+estimates are hollow markers labelled "estimate".
+"""
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+INVALID_COLOR = "#d62728"
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+PHASE_COLORS = {"idle-before": "#e8e8e8", "prefill": "#fde2b8", "generation": "#cfe6f7", "idle-after": "#e8e8e8",
+                "between": "#ffffff"}
+
+
+def _figure(w: float, h: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def to_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def pareto_front(xs: Sequence[float], ys: Sequence[float], *, x_higher_better: bool, y_higher_better: bool) -> list[int]:
+    """Indices of the points no other point beats on both axes (ties kept), sorted by x."""
+    sx = 1 if x_higher_better else -1
+    sy = 1 if y_higher_better else -1
+    pts = [(sx * x, sy * y, i) for i, (x, y) in enumerate(zip(xs, ys)) if x is not None and y is not None]
+    front = []
+    for a in pts:
+        dominated = any((b[0] >= a[0] and b[1] >= a[1]) and (b[0] > a[0] or b[1] > a[1]) for b in pts)
+        if not dominated:
+            front.append(a[2])
+    return sorted(front, key=lambda i: xs[i])
+
+
+def _no_data(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#666", fontsize=9, wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def batch_figure(series: list[dict]) -> bytes:
+    """Decode tokens/s, J/token and tokens/J against batch size.
+
+    series: [{"label", "device", "points": [{"batch", "decode_tps", "j_per_token", "tokens_per_joule",
+    "valid", "estimate"}]}]
+    """
+    fig = _figure(12, 3.9)
+    axes = fig.subplots(1, 3)
+    panels = [("decode_tps", "decode tokens/s", "higher is better"), ("j_per_token", "J per generated token", "lower is better"),
+              ("tokens_per_joule", "generated tokens per joule", "higher is better")]
+    devices = sorted({s["device"] for s in series})
+    for ax, (key, title, hint) in zip(axes, panels):
+        drawn = False
+        for i, s in enumerate(series):
+            color = PALETTE[i % len(PALETTE)]
+            marker = MARKERS[devices.index(s["device"]) % len(MARKERS)]
+            pts = sorted((p for p in s["points"] if p.get(key) is not None), key=lambda p: p["batch"])
+            ok = [p for p in pts if p["valid"]]
+            if ok:
+                est = any(p.get("estimate") for p in ok) and key != "decode_tps"
+                ax.plot([p["batch"] for p in ok], [p[key] for p in ok], marker=marker, color=color,
+                        markerfacecolor="white" if est else color, linestyle="--" if est else "-",
+                        label=s["label"] + (" (estimate)" if est else ""))
+                drawn = True
+            for p in pts:
+                if not p["valid"]:
+                    ax.plot([p["batch"]], [p[key]], marker="x", color=INVALID_COLOR, markersize=9, mew=2, linestyle="")
+                    ax.annotate("INVALID", (p["batch"], p[key]), textcoords="offset points", xytext=(4, 4),
+                                color=INVALID_COLOR, fontsize=7)
+                    drawn = True
+        ax.set_title(f"{title}\n({hint})", fontsize=10)
+        ax.set_xlabel("batch size")
+        if not drawn:
+            _no_data(ax, "no measurement" if key == "decode_tps" else "no energy measurement\nfor these cells")
+            continue
+        ax.set_xscale("log", base=2)
+        ax.grid(True, alpha=0.3)
+        batches = sorted({p["batch"] for s in series for p in s["points"]})
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.minorticks_off()
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)), fontsize=8, frameon=False)
+    return to_png(fig)
+
+
+def tradeoff_figure(points: list[dict]) -> bytes:
+    """Latency (TPOT) against throughput and against J/token, with the Pareto front per device.
+
+    points: [{"label", "device", "decode_tps", "tpot_ms", "j_per_token", "valid", "estimate", "batch"}]
+    """
+    fig = _figure(12, 4.6)
+    axes = fig.subplots(1, 2)
+    labels = list(dict.fromkeys(p["label"] for p in points))
+    devices = list(dict.fromkeys(p["device"] for p in points))
+    specs = [(axes[0], "decode_tps", True, "decode throughput (tokens/s)  ->  better"),
+             (axes[1], "j_per_token", False, "better  <-  J per generated token")]
+    for ax, xkey, x_hi, xlabel in specs:
+        have = [p for p in points if p.get(xkey) is not None and p.get("tpot_ms") is not None]
+        if not have:
+            _no_data(ax, "no energy measurement for these cells" if xkey == "j_per_token" else "no measurement")
+            ax.set_xlabel(xlabel)
+            continue
+        for p in have:
+            if not p["valid"]:
+                ax.plot([p[xkey]], [p["tpot_ms"]], marker="x", color=INVALID_COLOR, markersize=9, mew=2, linestyle="")
+                ax.annotate("INVALID", (p[xkey], p["tpot_ms"]), textcoords="offset points", xytext=(4, 4),
+                            color=INVALID_COLOR, fontsize=7)
+                continue
+            color = PALETTE[labels.index(p["label"]) % len(PALETTE)]
+            marker = MARKERS[devices.index(p["device"]) % len(MARKERS)]
+            est = p.get("estimate") and xkey == "j_per_token"
+            ax.plot([p[xkey]], [p["tpot_ms"]], marker=marker, color=color, markersize=7, linestyle="",
+                    markerfacecolor="white" if est else color)
+            ax.annotate(f"b{p['batch']}" + (" est." if est else ""), (p[xkey], p["tpot_ms"]),
+                        textcoords="offset points", xytext=(4, -9), fontsize=7, color="#444")
+        for d_i, dev in enumerate(devices):
+            ok = [p for p in have if p["valid"] and p["device"] == dev]
+            if len(ok) < 1:
+                continue
+            idx = pareto_front([p[xkey] for p in ok], [p["tpot_ms"] for p in ok], x_higher_better=x_hi,
+                               y_higher_better=False)
+            front = [ok[i] for i in idx]
+            ax.plot([p[xkey] for p in front], [p["tpot_ms"] for p in front], marker="o", markersize=13,
+                    markerfacecolor="none", markeredgecolor="#333", linestyle="", alpha=0.7)
+            ax.plot([p[xkey] for p in front], [p["tpot_ms"] for p in front], color="#333", alpha=0.6,
+                    linestyle=[":", "-.", "--"][d_i % 3], drawstyle="steps-post" if x_hi else "steps-pre",
+                    label=f"Pareto front: {dev}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("time per output token (ms)  (lower is better)")
+        ax.grid(True, alpha=0.3)
+        xs = [p[xkey] for p in have if p[xkey] > 0]
+        if xs and max(xs) / min(xs) > 20:
+            ax.set_xscale("log")
+    axes[0].set_title("latency against throughput", fontsize=10)
+    axes[1].set_title("latency against energy per token", fontsize=10)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=PALETTE[i % len(PALETTE)], marker="o", linestyle="", label=lab)
+               for i, lab in enumerate(labels)]
+    handles += [Line2D([], [], color="#333", marker=MARKERS[i % len(MARKERS)], linestyle=[":", "-.", "--"][i % 3],
+                       label=f"device {dev}") for i, dev in enumerate(devices)]
+    handles.append(Line2D([], [], color="#333", marker="o", markersize=11, markerfacecolor="none", linestyle="-",
+                          label="on the device's Pareto front"))
+    if any(not p["valid"] for p in points):
+        handles.append(Line2D([], [], color=INVALID_COLOR, marker="x", linestyle="", mew=2, label="INVALID (never on a front)"))
+    if any(p.get("estimate") for p in points):
+        handles.append(Line2D([], [], color="#333", marker="o", markerfacecolor="white", linestyle="",
+                              label="energy ESTIMATE (not measured)"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(3, len(handles)), fontsize=8, frameon=False)
+    return to_png(fig)
+
+
+def timeline_figure(rows: list[dict], title: str, windows: dict | None = None) -> bytes:
+    """Power against time of one cell, one line per meter, phases shaded.
+
+    rows: [{"t", "phase", "meter", "watts"}] (times in seconds, absolute or relative).
+    windows: {phase: {"t_start", "t_end"}} on the same clock (the record's energy windows);
+    without them the phases are taken from the samples' labels.
+    """
+    fig = _figure(12, 3.6)
+    ax = fig.subplots(1, 1)
+    rows = [r for r in rows if r.get("watts") is not None and r.get("t") is not None]
+    if not rows:
+        _no_data(ax, "no power samples recorded for this cell")
+        ax.set_title(title, fontsize=10)
+        return to_png(fig)
+    wins = [(p, w["t_start"], w["t_end"]) for p, w in (windows or {}).items()
+            if isinstance(w, dict) and w.get("t_start") is not None and w.get("t_end") is not None]
+    t0 = min([r["t"] for r in rows] + [a for _, a, _ in wins])
+    spans: list[list] = [[p, a - t0, b - t0] for p, a, b in sorted(wins, key=lambda w: w[1])]
+    if not spans:  # phase spans from the samples' labels
+        for r in sorted(rows, key=lambda r: r["t"]):
+            t = r["t"] - t0
+            if spans and spans[-1][0] == r["phase"]:
+                spans[-1][2] = t
+            else:
+                spans.append([r["phase"], t, t])
+    seen_phase = set()
+    for phase, a, b in spans:
+        ax.axvspan(a, b if b > a else a + 1e-3, color=PHASE_COLORS.get(phase, "#f4f4f4"), alpha=0.8, lw=0,
+                   label=phase if phase not in seen_phase else None)
+        seen_phase.add(phase)
+    for i, meter in enumerate(dict.fromkeys(r["meter"] for r in rows)):
+        pts = sorted((r for r in rows if r["meter"] == meter), key=lambda r: r["t"])
+        ax.plot([r["t"] - t0 for r in pts], [r["watts"] for r in pts], color=PALETTE[i % len(PALETTE)],
+                marker="." if len(pts) < 200 else None, lw=1.3, label=f"{meter} (W)")
+    ax.set_xlabel("time since the start of the first energy window (s)")
+    ax.set_ylabel("power (W)")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    fig.legend(loc="outside right upper", fontsize=8, frameon=False)
+    return to_png(fig)

@@ -1,0 +1,344 @@
+"""Claim files and verdicts over hand-built result folders: each verdict, each caveat,
+exit codes and error messages."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.claims import (INCONCLUSIVE, REFUTED, SUPPORTED, Claim, ClaimsError, evaluate, exit_code, load_cells,
+                            load_claims, metric_value, verdicts_markdown)
+from harness.report.commands import main
+
+
+def record(backend="npu", device="npu:0", batch=1, decode=100.0, spread=0.01, n=6, tpj=None, scope="gpu-board",
+           method="counter", quality="ok", precision="fp32", accuracy=True, decode_pct=80.0, status="ok",
+           model="m", prompt_len=64, gen_len=32, seed=0, energy=None):
+    """One cell record shaped like the runner's, with lognormal repetition noise."""
+    rng = np.random.default_rng(seed)
+    dec = list(decode * np.exp(rng.normal(0, spread, n)))
+    ttft = [0.01 * float(np.exp(rng.normal(0, spread))) for _ in range(n)]
+    e2e = [t + batch * (gen_len - 1) / d for t, d in zip(ttft, dec)]
+    tpot = [(e - t) / (gen_len - 1) for e, t in zip(e2e, ttft)]
+
+    def m(xs):
+        return {"mean": float(np.mean(xs)), "sd": float(np.std(xs)), "median": float(np.median(xs)),
+                "min": min(xs), "max": max(xs), "n": len(xs), "samples": xs}
+
+    r = {"cell_id": f"{backend}/{model}/{precision}/b{batch}/p{prompt_len}/g{gen_len}/offline", "backend": backend,
+         "backend_type": backend, "device": device, "model": model, "params": 1000, "dtype": precision,
+         "precision": precision, "batch": batch, "prompt_len": prompt_len, "gen_len": gen_len, "scenario": "offline",
+         "status": status, "valid": status == "ok",
+         "metrics": {"decode_tps": m(dec), "prefill_tps": m([batch * prompt_len / t for t in ttft]), "ttft_s": m(ttft),
+                     "tpot_s": m(tpot), "e2e_s": m(e2e)},
+         "roofline": {"decode_pct": decode_pct, "suspect": decode_pct is not None and decode_pct > 100,
+                      "basis": "test"} if decode_pct is not None else {},
+         "accuracy": ({"status": "pass", "passed": True, "rel_err": 1e-6, "tolerance": 1e-4} if accuracy is True else
+                      {"status": "fail", "passed": False, "rel_err": 0.5, "tolerance": 1e-4} if accuracy is False else
+                      {"status": "not checked", "passed": None})}
+    if energy is not None:
+        r["energy"] = energy
+    elif tpj is not None:
+        meter = {"meter": "nvml" if method == "counter" else method, "method": method, "scope": scope,
+                 "quality": "estimate" if method == "estimate" else quality,
+                 "reason": "constant 300 W x window time: an estimate" if method == "estimate" else
+                 ("generation: 3 updates < 10" if quality == "short-window" else None),
+                 "tokens_per_joule_gross": tpj, "j_per_generated_token_gross": 1 / tpj,
+                 "j_per_prompt_token_gross": 0.1 / tpj, "generation_avg_w": 300.0, "idle_w": 50.0, "warnings": []}
+        r["energy"] = {"meters": [meter], "tokens": {}}
+    else:
+        r["energy"] = {"status": "no meters"}
+    if status == "failed":
+        r["error"] = {"message": "boom"}
+        r.pop("metrics")
+    return r
+
+
+def write_run(root: Path, name: str, records: list[dict], host="lab") -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "run.json").write_text(json.dumps({"run_id": name, "suite": "t", "config": {"repetitions": 6},
+                                            "inventory": {"hostname": host, "cpu": {"model": "X"}, "gpus": []}}))
+    (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return d
+
+
+def claim(**kw):
+    base = dict(name="c", metric="decode_tps", subject={"backend": "npu"}, baseline={"backend": "gpu"},
+                workload={"model": "m", "batch": 1, "prompt_len": 64, "gen_len": 32}, at_least=2.0, required=True)
+    base.update(kw)
+    return Claim(**base)
+
+
+def cells_of(tmp_path, subject: list[dict], baseline: list[dict]):
+    a = write_run(tmp_path, "npu-run", subject)
+    b = write_run(tmp_path, "gpu-run", baseline)
+    return load_cells([a, b])
+
+
+def gpu(**kw):
+    kw.setdefault("backend", "gpu")
+    kw.setdefault("device", "cuda:0")
+    kw.setdefault("seed", 1)
+    return record(**kw)
+
+
+# --- verdicts -----------------------------------------------------------------------------------
+
+def test_supported(tmp_path):
+    cells = cells_of(tmp_path, [record(decode=1000)], [gpu(decode=100)])
+    v = evaluate(claim(at_least=5), cells)
+    assert v.verdict == SUPPORTED, v.reason
+    assert 9 < v.comparison.ratio.ci_low <= v.comparison.ratio.ci_high < 11
+    assert not v.failed_required
+
+
+def test_refuted(tmp_path):
+    cells = cells_of(tmp_path, [record(decode=200)], [gpu(decode=100)])
+    v = evaluate(claim(at_least=100), cells)
+    assert v.verdict == REFUTED and v.failed_required
+    assert "upper bound" in v.reason
+
+
+def test_inconclusive_when_interval_contains_factor(tmp_path):
+    cells = cells_of(tmp_path, [record(decode=200, spread=0.3)], [gpu(decode=100, spread=0.3)])
+    v = evaluate(claim(at_least=2), cells)
+    assert v.verdict == INCONCLUSIVE and "contains 2" in v.reason
+
+
+def test_lower_is_better_metric_is_inverted(tmp_path):
+    # J/token: subject 0.01, baseline 1.0 -> 100x better
+    cells = cells_of(tmp_path, [record(tpj=100.0)], [gpu(tpj=1.0)])
+    v = evaluate(claim(metric="j_per_token", at_least=50), cells)
+    assert v.comparison.ratio.ratio == pytest.approx(100, rel=0.05)
+    assert v.verdict == SUPPORTED
+    v = evaluate(claim(metric="ttft_s", at_least=1.5), cells)  # equal TTFT: refuted
+    assert v.verdict == REFUTED
+
+
+def test_invalid_subject_is_never_supported(tmp_path):
+    cells = cells_of(tmp_path, [record(decode=1000, status="invalid", accuracy=False)], [gpu(decode=100)])
+    v = evaluate(claim(at_least=2), cells)
+    assert v.verdict == INCONCLUSIVE
+    assert any("INVALID" in c for c in v.caveats)
+    assert any("accuracy" in c for c in v.caveats)
+
+
+def test_failed_and_missing_cells(tmp_path):
+    cells = cells_of(tmp_path, [record(status="failed")], [gpu()])
+    v = evaluate(claim(), cells)
+    assert v.verdict == INCONCLUSIVE
+    v = evaluate(claim(workload={"model": "other", "batch": 1, "prompt_len": 64, "gen_len": 32}), cells)
+    assert v.verdict == INCONCLUSIVE and "no measured cell" in v.reason
+    v = evaluate(claim(workload={"model": "m", "batch": 64, "prompt_len": 64, "gen_len": 32}), cells)
+    assert "not measured at batch 64" in v.reason
+
+
+def test_ambiguous_selector(tmp_path):
+    a = write_run(tmp_path, "r1", [record(decode=500)])
+    b = write_run(tmp_path, "r2", [record(decode=510), gpu(decode=100)])
+    cells = load_cells([a, b])
+    v = evaluate(claim(), cells)
+    assert v.verdict == INCONCLUSIVE and "matches 2 cells" in v.reason
+    v = evaluate(claim(subject={"backend": "npu", "run": "r1"}), cells)
+    assert v.verdict == SUPPORTED
+
+
+def test_best_baseline_configuration(tmp_path):
+    baseline = [gpu(batch=1, tpj=1.0), gpu(batch=8, tpj=20.0, seed=2),
+                gpu(batch=64, tpj=500.0, status="invalid", accuracy=False, seed=3)]  # invalid: never best
+    cells = cells_of(tmp_path, [record(batch=1, tpj=50.0), record(batch=8, tpj=60.0, seed=4)], baseline)
+    v = evaluate(claim(metric="tokens_per_joule", at_least=10), cells)
+    assert v.verdict == SUPPORTED  # 50x against batch 1 ...
+    assert v.best_baseline.baseline.record["batch"] == 8  # ... but the baseline does best at batch 8
+    assert v.best_baseline_verdict == REFUTED  # 2.5x against it
+    assert any("does best at batch 8" in c and "REFUTED" in c for c in v.caveats)
+    assert any("INVALID" in c and "b64" in c for c in v.caveats)
+    best = evaluate(claim(metric="tokens_per_joule", at_least=10,
+                          workload={"model": "m", "batch": "best", "prompt_len": 64, "gen_len": 32}), cells)
+    assert best.comparison.baseline.record["batch"] == 8 and best.comparison.subject.record["batch"] == 8
+    assert best.verdict == REFUTED
+
+
+# --- caveats -------------------------------------------------------------------------------------
+
+def _caveats(tmp_path, s, b, **kw):
+    v = evaluate(claim(**kw), cells_of(tmp_path, [s], [b]))
+    return v, " | ".join(v.caveats)
+
+
+def test_caveat_energy_scopes_differ(tmp_path):
+    v, text = _caveats(tmp_path, record(tpj=100.0, scope="npu-module"), gpu(tpj=1.0, scope="wall"),
+                       metric="tokens_per_joule", at_least=10)
+    assert "energy scopes differ" in text and "npu-module" in text and "wall" in text
+    assert "timing only" in text
+
+
+def test_caveat_precision_and_accuracy_differ(tmp_path):
+    v, text = _caveats(tmp_path, record(decode=1000, precision="int8", accuracy=None), gpu(decode=100))
+    assert "precisions differ" in text and "int8" in text
+    assert "accuracy not established" in text and "not checked" in text
+
+
+def test_caveat_baseline_roofline(tmp_path):
+    _, text = _caveats(tmp_path, record(decode=1000), gpu(decode=100, decode_pct=8.0))
+    assert "only 8 % of its decode roofline" in text
+    _, text = _caveats(tmp_path / "b", record(decode=1000), gpu(decode=100, decode_pct=None))
+    assert "roofline unknown" in text and "harness calibrate" in text
+    _, text = _caveats(tmp_path / "c", record(decode=1000, decode_pct=140.0), gpu(decode=100))
+    assert "SUSPECT" in text
+
+
+def test_caveat_short_window(tmp_path):
+    _, text = _caveats(tmp_path, record(tpj=100.0, quality="short-window"), gpu(tpj=1.0),
+                       metric="tokens_per_joule", at_least=10)
+    assert "window too short" in text
+
+
+def test_estimate_cannot_decide_a_verdict(tmp_path):
+    v, text = _caveats(tmp_path, record(tpj=100.0, method="estimate"), gpu(tpj=1.0),
+                       metric="tokens_per_joule", at_least=10)
+    assert "ESTIMATE" in text
+    assert v.verdict == INCONCLUSIVE and "would be SUPPORTED" in v.reason
+
+
+def test_caveat_missing_repetitions(tmp_path):
+    _, text = _caveats(tmp_path, record(decode=1000, n=3), gpu(decode=100))
+    assert "subject has 3 repetition(s)" in text
+
+
+def test_no_energy_is_inconclusive(tmp_path):
+    v, text = _caveats(tmp_path, record(), gpu(tpj=1.0), metric="tokens_per_joule", at_least=10)
+    assert v.verdict == INCONCLUSIVE and "no tokens_per_joule figure" in text
+
+
+def test_energy_samples_follow_timing():
+    r = record(tpj=10.0, n=5, spread=0.1)
+    mv = metric_value(r, "tokens_per_joule")
+    assert mv.n == 5 and np.median(mv.samples) == pytest.approx(10.0)
+    assert metric_value(r, "j_per_1k_tokens").summary().median == pytest.approx(100.0, rel=0.01)
+
+
+# --- files, CLI and exit codes -----------------------------------------------------------------------
+
+CLAIMS = """\
+claims:
+  - name: npu 5x faster
+    metric: decode_tps
+    subject: {backend: npu}
+    baseline: {backend: gpu}
+    workload: {model: m, batch: 1, prompt_len: 64, gen_len: 32}
+    at_least: 5
+    required: true
+  - name: npu 100x more efficient
+    metric: tokens_per_joule
+    subject: {backend: npu}
+    baseline: {backend: gpu}
+    workload: {model: m, batch: best, prompt_len: 64, gen_len: 32}
+    factor: "at least 100x"
+    required: {req}
+"""
+
+
+def test_load_claims_and_factor_forms(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(CLAIMS.replace("{req}", "false"))
+    cs = load_claims(p)
+    assert [c.at_least for c in cs] == [5.0, 100.0]
+    assert cs[1].workload["batch"] == "best" and cs[0].required and not cs[1].required
+    assert cs[0].where.endswith(":2")
+
+
+@pytest.mark.parametrize("bad,expect", [
+    ("metric: decode_tps", "missing key `at_least`"),
+    ("metric: joules\n    at_least: 2", "claims[0].metric: expected one of"),
+    ("metric: decode_tps\n    at_least: -1", "claims[0].at_least: expected a number > 0"),
+    ("metric: decode_tps\n    at_least: 2\n    colour: red", "claims[0].colour: unknown key"),
+])
+def test_claim_errors_name_file_line_and_key(tmp_path, bad, expect):
+    p = tmp_path / "bad.yaml"
+    p.write_text("claims:\n  - name: x\n    subject: {backend: a}\n    baseline: {backend: b}\n"
+                 "    workload: {model: m, batch: 1, prompt_len: 8, gen_len: 8}\n    " + bad + "\n")
+    with pytest.raises(ClaimsError) as e:
+        load_claims(p)
+    assert str(p) in str(e.value) and expect in str(e.value)
+    assert f"{p}:" in str(e.value)  # a line number follows the file
+
+
+def test_claim_file_errors(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("claims: [\n")
+    with pytest.raises(ClaimsError, match="not valid YAML"):
+        load_claims(p)
+    p.write_text("claims:\n  - metric: decode_tps\n    subject: {backend: a}\n    baseline: {backend: b}\n"
+                 "    workload: {model: m, batch: big, prompt_len: 8, gen_len: 8}\n    at_least: 2\n")
+    with pytest.raises(ClaimsError, match=r"workload.batch: expected a batch size >= 1 or \"best\""):
+        load_claims(p)
+    with pytest.raises(ClaimsError, match="no such claims file"):
+        load_claims(tmp_path / "none.yaml")
+
+
+def _runs(tmp_path):
+    a = write_run(tmp_path, "npu-run", [record(decode=1000, tpj=50.0), record(batch=8, decode=4000, tpj=80.0, seed=3)])
+    b = write_run(tmp_path, "gpu-run", [gpu(decode=100, tpj=1.0), gpu(batch=8, decode=700, tpj=5.0, seed=4)])
+    return a, b
+
+
+def test_verify_exit_codes(tmp_path, capsys):
+    a, b = _runs(tmp_path)
+    p = tmp_path / "claims.yaml"
+    md = tmp_path / "v.md"
+    p.write_text(CLAIMS.replace("{req}", "false"))
+    assert main(["verify", str(p), str(a), str(b), "--markdown", str(md)]) == 0  # refuted but not required
+    out = capsys.readouterr().out
+    assert "SUPPORTED" in out and "REFUTED" in out
+    text = md.read_text()
+    assert "| 1 | npu 5x faster |" in text and "**REFUTED**" in text and "Best baseline configuration" in text
+    p.write_text(CLAIMS.replace("{req}", "true"))
+    assert main(["verify", str(p), str(a), str(b), "--markdown", str(md)]) == 1
+    assert "required claim(s) refuted" in capsys.readouterr().out
+    # default Markdown location: inside the first run folder
+    p.write_text(CLAIMS.replace("{req}", "false").replace("at_least: 5", "at_least: 10"))
+    assert main(["verify", str(p), str(a), str(b)]) == 0
+    assert (a / "verdicts-claims.md").exists()
+
+
+def test_verify_strict_fails_on_inconclusive_required(tmp_path, capsys):
+    a, b = _runs(tmp_path)
+    p = tmp_path / "claims.yaml"
+    p.write_text(CLAIMS.replace("{req}", "false").replace("workload: {model: m, batch: 1,",
+                                                           "workload: {model: nope, batch: 1,"))
+    assert main(["verify", str(p), str(a), str(b), "--markdown", str(tmp_path / "x.md")]) == 0
+    assert main(["verify", str(p), str(a), str(b), "--markdown", str(tmp_path / "x.md"), "--strict"]) == 1
+
+
+def test_verify_user_errors_exit_2(tmp_path, capsys):
+    a, b = _runs(tmp_path)
+    p = tmp_path / "claims.yaml"
+    p.write_text("claims:\n  - name: x\n")
+    assert main(["verify", str(p), str(a)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(p) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    p.write_text(CLAIMS.replace("{req}", "true"))
+    assert main(["verify", str(p), str(tmp_path / "nope")]) == 2
+    assert "no such run folder" in capsys.readouterr().err
+
+
+def test_exit_code_helper(tmp_path):
+    a, b = _runs(tmp_path)
+    cells = load_cells([a, b])
+    vs = [evaluate(claim(at_least=1000, required=False), cells)]
+    assert vs[0].verdict == REFUTED and exit_code(vs) == 0
+    vs = [evaluate(claim(at_least=1000, required=True), cells)]
+    assert exit_code(vs) == 1
+    assert "REFUTED" in verdicts_markdown(vs)
+
+
+def test_shipped_example_files_parse():
+    root = Path(__file__).resolve().parent.parent / "workloads"
+    cs = load_claims(root / "claims.example.yaml")
+    assert len(cs) >= 3 and any(c.required for c in cs) and any(c.workload["batch"] == "best" for c in cs)
+    from harness.report.markdown import load_prices
+
+    p = load_prices(root / "prices.example.yaml")
+    assert p.electricity_per_kwh > 0 and 0 < p.utilisation <= 1 and p.hardware
