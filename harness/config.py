@@ -108,6 +108,14 @@ def _line_map(node: yaml.Node, path: str = "", out: dict | None = None) -> dict[
     return out
 
 
+def _short(v, n: int = 60) -> str:
+    r = repr(v)
+    return r if len(r) <= n else f"{r[:n]}... ({len(r)} characters)"
+
+
+_BAD = object()  # marks a value that failed its check (already reported)
+
+
 class _Checker:
     def __init__(self, file: str, lines: dict[str, int]):
         self.file, self.lines, self.problems = file, lines, []
@@ -118,7 +126,8 @@ class _Checker:
         self.problems.append(f"{where}: {path or '(top level)'}: {msg}")
 
     def value(self, hint, data, path: str):
-        """Check data against a type hint; return the converted value (dataclasses built)."""
+        """Check data against a type hint; return the converted value (dataclasses built),
+        or _BAD after reporting why, so later checks never see a value of the wrong type."""
         origin, args = get_origin(hint), get_args(hint)
         if hint is Any:
             return data
@@ -126,43 +135,47 @@ class _Checker:
             if data is None and type(None) in args:
                 return None
             inner = [a for a in args if a is not type(None)]
-            return self.value(inner[0], data, path) if len(inner) == 1 else data
-        if origin is Literal:
-            if data not in args:
-                self.fail(path, f"expected one of {', '.join(map(str, args))}, got {data!r}")
+            if len(inner) == 1:
+                return self.value(inner[0], data, path)
+            if not any(isinstance(data, get_origin(a) or a) for a in inner):
+                names = " or ".join(getattr(get_origin(a) or a, "__name__", str(a)) for a in inner)
+                return self._bad(path, f"expected {names}, got {_short(data)}")
             return data
+        if origin is Literal:
+            return data if data in args else self._bad(path, f"expected one of {', '.join(map(str, args))}, got {_short(data)}")
         if is_dataclass(hint):
-            return self.dataclass(hint, data, path)
+            out = self.dataclass(hint, data, path)
+            return _BAD if out is None else out
         if origin is list or hint is list:
             if not isinstance(data, list):
-                self.fail(path, f"expected a list, got {type(data).__name__} {data!r}")
-                return []
+                return self._bad(path, f"expected a list, got {type(data).__name__} {_short(data)}")
             item = args[0] if args else Any
-            return [self.value(item, x, f"{path}[{i}]") for i, x in enumerate(data)]
+            items = [self.value(item, x, f"{path}[{i}]") for i, x in enumerate(data)]
+            return [x for x in items if x is not _BAD]
         if origin is dict or hint is dict:
-            if not isinstance(data, dict):
-                self.fail(path, f"expected a mapping, got {type(data).__name__} {data!r}")
-                return {}
-            return data
+            return data if isinstance(data, dict) else \
+                self._bad(path, f"expected a mapping, got {type(data).__name__} {_short(data)}")
         if hint is bool:
-            if not isinstance(data, bool):
-                self.fail(path, f"expected true or false, got {data!r}")
-            return data
+            return data if isinstance(data, bool) else self._bad(path, f"expected true or false, got {_short(data)}")
         if hint in (int, float):
             ok = isinstance(data, (int, float)) and not isinstance(data, bool) and (hint is float or isinstance(data, int))
             if not ok:
-                self.fail(path, f"expected {'an integer' if hint is int else 'a number'}, got {data!r}")
-                return data
+                return self._bad(path, f"expected {'an integer' if hint is int else 'a number'}, got {_short(data)}")
             key = path.rsplit(".", 1)[-1].split("[")[0]
             rng = ITEM_RANGES.get(key) if "[" in path.rsplit(".", 1)[-1] else RANGES.get(key)
             if rng and not (rng[0] <= data <= rng[1]):
-                self.fail(path, f"expected a value from {rng[0]} to {rng[1]}, got {data!r}")
-            return hint(data)
+                return self._bad(path, f"expected a value from {rng[0]} to {rng[1]}, got {_short(data)}")
+            try:
+                return hint(data)
+            except OverflowError:  # an integer too large for a float
+                return self._bad(path, f"expected a number, got {_short(data)}")
         if hint is str:
-            if not isinstance(data, str):
-                self.fail(path, f"expected a string, got {data!r}")
-            return data
+            return data if isinstance(data, str) else self._bad(path, f"expected a string, got {_short(data)}")
         return data
+
+    def _bad(self, path: str, msg: str):
+        self.fail(path, msg)
+        return _BAD
 
     def dataclass(self, cls, data, path: str):
         if data is None:
@@ -180,7 +193,9 @@ class _Checker:
                 hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(names)})"
                 self.fail(p, f"unknown key{hint}")
                 continue
-            kwargs[key] = self.value(hints[key], val, p)
+            checked = self.value(hints[key], val, p)
+            if checked is not _BAD:  # a bad value is reported; the default stands in for it
+                kwargs[key] = checked
         for f in fields(cls):
             if f.name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
                 self.fail(f"{path}.{f.name}" if path else f.name, "required key missing")
@@ -188,8 +203,8 @@ class _Checker:
                 kwargs[f.name] = [] if get_origin(hints[f.name]) is list else ""
         try:
             return cls(**kwargs)
-        except TypeError as e:  # a value of the wrong type already reported above
-            self.fail(path, str(e))
+        except Exception as e:  # noqa: BLE001 - a wrong type reported above, or an Options' own check
+            self.fail(path, str(e))  # (a plugin's or a meter's __post_init__ may raise anything)
             return None
 
 
@@ -251,19 +266,31 @@ def resolve_suite_path(name_or_path: str | None) -> Path:
 def load_plan(path: str | Path) -> Plan:
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError([f"{path}: cannot read suite file: {e.strerror or e}"]) from None
     try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError([f"{path}:{line}: not UTF-8 text (byte {raw[e.start:e.start + 1]!r}); "
+                           "save the suite as UTF-8"]) from None
+    try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
+        lines = _line_map(node) if node else {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError([f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: nested too deeply, or an alias that contains itself (&a [*a])"]) from None
+    except Exception as e:  # noqa: BLE001 - PyYAML's constructors raise ValueError (a date 2020-13-45,
+        # a 5000-digit integer), IndexError (`!!int ''`)...: still a file that is not valid YAML
+        raise ConfigError([f"{path}: not valid YAML: {type(e).__name__}: {e}"]) from None
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: expected a mapping of suite keys at the top level, got {type(data).__name__}"])
-    chk = _Checker(str(path), _line_map(node) if node else {})
+    chk = _Checker(str(path), lines)
     suite = chk.dataclass(SuiteConfig, data, "")
     if suite is None:
         raise ConfigError(chk.problems)
@@ -285,7 +312,7 @@ def load_plan(path: str | Path) -> Plan:
 
 def scenario_dict(suite: SuiteConfig) -> dict:
     """The suite's scenario as a mapping with at least a `type`."""
-    return {"type": suite.scenario} if isinstance(suite.scenario, str) else dict(suite.scenario)
+    return {"type": suite.scenario} if isinstance(suite.scenario, str) else {"type": "offline", **suite.scenario}
 
 
 def _check_semantics(suite: SuiteConfig, chk: _Checker) -> None:
@@ -299,7 +326,7 @@ def _check_semantics(suite: SuiteConfig, chk: _Checker) -> None:
     backend_classes = {}
     for i, b in enumerate(suite.backends):
         p = f"backends[{i}]"
-        if b is None:
+        if b is None or not b.type:  # a bad or missing type is already reported
             continue
         try:
             cls = load_backend_class(b.type)
@@ -319,7 +346,7 @@ def _check_semantics(suite: SuiteConfig, chk: _Checker) -> None:
         p = f"workloads[{i}]"
         if w is None:
             continue
-        if w.model not in ZOO and not w.checkpoint:
+        if w.model and w.model not in ZOO and not w.checkpoint:
             close = difflib.get_close_matches(w.model, list(ZOO), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             chk.fail(f"{p}.model", f"unknown model {w.model!r}{hint}; expected one of {', '.join(ZOO)} "
@@ -371,7 +398,7 @@ def _check_scenario(suite: SuiteConfig, chk: _Checker) -> None:
     if cfg is None:
         suite.scenario = "offline"
         return
-    for key, msg in cfg.problems():
+    for key, msg in cfg.problems():  # values of a wrong type were replaced by defaults
         chk.fail(f"scenario.{key}", msg)
 
 
@@ -384,6 +411,9 @@ def _check_meters(meters: list[dict], chk: _Checker) -> None:
         p = f"meters[{i}]"
         if not isinstance(m, dict) or "type" not in m:
             chk.fail(p, f"expected a mapping with a `type:` ({', '.join(METER_TYPES)})")
+            continue
+        if not isinstance(m["type"], str):
+            chk.fail(f"{p}.type", f"expected one of {', '.join(METER_TYPES)}, got {_short(m['type'])}")
             continue
         cls = METER_TYPES.get(m["type"])
         if cls is None:

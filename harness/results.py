@@ -27,7 +27,7 @@ class ResultsError(ValueError):
 
 def safe_run_dir(output: str | Path, run_id: str) -> Path:
     """results/<run_id>, refusing names that could escape the results folder."""
-    if not _RUN_ID_OK.match(run_id) or ".." in run_id:
+    if not _RUN_ID_OK.fullmatch(run_id) or ".." in run_id:
         raise ResultsError(f"run name {run_id!r}: expected letters, digits, '.', '_' or '-' "
                            "(no path separators), at most 128 characters")
     return Path(output) / run_id
@@ -44,8 +44,11 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def append_record(path: Path, record: dict) -> None:
     line = (json.dumps(record, default=_json_default) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line  # a torn last line (a killed writer): start a fresh one, not glue onto it
         os.write(fd, line)
         os.fsync(fd)
     finally:
