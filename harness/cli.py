@@ -69,12 +69,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _sigterm_as_interrupt() -> None:
+    """A scheduler's SIGTERM stops a run like Ctrl-C: finished cells saved, status recorded."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def cmd_run(args) -> int:
     from harness.config import load_plan, resolve_suite_path
     from harness.results import load_run, safe_run_dir
     from harness.runner import new_run_id, run_plan
 
     t0 = time.time()
+    _sigterm_as_interrupt()
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "suite.yaml").exists():

@@ -94,17 +94,23 @@ ITEM_RANGES = {"batch_sizes": (1, 65536), "prompt_lens": (1, 1 << 20), "gen_lens
 
 # --- YAML with line numbers ---------------------------------------------------------
 
-def _line_map(node: yaml.Node, path: str = "", out: dict | None = None) -> dict[str, int]:
+def _line_map(node: yaml.Node, path: str = "", out: dict | None = None, dups: list | None = None) -> dict[str, int]:
+    """key path -> line; duplicate keys (which YAML would silently let the last one win)
+    are collected into `dups` as (path, line)."""
     out = {} if out is None else out
     out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        seen: set = set()
         for k, v in node.value:
             key = f"{path}.{k.value}" if path else str(k.value)
+            if k.value in seen and dups is not None:
+                dups.append((key, k.start_mark.line + 1))
+            seen.add(k.value)
             out[key] = k.start_mark.line + 1
-            _line_map(v, key, out)
+            _line_map(v, key, out, dups)
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
-            _line_map(v, f"{path}[{i}]", out)
+            _line_map(v, f"{path}[{i}]", out, dups)
     return out
 
 
@@ -278,7 +284,8 @@ def load_plan(path: str | Path) -> Plan:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
-        lines = _line_map(node) if node else {}
+        dups: list = []
+        lines = _line_map(node, dups=dups) if node else {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -291,6 +298,8 @@ def load_plan(path: str | Path) -> Plan:
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: expected a mapping of suite keys at the top level, got {type(data).__name__}"])
     chk = _Checker(str(path), lines)
+    for key, line in dups:
+        chk.problems.append(f"{path}:{line}: {key}: key given twice (the first value would be silently ignored)")
     suite = chk.dataclass(SuiteConfig, data, "")
     if suite is None:
         raise ConfigError(chk.problems)

@@ -10,6 +10,7 @@ from dataclasses import asdict
 import datetime as dt
 import json
 import os
+import re
 from pathlib import Path
 import shutil
 import signal
@@ -149,7 +150,7 @@ def _job(plan: Plan, cells: list[Cell], run_dir: Path) -> dict:
 def _run_group(plan: Plan, group, cells: list[Cell], run_dir: Path, results_path: Path, progress: Progress) -> None:
     remaining = list(cells)
     timeout = plan.suite.timeout_s
-    slug = "_".join(group)
+    slug = re.sub(r"[^A-Za-z0-9._-]", "_", "_".join(group))  # a checkpoint model name may hold '/'
     while remaining:
         job_path = run_dir / "logs" / f".{slug}.job.json"
         events_path = run_dir / "logs" / f".{slug}.events.jsonl"
@@ -218,10 +219,12 @@ def _watch(proc, events_path: Path, remaining: list[Cell], timeout: float, resul
             return [c for c in pending if c.id != victim.id]
         if time.monotonic() - since > timeout:
             _kill(proc)
-            victim = current or pending[0]
-            what = "cell" if current else "model load"
-            _record(results_path, progress, _failed(victim, "timeout", f"{what} ran past timeout_s={timeout:g}"))
-            return [c for c in pending if c.id != victim.id]
+            if current is None:  # the load itself hangs: a retry would hang again, for every cell
+                for c in pending:
+                    _record(results_path, progress, _failed(c, "timeout", f"model load ran past timeout_s={timeout:g}"))
+                return []
+            _record(results_path, progress, _failed(current, "timeout", f"cell ran past timeout_s={timeout:g}"))
+            return [c for c in pending if c.id != current.id]
         time.sleep(POLL_S)
 
 

@@ -106,3 +106,8 @@ def test_scenario_errors(write_suite):
     joined = "\n".join(probs)
     assert "scenario.requets: unknown key (did you mean 'requests'?)" in joined
     assert "scenario.rates: the server scenario needs a list of rates" in joined
+
+
+def test_duplicate_keys_are_reported(write_suite):
+    probs = errors(write_suite, GOOD + "warmup: 1\nwarmup: 2\n")
+    assert len(probs) == 1 and "suite.yaml:12: warmup: key given twice" in probs[0]
