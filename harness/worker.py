@@ -106,7 +106,10 @@ def main(job_path: str, events_path: str) -> int:
         return 0
     ev.emit(event="loaded", load_s=info.load_s, compile_s=info.compile_s)
 
-    meters = _start_meters(job, backend)
+    try:
+        meters = _start_meters(job, backend)
+    except Exception as e:  # noqa: BLE001 - a meter that cannot start costs energy figures, not the timings
+        meters, job["meter_error"] = [], _message(e)
     energy = EnergyConfig(**job["energy"])
     reference_cache: dict = {}
     for cell in cells:
@@ -222,7 +225,12 @@ def measure_cell(job, cell, spec, backend, info, description, meters, energy_cfg
             record["energy_timeline"] = _write_timeline(job, cell, timeline)
         record["energy"] = result
     else:
-        record["energy"] = {"status": "disabled" if not job["energy"].get("enabled", True) else "no meters"}
+        if not job["energy"].get("enabled", True):
+            record["energy"] = {"status": "disabled"}
+        elif job.get("meter_error"):
+            record["energy"] = {"status": "unavailable", "reason": f"meters did not start: {job['meter_error']}"}
+        else:
+            record["energy"] = {"status": "no meters"}
 
     _gate(record, job, cell, spec, backend, acc, reference_cache)
     return record

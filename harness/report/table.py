@@ -99,16 +99,43 @@ def bench_rows(records: list[dict], ci: bool = False) -> pd.DataFrame:
 def to_markdown(df: pd.DataFrame) -> str:
     if df.empty:
         return "(no results)"
+    df, notes = footnote_reasons(df)
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---:" if c in ("batch", "t/s", "median [95% CI]", "n") else "---" for c in cols) + "|"]
     for _, row in df.iterrows():
         lines.append("| " + " | ".join(str(row[c]) for c in cols) + " |")
+    if notes:
+        lines += [""] + notes
     return "\n".join(lines)
+
+
+def footnote_reasons(df: pd.DataFrame, column: str = "J/token") -> tuple[pd.DataFrame, list[str]]:
+    """Replace long "unavailable (why)" cells by "unavailable [n]" and return the reasons
+    once each, so a reason shared by every row does not widen every row."""
+    if column not in df.columns:
+        return df, []
+    notes: list[str] = []
+
+    def short(v):
+        v = str(v)
+        if " (" not in v or not v.startswith(("unavailable", "energy ", "no energy")):
+            return v
+        head, why = v.split(" (", 1)
+        why = why.rstrip(")")
+        if why not in notes:
+            notes.append(why)
+        return f"{head} [{notes.index(why) + 1}]"
+
+    out = df.copy()
+    out[column] = out[column].map(short)
+    return out, [f"[{i + 1}] {n}" for i, n in enumerate(notes)]
 
 
 def print_table(df: pd.DataFrame, title: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    df, notes = footnote_reasons(df)
 
     table = Table(title=title, show_lines=False)
     for c in df.columns:
@@ -118,4 +145,7 @@ def print_table(df: pd.DataFrame, title: str | None = None) -> None:
         style = "red" if "INVALID" in str(row.get("accuracy")) or str(row.get("t/s")).startswith(("FAILED", "INVALID")) \
             else None
         table.add_row(*(str(row[c]) for c in df.columns), style=style)
-    Console(width=200).print(table)
+    console = Console(width=200)
+    console.print(table)
+    for n in notes:
+        console.print(n, highlight=False)
