@@ -39,13 +39,12 @@ from typing import Any, Iterable
 
 import torch
 from torch import Tensor, nn
-import torch.nn.functional as F
 
 from workloads.zoo import ModelSpec
 
 #: bump when the exported graph changes (wrapper code, I/O names, opset...): old cache
 #: entries are then ignored, never reused.
-EXPORT_VERSION = 1
+EXPORT_VERSION = 3
 OPSET = 18  # wide provider support (OpenVINO, QNN, DirectML...) matters more than new ops
 DTYPES = ("fp32", "fp16")
 MODEL_FILE = "model.onnx"
@@ -95,17 +94,26 @@ class ConcatCacheLlama(nn.Module):
         self.register_buffer("rope_cos", cos.to(dev), persistent=False)
         self.register_buffer("rope_sin", sin.to(dev), persistent=False)
 
+    @staticmethod
+    def _norm(norm: nn.Module, x: Tensor) -> Tensor:
+        """The reference RMSNorm with its weight and eps, as x / sqrt(mean(x^2) + eps): the
+        pattern ONNX Runtime fuses into one SimplifiedLayerNormalization (the reference's
+        x * rsqrt(...) exports as Sqrt + Reciprocal and stays 7 nodes)."""
+        xf = x.float()
+        xf = xf / torch.sqrt(xf.pow(2).mean(-1, keepdim=True) + norm.eps)
+        return xf.to(x.dtype) * norm.weight
+
     def _attention(self, attn: nn.Module, x: Tensor, cos: Tensor, sin: Tensor, allowed: Tensor,
                    past_k: Tensor, past_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         from workloads.models.llama import apply_rotary
 
         a = self.args
         B, T, _ = x.shape
-        q, k, v = attn.wqkv(x).split([a.dim, a.kv_dim, a.kv_dim], dim=-1)
-        q = q.view(B, T, a.n_heads, a.head_dim).transpose(1, 2)
-        k = k.view(B, T, a.n_kv_heads, a.head_dim).transpose(1, 2)
+        qk, v = attn.wqkv(x).split([a.dim + a.kv_dim, a.kv_dim], dim=-1)
+        # q and k heads rotated together: the same arithmetic, half the graph nodes
+        qk = apply_rotary(qk.view(B, T, a.n_heads + a.n_kv_heads, a.head_dim).transpose(1, 2), cos, sin)
+        q, k = qk.split([a.n_heads, a.n_kv_heads], dim=1)
         v = v.view(B, T, a.n_kv_heads, a.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         k = torch.cat([past_k, k], dim=2)  # [B, KV, S, D]
         v = torch.cat([past_v, v], dim=2)
         groups = a.n_heads // a.n_kv_heads
@@ -131,12 +139,12 @@ class ConcatCacheLlama(nn.Module):
         allowed = (kpos[None, None, :] <= position_ids[:, :, None])[:, None, None]  # [B,1,1,T,S]
         presents = []
         for i, layer in enumerate(m.layers):
-            h, k, v = self._attention(layer.attention, layer.attention_norm(x), cos, sin, allowed,
+            h, k, v = self._attention(layer.attention, self._norm(layer.attention_norm, x), cos, sin, allowed,
                                       past[2 * i], past[2 * i + 1])
             h = x + h
-            x = h + layer.feed_forward(layer.ffn_norm(h))
+            x = h + layer.feed_forward(self._norm(layer.ffn_norm, h))
             presents += [k, v]
-        logits = m.output(m.norm(x)).float()
+        logits = m.output(self._norm(m.norm, x)).float()
         out = (logits, *presents)
         if self.next_tokens:
             out = out + (logits[:, -1].argmax(-1, keepdim=True),)
@@ -163,10 +171,11 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def exporter_version() -> dict[str, Any]:
-    try:
-        import onnxscript
-        osv = getattr(onnxscript, "__version__", "?")
-    except ImportError:  # pragma: no cover - the dynamo exporter needs it
+    from importlib import metadata
+
+    try:  # the version, without the second it takes to import onnxscript
+        osv = metadata.version("onnxscript")
+    except metadata.PackageNotFoundError:  # pragma: no cover - the dynamo exporter needs it
         osv = None
     return {"export_version": EXPORT_VERSION, "torch": torch.__version__, "onnxscript": osv, "opset": OPSET}
 
