@@ -1,24 +1,33 @@
 # Two commands on a fresh machine: `make run` (default smoke suite), `make test`.
 # Both create or reuse .venv. torch is pinned to the CPU build 2.13.0 so no multi-GB
 # CUDA build is pulled; lab machines bring their own CUDA torch (see README).
+# `make test` also builds llama-cpp-python from source (~6 min on 2 cores, once), so the
+# llama.cpp backend is tested for real; `make run` skips it (its smoke row is optional).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+HASH := $(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+CORE := $(VENV)/.core-$(HASH)
+FULL := $(VENV)/.full-$(HASH)
 
-$(STAMP):
+$(CORE):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[onnx,nvidia,report,hf,test]'
-	rm -f $(VENV)/.installed-*
+	rm -f $(VENV)/.core-*
+	touch $@
+
+$(FULL): $(CORE)
+	$(BIN)/python -m pip install -q -e '.[onnx,nvidia,report,hf,llamacpp,test]'
+	rm -f $(VENV)/.full-*
 	touch $@
 
 .PHONY: install run test
-install: $(STAMP)
+install: $(FULL)
 
-run: $(STAMP)
+run: $(CORE)
 	$(BIN)/harness run
 
-test: $(STAMP)
+test: $(FULL)
 	$(BIN)/python -m pytest

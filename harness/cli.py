@@ -96,6 +96,8 @@ def cmd_run(args) -> int:
     else:
         path = resolve_suite_path(args.suite)
         plan = load_plan(path)
+        for note in plan.skipped:
+            print(note, file=sys.stderr)
         if args.output:
             plan.suite.output = args.output
         run_dir = safe_run_dir(plan.suite.output, args.name or new_run_id(plan.suite.name))

@@ -34,6 +34,7 @@ class BackendConfig:
     type: str  # registered backend name (entry point), e.g. torch, onnxruntime
     name: str = ""  # label in tables; default: type-device
     options: dict = field(default_factory=dict)
+    optional: bool = False  # skip (with a note) when the backend's packages are not installed
 
 
 @dataclass
@@ -243,6 +244,7 @@ class Plan:
     suite: SuiteConfig
     source: str
     cells: list[Cell]
+    skipped: list[str] = field(default_factory=list)  # optional backends left out, and why
 
     def backend(self, label: str) -> BackendConfig:
         return next(b for b in self.suite.backends if b.name == label)
@@ -303,9 +305,10 @@ def load_plan(path: str | Path) -> Plan:
     suite = chk.dataclass(SuiteConfig, data, "")
     if suite is None:
         raise ConfigError(chk.problems)
-    _check_semantics(suite, chk)
+    skipped = _check_semantics(suite, chk)
     if chk.problems:
         raise ConfigError(chk.problems)
+    suite.backends = [b for b in suite.backends if b.name not in skipped]
     scen = scenario_dict(suite)
     points = [(f"server@{r:g}", float(r)) for r in scen.get("rates", [])] if scen["type"] == "server" \
         else [(scen["type"], None)]
@@ -316,7 +319,7 @@ def load_plan(path: str | Path) -> Plan:
         for dt, bs, p, g in itertools.product(w.dtypes, w.batch_sizes, w.prompt_lens, w.gen_lens)
         for label, rate in points
     ]
-    return Plan(suite, str(path), cells)
+    return Plan(suite, str(path), cells, [f"{k}: {v}" for k, v in skipped.items()])
 
 
 def scenario_dict(suite: SuiteConfig) -> dict:
@@ -324,7 +327,15 @@ def scenario_dict(suite: SuiteConfig) -> dict:
     return {"type": suite.scenario} if isinstance(suite.scenario, str) else {"type": "offline", **suite.scenario}
 
 
-def _check_semantics(suite: SuiteConfig, chk: _Checker) -> None:
+def _missing_packages(cls) -> list[str]:
+    """pip requirements of a backend whose import packages are not installed."""
+    import importlib.util
+
+    return [req for module, req in cls.requires.items() if importlib.util.find_spec(module) is None]
+
+
+def _check_semantics(suite: SuiteConfig, chk: _Checker) -> dict[str, str]:
+    """Cross-key checks; returns {label: why} for optional backends to leave out."""
     from harness.registry import RegistryError, load_backend_class
     from workloads.zoo import DTYPE_BYTES, ZOO
 
@@ -333,6 +344,7 @@ def _check_semantics(suite: SuiteConfig, chk: _Checker) -> None:
             chk.fail(key, f"expected a list with at least one entry")
     labels: set[str] = set()
     backend_classes = {}
+    skipped: dict[str, str] = {}
     for i, b in enumerate(suite.backends):
         p = f"backends[{i}]"
         if b is None or not b.type:  # a bad or missing type is already reported
@@ -350,6 +362,13 @@ def _check_semantics(suite: SuiteConfig, chk: _Checker) -> None:
         labels.add(b.name)
         if "/" in b.name or b.name.startswith("."):
             chk.fail(f"{p}.name", f"expected a label without '/' or a leading '.', got {b.name!r}")
+        missing = _missing_packages(cls)
+        if missing and b.optional:
+            skipped[b.name] = f"optional backend skipped: not installed here (pip install {' '.join(missing)})"
+            continue
+        if missing:
+            chk.fail(f"{p}.type", f"backend {b.type!r} needs packages that are not installed: "
+                                  f"pip install {' '.join(missing)} (or mark it `optional: true`)")
         backend_classes[b.name] = cls
     for i, w in enumerate(suite.workloads):
         p = f"workloads[{i}]"
@@ -384,6 +403,7 @@ def _check_semantics(suite: SuiteConfig, chk: _Checker) -> None:
         chk.fail("accuracy.prefill_len", f"expected less than accuracy.seq_len ({a.seq_len}), got {a.prefill_len}")
     if suite.meters is not None:
         _check_meters(suite.meters, chk)
+    return skipped
 
 
 def _check_scenario(suite: SuiteConfig, chk: _Checker) -> None:

@@ -187,12 +187,44 @@ FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7}  # gguf.LlamaFileType va
 def write_gguf(model, path: str | os.PathLike, precision: str, name: str | None = None) -> dict[str, Any]:
     """Write `model` (a reference Transformer) to `path` at `precision`; returns a summary
     (tensor types, byte counts) for the cache's meta file."""
+    return write_tensors(model.args, gguf_tensors(model), path, precision, name)
+
+
+def random_tensors(args: ModelArgs, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random float32 tensors under llama.cpp names for `args`, numpy only (no torch):
+    for throwaway files such as a probe of what the installed llama.cpp can run."""
+    rng = np.random.default_rng(seed)
+
+    def mat(out: int, inp: int) -> np.ndarray:
+        return (rng.standard_normal((out, inp)) / inp ** 0.5).astype(np.float32)
+
+    t = {"token_embd.weight": rng.standard_normal((args.vocab_size, args.dim)).astype(np.float32)}
+    for i in range(args.n_layers):
+        p = f"blk.{i}."
+        t[p + "attn_norm.weight"] = np.ones(args.dim, np.float32)
+        t[p + "attn_q.weight"] = mat(args.dim, args.dim)
+        t[p + "attn_k.weight"] = mat(args.kv_dim, args.dim)
+        t[p + "attn_v.weight"] = mat(args.kv_dim, args.dim)
+        t[p + "attn_output.weight"] = mat(args.dim, args.dim)
+        t[p + "ffn_norm.weight"] = np.ones(args.dim, np.float32)
+        t[p + "ffn_gate.weight"] = mat(args.ffn_dim, args.dim)
+        t[p + "ffn_up.weight"] = mat(args.ffn_dim, args.dim)
+        t[p + "ffn_down.weight"] = mat(args.dim, args.ffn_dim)
+    t["output_norm.weight"] = np.ones(args.dim, np.float32)
+    if not args.tie_embeddings:
+        t["output.weight"] = mat(args.vocab_size, args.dim)
+    return t
+
+
+def write_tensors(a: ModelArgs, tensors: dict[str, np.ndarray], path: str | os.PathLike, precision: str,
+                  name: str | None = None) -> dict[str, Any]:
+    """Write float32 tensors already under llama.cpp names (see gguf_tensors) with the
+    metadata of `a` to a GGUF file at `precision`."""
     gguf = _gguf()
     from gguf import GGMLQuantizationType as Q
 
     if precision not in PRECISIONS:
         raise GGUFExportError(f"unknown GGUF precision {precision!r}; known: {', '.join(PRECISIONS)}")
-    a: ModelArgs = model.args
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name(name or a.name)
     w.add_context_length(a.max_seq_len)
@@ -222,7 +254,7 @@ def write_gguf(model, path: str | os.PathLike, precision: str, name: str | None 
     w.add_add_eos_token(False)
 
     summary: dict[str, Any] = {"tensors": {}, "bytes": 0}
-    for tname, arr in gguf_tensors(model).items():
+    for tname, arr in tensors.items():
         ttype = tensor_type(tname, arr.shape, precision)
         if ttype == "F32":
             data, raw = arr.astype(np.float32, copy=False), None
