@@ -9,7 +9,7 @@ Over 100 % is physically impossible: flagged "suspect", never a win.
 """
 from __future__ import annotations
 
-from workloads.zoo import ZOO, ModelArgs
+from workloads.zoo import PRECISION_BYTES, ZOO, ModelArgs
 
 SUSPECT_ABOVE = 1.0
 
@@ -30,15 +30,18 @@ def roofline(record: dict, calibration: dict | None) -> dict:
     m = record.get("metrics") or {}
     if not calibration or args is None or "decode_tps" not in m:
         return {}
-    dtype = record.get("dtype", "fp32")
-    bytes_dtype = dtype if dtype in ("fp32", "bf16", "fp16") else "fp16"
+    # what the weights really are (a q8_0 cell of an fp32 suite moves q8_0 bytes)
+    precision = record.get("precision") or record.get("dtype", "fp32")
+    if precision not in PRECISION_BYTES:
+        return {}
+    matmul_dtype = precision if precision in ("fp32", "bf16", "fp16") else "fp16"
     out: dict = {"basis": f"calibration {calibration.get('device')} on {calibration.get('host')}"}
     bw = calibration.get("memory_bandwidth_Bps")
     if bw:
-        limit = decode_limit_tps(args, bytes_dtype, record["batch"], record["prompt_len"], record["gen_len"], bw)
+        limit = decode_limit_tps(args, precision, record["batch"], record["prompt_len"], record["gen_len"], bw)
         out["decode_limit_tps"] = limit
         out["decode_pct"] = 100 * m["decode_tps"]["median"] / limit
-    peak = (calibration.get("matmul_flops") or {}).get(bytes_dtype)
+    peak = (calibration.get("matmul_flops") or {}).get(matmul_dtype)
     if peak:
         t_min = prefill_limit_s(args, record["batch"], record["prompt_len"], peak)
         out["prefill_pct"] = 100 * t_min / m["ttft_s"]["median"]

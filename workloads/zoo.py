@@ -9,7 +9,10 @@ from dataclasses import asdict, dataclass, field
 import hashlib
 import json
 
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}  # dtypes a suite can ask for
+# Bytes per weight of every precision a backend may report, quantized formats included
+# (GGML blocks of 32 weights: q8_0 = 32 int8 + one fp16 scale, q4_0 = 16 bytes + scale).
+PRECISION_BYTES = {**DTYPE_BYTES, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
 
 @dataclass(frozen=True)
@@ -56,17 +59,18 @@ class ModelArgs:
         return emb + head + self.n_layers * per_layer + self.dim
 
     def weight_bytes(self, dtype: str) -> int:
-        return self.param_count() * DTYPE_BYTES[dtype]
+        return int(self.param_count() * PRECISION_BYTES[dtype])
 
     def decode_bytes_per_step(self, dtype: str) -> int:
         """Weight bytes one decode step must read: everything except the embedding
         table (only one row per token is gathered), unless the table is also the
         output head."""
         skipped = 0 if self.tie_embeddings else self.vocab_size * self.dim
-        return (self.param_count() - skipped) * DTYPE_BYTES[dtype]
+        return int((self.param_count() - skipped) * PRECISION_BYTES[dtype])
 
     def kv_bytes_per_token(self, dtype: str) -> int:
-        return 2 * self.n_layers * self.kv_dim * DTYPE_BYTES[dtype]
+        """KV cache bytes per position (quantized weights keep a 16-bit cache)."""
+        return 2 * self.n_layers * self.kv_dim * DTYPE_BYTES.get(dtype, 2)
 
     def matmul_flops_per_token(self, context: int = 0) -> int:
         """FLOPs (2 per multiply-add) for one token: every weight matrix, the output
