@@ -92,8 +92,25 @@ def bench_rows(records: list[dict], ci: bool = False) -> pd.DataFrame:
             row = {**base, "test": test, "t/s": f"INVALID {tps}" if invalid else tps}
             if ci:
                 row.update({"median [95% CI]": _ci(m.get(key)), "n": (m.get(key) or {}).get("n", "-")})
-            rows.append({**row, "% roof": _pct(roof.get(pct)), "J/token": _energy(r, phase), "accuracy": acc})
-    return pd.DataFrame(rows)
+            rows.append({**row, "% roof": _pct(roof.get(pct)), "J/token": _energy(r, phase), "accuracy": acc,
+                         "placement": placement(r)})
+    df = pd.DataFrame(rows)
+    if "placement" in df.columns and not (df["placement"].fillna("") != "").any():
+        df = df.drop(columns="placement")  # no backend here reports node placement
+    return df
+
+
+def placement(r: dict) -> str:
+    """Which execution provider ran the graph (ONNX Runtime): silent CPU fallback is the
+    classic way an NPU benchmark lies, so the split is shown wherever it is known."""
+    p = ((r.get("load") or {}).get("details") or {}).get("placement") or {}
+    if not p:
+        return ""
+    text = p.get("summary") or ", ".join(f"{k}: {v}" for k, v in (p.get("nodes_per_provider") or {}).items())
+    share = p.get("compute_share_off_requested") or 0
+    if share > 0:
+        text += f"; {100 * share:.0f} % of compute off {p.get('requested_provider', 'the requested provider')}"
+    return text
 
 
 def to_markdown(df: pd.DataFrame) -> str:
