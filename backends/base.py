@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
+import platform
 from typing import Any, ClassVar
 
 import numpy as np
@@ -103,3 +105,14 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Free the model and device memory."""
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (for describe() and the run inventory)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

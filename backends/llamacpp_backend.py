@@ -55,7 +55,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from backends.base import Backend, BackendError, DecodeResult, LoadInfo
+from backends.base import Backend, BackendError, DecodeResult, LoadInfo, cpu_model
 from workloads.zoo import ModelSpec
 
 INSTALL_HINT = "pip install 'accel-harness[llamacpp]'"
@@ -183,14 +183,6 @@ print("probe-ok" if rcs == [0, 0] else f"probe-rc {rcs}")
 _PROBED: dict[str, tuple[bool, str]] = {}
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def extra_bufts_usable(lc, cache_dir: str | None = None) -> tuple[bool, str]:
@@ -199,7 +191,7 @@ def extra_bufts_usable(lc, cache_dir: str | None = None) -> tuple[bool, str]:
     info = lc.llama_print_system_info().decode("utf-8", "replace")
     if "AMX_INT8 = 1" not in info:
         return True, "no AMX kernels in this build"
-    key = hashlib.sha256("|".join([getattr(lc, "__version__", "?"), info, _cpu_model(), platform.release()])
+    key = hashlib.sha256("|".join([getattr(lc, "__version__", "?"), info, cpu_model(), platform.release()])
                          .encode()).hexdigest()[:16]
     if key in _PROBED:
         return _PROBED[key]
@@ -240,7 +232,7 @@ def extra_bufts_usable(lc, cache_dir: str | None = None) -> tuple[bool, str]:
     try:
         verdict_file.parent.mkdir(parents=True, exist_ok=True)
         verdict_file.write_text(json.dumps({"ok": result[0], "reason": result[1], "system_info": info.strip(),
-                                            "cpu": _cpu_model(), "kernel": platform.release()}))
+                                            "cpu": cpu_model(), "kernel": platform.release()}))
     except OSError:
         pass
     return result

@@ -29,7 +29,7 @@ from typing import Any, Literal, Optional
 
 import numpy as np
 
-from backends.base import Backend, BackendError, DecodeResult, LoadInfo
+from backends.base import Backend, BackendError, DecodeResult, LoadInfo, cpu_model
 from workloads.zoo import ModelSpec
 
 CPU_EP = "CPUExecutionProvider"
@@ -329,7 +329,7 @@ class OnnxBackend(Backend):
             "available_providers": available_providers(),
             "requested_providers": [{"name": n, "options": o} for n, o in self.providers],
             "device": self.device_of(self.options),
-            "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
+            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
             "intra_op_threads": self.options.intra_op_threads, "inter_op_threads": self.options.inter_op_threads,
             "graph_optimization_level": self.options.graph_optimization_level,
         }
@@ -706,11 +706,3 @@ class _Binding:
         return self.py.get_outputs()
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

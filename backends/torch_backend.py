@@ -9,7 +9,6 @@ is n graph replays with no host synchronisation in between.
 from __future__ import annotations
 
 from dataclasses import dataclass
-import os
 import platform
 import time
 from typing import Any

@@ -341,7 +341,7 @@ def _check_semantics(suite: SuiteConfig, chk: _Checker) -> dict[str, str]:
 
     for key in ("backends", "workloads"):
         if not getattr(suite, key) and key in chk.lines:
-            chk.fail(key, f"expected a list with at least one entry")
+            chk.fail(key, "expected a list with at least one entry")
     labels: set[str] = set()
     backend_classes = {}
     skipped: dict[str, str] = {}

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import psutil
 
+from backends.base import cpu_model
+
 PACKAGES = ("accel-harness", "torch", "numpy", "pandas", "onnxruntime", "onnxruntime-openvino", "onnxruntime-gpu",
             "onnx", "llama_cpp_python", "nvidia-ml-py", "transformers", "scipy")
 # Environment variables that steer performance; everything else (tokens, keys) stays out.
@@ -18,14 +20,6 @@ ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "OPENB
             "OPENBLAS_NUM_THREADS", "PYTORCH_CUDA_ALLOC_CONF", "TORCHINDUCTOR_CACHE_DIR")
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def gpus() -> list[dict]:

@@ -80,7 +80,6 @@ def main(job_path: str, events_path: str) -> int:
     job = json.loads(Path(job_path).read_text())
     from harness.config import AccuracyConfig, EnergyConfig, options_from_dict
     from harness.registry import load_backend_class
-    from workloads.zoo import ModelSpec, get_model
 
     ev.emit(event="loading")
     try:
@@ -183,7 +182,6 @@ def _start_meters(job: dict, backend) -> list:
 
 
 def measure_cell(job, cell, spec, backend, info, description, meters, energy_cfg, acc, reference_cache) -> dict:
-    from harness.accuracy import compare, gate_tokens
     from harness.metrics import cell_metrics
     from harness.scenarios.offline import run_offline, run_one
 

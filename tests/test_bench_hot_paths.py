@@ -2,7 +2,6 @@
 targets live in `harness run` benchmarks)."""
 import numpy as np
 import pytest
-import torch
 
 from backends.torch_backend import TorchBackend, TorchOptions
 from harness.results import append_record, read_records

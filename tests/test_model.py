@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from workloads.models import build_model, decode_step, full_forward, prefill, reference_logits
-from workloads.models.llama import rotary_tables, rope_frequencies
+from workloads.models.llama import rope_frequencies
 from workloads.models.weights import args_from_hf_config, save_hf_checkpoint, CheckpointError
 from workloads.zoo import ZOO, ModelArgs, ModelSpec, RopeScaling
 

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from workloads.zoo import ModelArgs, ModelSpec
+from workloads.cache import cache_root as _cache_root, checkpoint_stamp
 
 #: bump when the written file changes (names, layouts, metadata): old cache entries are
 #: then ignored, never reused.
@@ -279,33 +280,12 @@ def write_tensors(a: ModelArgs, tensors: dict[str, np.ndarray], path: str | os.P
 # --- the on-disk cache ------------------------------------------------------------------
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where GGUF files live: the given folder, else $ACCEL_HARNESS_CACHE/gguf, else
-    ~/.cache/accel-harness/gguf."""
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("ACCEL_HARNESS_CACHE")
-    if env:
-        return Path(env).expanduser() / "gguf"
-    return Path.home() / ".cache" / "accel-harness" / "gguf"
-
-
-def _checkpoint_stamp(spec: ModelSpec) -> str:
-    """Checkpoint files' sizes and mtimes: new weights in the same folder are written again."""
-    if not spec.checkpoint:
-        return ""
-    folder = Path(spec.checkpoint)
-    parts = []
-    for f in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
-        try:
-            st = f.stat()
-            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
-        except OSError:
-            parts.append(f"{f.name}:missing")
-    return "|".join(parts)
+    """Where GGUF files live (workloads.cache)."""
+    return _cache_root("gguf", cache_dir)
 
 
 def cache_name(spec: ModelSpec, precision: str) -> str:
-    h = hashlib.sha256(f"gguf-e{EXPORT_VERSION}|{_checkpoint_stamp(spec)}".encode()).hexdigest()[:8]
+    h = hashlib.sha256(f"gguf-e{EXPORT_VERSION}|{checkpoint_stamp(spec)}".encode()).hexdigest()[:8]
     return f"{spec.key(precision)}-g{EXPORT_VERSION}-{h}.gguf"
 
 

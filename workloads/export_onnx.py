@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from workloads.zoo import ModelSpec
+from workloads.cache import cache_root as _cache_root, checkpoint_stamp
 
 #: bump when the exported graph changes (wrapper code, I/O names, opset...): old cache
 #: entries are then ignored, never reused.
@@ -160,14 +161,8 @@ def io_names(n_layers: int, next_tokens: bool = True) -> tuple[list[str], list[s
 # --- the on-disk cache ------------------------------------------------------------------
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where exports live: the given folder, else $ACCEL_HARNESS_CACHE/onnx, else
-    ~/.cache/accel-harness/onnx."""
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("ACCEL_HARNESS_CACHE")
-    if env:
-        return Path(env).expanduser() / "onnx"
-    return Path.home() / ".cache" / "accel-harness" / "onnx"
+    """Where ONNX files live (workloads.cache)."""
+    return _cache_root("onnx", cache_dir)
 
 
 def exporter_version() -> dict[str, Any]:
@@ -180,24 +175,8 @@ def exporter_version() -> dict[str, Any]:
     return {"export_version": EXPORT_VERSION, "torch": torch.__version__, "onnxscript": osv, "opset": OPSET}
 
 
-def _checkpoint_stamp(spec: ModelSpec) -> str:
-    """A checkpoint is named by its path in spec.key(); add its files' sizes and mtimes
-    so that new weights in the same folder are exported again."""
-    if not spec.checkpoint:
-        return ""
-    folder = Path(spec.checkpoint)
-    parts = []
-    for f in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
-        try:
-            st = f.stat()
-            parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
-        except OSError:
-            parts.append(f"{f.name}:missing")
-    return "|".join(parts)
-
-
 def cache_name(spec: ModelSpec, dtype: str) -> str:
-    ver = json.dumps(exporter_version(), sort_keys=True) + _checkpoint_stamp(spec)
+    ver = json.dumps(exporter_version(), sort_keys=True) + checkpoint_stamp(spec)
     h = hashlib.sha256(ver.encode()).hexdigest()[:8]
     torch_tag = re.sub(r"[^0-9A-Za-z.]+", "_", torch.__version__)
     return f"{spec.key(dtype)}-e{EXPORT_VERSION}-t{torch_tag}-{h}"

@@ -5,7 +5,7 @@ complete, reproducible workload. Shapes follow each model's published config.jso
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 import hashlib
 import json
 

@@ -530,8 +530,6 @@ def build_report(run_dirs, prices_path: str | Path | None = None, timeline_cell:
             doc.p("No cell recorded a power timeline (no meter sampled power during these runs).")
 
     if claims is not None:
-        from harness.claims import verdicts_markdown
-
         doc.h(2, "Claim verdicts")
         doc.blocks.append(("verdicts", claims))
 
