@@ -222,12 +222,21 @@ class Meter(ABC):
         self.reason: Optional[str] = None
         self.started: bool = False
         self._open: dict[str, float] = {}
+        self._sampler: Optional["PeriodicSampler"] = None
 
     # lifetime -------------------------------------------------------------
     def start(self) -> None:
         self.started = True
 
+    def start_sampling(self, poll: Callable[[], None], period_s: float) -> None:
+        """Call poll every period_s in a background thread until stop()."""
+        self._sampler = PeriodicSampler(poll, period_s, self.name)
+        self._sampler.start()
+
     def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.stop()
+            self._sampler = None
         self.started = False
 
     def mark_unavailable(self, reason: str) -> None:

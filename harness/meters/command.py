@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
-from .base import (EnergyReading, Meter, MeterError, PeriodicSampler, check_positive, check_scope,
+from .base import (EnergyReading, Meter, MeterError, check_positive, check_scope,
                    max_gap, median_interval, trapezoid_energy)
 
 
@@ -82,7 +82,6 @@ class CommandMeter(Meter):
         self._errors: list[tuple[float, str]] = []
         self._lock = threading.Lock()
         self._new_sample = threading.Condition(self._lock)
-        self._sampler: Optional[PeriodicSampler] = None
 
     @property
     def max_gap_s(self) -> float:
@@ -140,14 +139,7 @@ class CommandMeter(Meter):
             self.mark_unavailable(err)
             return
         self._samples.append((t, w))
-        self._sampler = PeriodicSampler(self._poll, self.options.period_s, self.name)
-        self._sampler.start()
-
-    def stop(self) -> None:
-        if self._sampler is not None:
-            self._sampler.stop()
-            self._sampler = None
-        super().stop()
+        self.start_sampling(self._poll, self.options.period_s)
 
     def end_window(self, name: str) -> list[EnergyReading]:
         t0, t1 = self._close_window(name)

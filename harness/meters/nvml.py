@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
-from .base import (EnergyReading, Meter, MeterError, PeriodicSampler, check_positive,
+from .base import (EnergyReading, Meter, MeterError, check_positive,
                    max_gap, median_interval, summarize_telemetry, trapezoid_energy)
 
 
@@ -197,7 +197,6 @@ class NvmlMeter(Meter):
         self.device_name: Optional[str] = None
         self._samples: list[dict] = []
         self._lock = threading.Lock()
-        self._sampler: Optional[PeriodicSampler] = None
 
     # lifetime -------------------------------------------------------------
     def start(self) -> None:
@@ -251,17 +250,13 @@ class NvmlMeter(Meter):
             self.mark_unavailable(f"{self.name}: {why}")
             return
         self._poll()
-        self._sampler = PeriodicSampler(self._poll, self.options.period_s, self.name)
-        self._sampler.start()
+        self.start_sampling(self._poll, self.options.period_s)
 
     def stop(self) -> None:
-        if self._sampler is not None:
-            self._sampler.stop()
-            self._sampler = None
+        super().stop()
         if self._own_device and self.device is not None and hasattr(self.device, "close"):
             self.device.close()
             self.device = None
-        super().stop()
 
     # sampling -------------------------------------------------------------
     def _poll(self) -> dict:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Optional
 
-from .base import (EnergyReading, Meter, MeterError, PeriodicSampler, check_positive,
+from .base import (EnergyReading, Meter, MeterError, check_positive,
                    median_interval, warn_once)
 
 _ZONE_RE = re.compile(r"^intel-rapl:(\d+(?::\d+)*)$")
@@ -138,7 +138,6 @@ class RaplMeter(Meter):
         self.domains: list[_Domain] = []
         self.skipped: list[str] = []
         self._lock = threading.Lock()
-        self._sampler: Optional[PeriodicSampler] = None
         self._win: dict[str, dict] = {}
 
     # discovery --------------------------------------------------------------
@@ -201,14 +200,7 @@ class RaplMeter(Meter):
             self.reason = "; ".join(problems)
             warn_once(("rapl-partial", self.reason), f"energy meter rapl: {self.reason}")
         if self.options.period_s > 0:
-            self._sampler = PeriodicSampler(self._poll, self.options.period_s, self.name)
-            self._sampler.start()
-
-    def stop(self) -> None:
-        if self._sampler is not None:
-            self._sampler.stop()
-            self._sampler = None
-        super().stop()
+            self.start_sampling(self._poll, self.options.period_s)
 
     def _poll(self) -> None:
         with self._lock:
