@@ -154,7 +154,8 @@ def _run_group(plan: Plan, group, cells: list[Cell], run_dir: Path, results_path
     while remaining:
         job_path = run_dir / "logs" / f".{slug}.job.json"
         events_path = run_dir / "logs" / f".{slug}.events.jsonl"
-        write_json_atomic(job_path, _job(plan, remaining, run_dir))
+        job = _job(plan, remaining, run_dir)
+        write_json_atomic(job_path, job)
         events_path.unlink(missing_ok=True)
         log = open(run_dir / "logs" / f"{slug}.log", "ab")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")])),
@@ -163,7 +164,8 @@ def _run_group(plan: Plan, group, cells: list[Cell], run_dir: Path, results_path
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)  # own process group: a kill takes its children too
         try:
-            remaining = _watch(proc, events_path, remaining, timeout, results_path, progress, run_dir / "logs" / f"{slug}.log")
+            remaining = _watch(proc, events_path, remaining, timeout, results_path, progress,
+                               run_dir / "logs" / f"{slug}.log", job["device"])
         except KeyboardInterrupt:
             _kill(proc)
             _save_finished(events_path, remaining, results_path, progress)
@@ -173,8 +175,11 @@ def _run_group(plan: Plan, group, cells: list[Cell], run_dir: Path, results_path
 
 
 def _watch(proc, events_path: Path, remaining: list[Cell], timeout: float, results_path: Path,
-           progress: Progress, log_path: Path) -> list[Cell]:
+           progress: Progress, log_path: Path, device: str = "-") -> list[Cell]:
     """Follow one worker; return the cells still to run (after a crash or timeout)."""
+
+    def _failed(cell, kind, message, trace=None):  # a failure record knows its device too
+        return dict(_failed_record(cell, kind, message, trace), device=device)
     by_id = {c.id: c for c in remaining}
     pending = list(remaining)
     offset = 0
@@ -255,8 +260,12 @@ def _record(results_path: Path, progress: Progress, record: dict) -> None:
     progress.advance(record)
 
 
-def _failed(cell: Cell, kind: str, message: str, trace: str | None = None) -> dict:
+def _failed_record(cell: Cell, kind: str, message: str, trace: str | None = None) -> dict:
+    from workloads.zoo import ZOO
+
+    args = ZOO.get(cell.model)
     r = {"cell_id": cell.id, "backend": cell.backend, "backend_type": cell.backend_type, "model": cell.model,
+         "params": args.param_count() if args else None,
          "dtype": cell.dtype, "precision": cell.dtype, "batch": cell.batch, "prompt_len": cell.prompt_len,
          "gen_len": cell.gen_len, "scenario": cell.scenario, "status": "failed", "valid": False,
          "error": {"kind": kind, "message": message}}
