@@ -8,7 +8,7 @@ import pytest
 
 from harness.claims import (INCONCLUSIVE, REFUTED, SUPPORTED, Claim, ClaimsError, evaluate, exit_code, load_cells,
                             load_claims, metric_value, verdicts_markdown)
-from harness.report.commands import main
+from harness.cli import main
 
 
 def record(backend="npu", device="npu:0", batch=1, decode=100.0, spread=0.01, n=6, tpj=None, scope="gpu-board",

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from harness.report.commands import main
+from harness.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

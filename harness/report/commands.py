@@ -60,27 +60,6 @@ def add_commands(subparsers) -> None:
     ver.set_defaults(func=cmd_verify)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (tests, `python -m harness.report.commands`): the three commands with
-    the CLI's error handling (one line on stderr, exit 2, for a user's mistake)."""
-    import argparse
-    import sys
-
-    from harness.cli import EXIT_USER_ERROR, UserError
-
-    p = argparse.ArgumentParser(prog="harness")
-    add_commands(p.add_subparsers(metavar="COMMAND"))
-    args = p.parse_args(argv)
-    if not getattr(args, "func", None):
-        p.print_help()
-        return EXIT_USER_ERROR
-    try:
-        return args.func(args) or 0
-    except (UserError, ResultsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-
-
 def _check_runs(runs: list[str]) -> None:
     for r in runs:
         p = Path(r)
@@ -218,9 +197,3 @@ def print_verdicts(verdicts) -> None:
         console.print(f"\n[bold]{i}. {escape(v.claim.name)}[/bold]: [bold {c}]{v.verdict}[/bold {c}]")
         for line in verdict_lines(v)[1:]:
             console.print(escape(line.replace("**", "")), highlight=False, soft_wrap=True)
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())
