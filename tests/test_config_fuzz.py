@@ -21,6 +21,8 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 import pytest
 import yaml
 
+from harness.scenarios.loadgen import ScenarioConfig
+
 from harness.config import AccuracyConfig, BackendConfig, ConfigError, EnergyConfig, SuiteConfig, WorkloadConfig, \
     load_plan
 from harness.registry import load_backend_class
@@ -110,12 +112,7 @@ def _key_paths() -> list[tuple]:
     out += [("workloads", 0, f.name) for f in dataclasses.fields(WorkloadConfig)]
     out += [("workloads", 0, k, 0) for k in ("dtypes", "batch_sizes", "prompt_lens", "gen_lens")]
     out += [("backends", 0), ("workloads", 0), ("meters", 0), ("meters", 0, "type"), ("meters", 0, "watts")]
-    try:  # the scenario mapping, where this version of the harness has one
-        from harness.scenarios.loadgen import ScenarioConfig
-
-        out += [("scenario", f.name) for f in dataclasses.fields(ScenarioConfig)]
-    except ImportError:
-        pass
+    out += [("scenario", f.name) for f in dataclasses.fields(ScenarioConfig)]
     return out
 
 

@@ -217,7 +217,7 @@ class ExplodingMeter(Meter):
 
     def __init__(self):
         self.options, self.name, self.method, self.scope = None, "boom", "counter", "npu-module"
-        self.available, self.reason, self.started, self._open = True, None, True, {}
+        self.available, self.reason, self.started, self._open, self._sampler = True, None, True, {}, None
 
     def end_window(self, name):
         t0, t1 = self._close_window(name)
