@@ -20,14 +20,18 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USER_ERROR
-    from harness.config import ConfigError
     from harness.registry import RegistryError
     from harness.results import ResultsError
+    from harness.schema import ConfigError
 
     try:
         return args.func(args) or 0
-    except (UserError, ConfigError, RegistryError, ResultsError) as e:
-        print(f"error: {e}" if not isinstance(e, ConfigError) else f"error: invalid suite:\n{e}", file=sys.stderr)
+    except ConfigError as e:  # every problem of a suite, claims, prices or options file, one per line
+        print(f"error: {len(e.problems)} problem{'s' if len(e.problems) != 1 else ''}:\n{e}"
+              if len(e.problems) > 1 else f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (UserError, RegistryError, ResultsError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted: finished cells are saved; `harness run --resume RUN_DIR` runs the rest", file=sys.stderr)
@@ -106,18 +110,18 @@ def cmd_run(args) -> int:
         run_plan(plan, run_dir=run_dir, quiet=args.quiet)
     _, records = load_run(run_dir)
     _print_records(records, title=f"{plan.suite.name}: {run_dir}")
-    failed = sum(r.get("status") == "failed" for r in records)
-    invalid = sum(r.get("status") == "invalid" for r in records)
+    failed = sum(r.failed for r in records)
+    invalid = sum(r.status == "invalid" for r in records)
     print(f"{len(records)} cells ({failed} failed, {invalid} invalid) in {time.time() - t0:.1f} s; results in {run_dir}")
     return 1 if failed == len(records) and records else 0
 
 
 def _print_records(records, title=None) -> None:
-    from harness.report.scenario_table import is_scenario_record, scenario_rows
+    from harness.report.scenario_table import scenario_rows
     from harness.report.table import bench_rows, print_table
 
-    offline = [r for r in records if not is_scenario_record(r)]
-    loaded = [r for r in records if is_scenario_record(r)]
+    offline = [r for r in records if not r.is_request_scenario]
+    loaded = [r for r in records if r.is_request_scenario]
     if offline or not loaded:
         print_table(bench_rows(offline), title=title)
     if loaded:
@@ -181,6 +185,15 @@ def cmd_list(args) -> int:
             if hasattr(cls, "available_providers"):
                 extra = f"; providers here: {', '.join(cls.available_providers())}"
             print(f"  {name:<15} {target}  dtypes: {', '.join(cls.dtypes)}{extra}")
+        except RegistryError as e:
+            print(f"  {name:<15} {target}  (not usable here: {e})")
+    from harness.registry import load_scenario_class, scenario_entry_points
+
+    print("scenarios:")
+    for name, target in sorted(scenario_entry_points().items()):
+        try:
+            cls = load_scenario_class(name)
+            print(f"  {name:<15} {target}  drives: {', '.join(cls.backend_kinds)} backends")
         except RegistryError as e:
             print(f"  {name:<15} {target}  (not usable here: {e})")
     print("suites:")

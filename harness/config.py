@@ -6,25 +6,16 @@ an hour in on a typo loses the hour.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, is_dataclass, MISSING
+from dataclasses import dataclass, field
 import difflib
 import itertools
 from pathlib import Path
-import types
-import typing
-from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-import yaml
+from harness.records import PlannedCell
+from harness.scenarios.base import Scenario
+from harness.schema import Checker, ConfigError, build, read_yaml, short
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "workloads" / "suites"
-
-
-class ConfigError(ValueError):
-    """One or more problems in a suite file; str() lists them all, one per line."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 # --- the schema ---------------------------------------------------------------------
@@ -76,7 +67,7 @@ class SuiteConfig:
     seed: int = 0
     warmup: int = 1
     repetitions: int = 10  # 5 is the least for a bootstrap interval that holds its coverage (harness.stats)
-    scenario: str | dict = "offline"  # a type name, or a mapping (harness.scenarios.loadgen.ScenarioConfig)
+    scenario: str | dict = "offline"  # a registered scenario name, or a mapping with `type:` and its keys
     timeout_s: float = 900.0  # per cell, in its worker process
     meters: list[dict] | None = None  # default: each backend's own meters
     energy: EnergyConfig = field(default_factory=EnergyConfig)
@@ -84,180 +75,22 @@ class SuiteConfig:
     output: str = "results"
 
 
-RANGES = {  # key -> (min, max) for numbers; checked wherever the key appears
-    "warmup": (0, 1000), "repetitions": (1, 100000), "timeout_s": (1, 7 * 24 * 3600),
-    "idle_s": (0, 3600), "min_window_s": (0, 3600), "min_updates": (1, 100000),
-    "seq_len": (2, 100000), "prefill_len": (1, 100000), "batch": (1, 4096), "seed": (0, 2**63 - 1),
-    "threads": (1, 4096),
-}
-ITEM_RANGES = {"batch_sizes": (1, 65536), "prompt_lens": (1, 1 << 20), "gen_lens": (2, 1 << 20)}
-
-
-# --- YAML with line numbers ---------------------------------------------------------
-
-def _line_map(node: yaml.Node, path: str = "", out: dict | None = None, dups: list | None = None) -> dict[str, int]:
-    """key path -> line; duplicate keys (which YAML would silently let the last one win)
-    are collected into `dups` as (path, line)."""
-    out = {} if out is None else out
-    out.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen: set = set()
-        for k, v in node.value:
-            key = f"{path}.{k.value}" if path else str(k.value)
-            if k.value in seen and dups is not None:
-                dups.append((key, k.start_mark.line + 1))
-            seen.add(k.value)
-            out[key] = k.start_mark.line + 1
-            _line_map(v, key, out, dups)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            _line_map(v, f"{path}[{i}]", out, dups)
-    return out
-
-
-def _short(v, n: int = 60) -> str:
-    r = repr(v)
-    return r if len(r) <= n else f"{r[:n]}... ({len(r)} characters)"
-
-
-_BAD = object()  # marks a value that failed its check (already reported)
-
-
-class _Checker:
-    def __init__(self, file: str, lines: dict[str, int]):
-        self.file, self.lines, self.problems = file, lines, []
-
-    def fail(self, path: str, msg: str) -> None:
-        line = self.lines.get(path) or self.lines.get(path.rsplit(".", 1)[0]) or self.lines.get("")
-        where = f"{self.file}:{line}" if line else self.file
-        self.problems.append(f"{where}: {path or '(top level)'}: {msg}")
-
-    def value(self, hint, data, path: str):
-        """Check data against a type hint; return the converted value (dataclasses built),
-        or _BAD after reporting why, so later checks never see a value of the wrong type."""
-        origin, args = get_origin(hint), get_args(hint)
-        if hint is Any:
-            return data
-        if origin in (typing.Union, types.UnionType):
-            if data is None and type(None) in args:
-                return None
-            inner = [a for a in args if a is not type(None)]
-            if len(inner) == 1:
-                return self.value(inner[0], data, path)
-            if not any(isinstance(data, get_origin(a) or a) for a in inner):
-                names = " or ".join(getattr(get_origin(a) or a, "__name__", str(a)) for a in inner)
-                return self._bad(path, f"expected {names}, got {_short(data)}")
-            return data
-        if origin is Literal:
-            return data if data in args else self._bad(path, f"expected one of {', '.join(map(str, args))}, got {_short(data)}")
-        if is_dataclass(hint):
-            out = self.dataclass(hint, data, path)
-            return _BAD if out is None else out
-        if origin is list or hint is list:
-            if not isinstance(data, list):
-                return self._bad(path, f"expected a list, got {type(data).__name__} {_short(data)}")
-            item = args[0] if args else Any
-            items = [self.value(item, x, f"{path}[{i}]") for i, x in enumerate(data)]
-            return [x for x in items if x is not _BAD]
-        if origin is dict or hint is dict:
-            return data if isinstance(data, dict) else \
-                self._bad(path, f"expected a mapping, got {type(data).__name__} {_short(data)}")
-        if hint is bool:
-            return data if isinstance(data, bool) else self._bad(path, f"expected true or false, got {_short(data)}")
-        if hint in (int, float):
-            ok = isinstance(data, (int, float)) and not isinstance(data, bool) and (hint is float or isinstance(data, int))
-            if not ok:
-                return self._bad(path, f"expected {'an integer' if hint is int else 'a number'}, got {_short(data)}")
-            key = path.rsplit(".", 1)[-1].split("[")[0]
-            rng = ITEM_RANGES.get(key) if "[" in path.rsplit(".", 1)[-1] else RANGES.get(key)
-            if rng and not (rng[0] <= data <= rng[1]):
-                return self._bad(path, f"expected a value from {rng[0]} to {rng[1]}, got {_short(data)}")
-            try:
-                return hint(data)
-            except OverflowError:  # an integer too large for a float
-                return self._bad(path, f"expected a number, got {_short(data)}")
-        if hint is str:
-            return data if isinstance(data, str) else self._bad(path, f"expected a string, got {_short(data)}")
-        return data
-
-    def _bad(self, path: str, msg: str):
-        self.fail(path, msg)
-        return _BAD
-
-    def dataclass(self, cls, data, path: str):
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            self.fail(path, f"expected a mapping with keys {', '.join(f.name for f in fields(cls))}, got {data!r}")
-            return None
-        hints = get_type_hints(cls)
-        names = [f.name for f in fields(cls)]
-        kwargs = {}
-        for key, val in data.items():
-            p = f"{path}.{key}" if path else str(key)
-            if key not in names:
-                close = difflib.get_close_matches(str(key), names, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(names)})"
-                self.fail(p, f"unknown key{hint}")
-                continue
-            checked = self.value(hints[key], val, p)
-            if checked is not _BAD:  # a bad value is reported; the default stands in for it
-                kwargs[key] = checked
-        for f in fields(cls):
-            if f.name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
-                self.fail(f"{path}.{f.name}" if path else f.name, "required key missing")
-                # carry on with an empty value so the rest of the file is checked too
-                kwargs[f.name] = [] if get_origin(hints[f.name]) is list else ""
-        try:
-            return cls(**kwargs)
-        except Exception as e:  # noqa: BLE001 - a wrong type reported above, or an Options' own check
-            self.fail(path, str(e))  # (a plugin's or a meter's __post_init__ may raise anything)
-            return None
-
-
 # --- the plan -------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Cell:
-    backend: str  # label
-    backend_type: str
-    model: str
-    dtype: str
-    batch: int
-    prompt_len: int
-    gen_len: int
-    scenario: str  # offline | single-stream | concurrency | server@<rate>
-    rate: float | None = None  # requests/s of one point of a server sweep
-
-    @property
-    def id(self) -> str:
-        return f"{self.backend}/{self.model}/{self.dtype}/b{self.batch}/p{self.prompt_len}/g{self.gen_len}/{self.scenario}"
-
-    @property
-    def group(self) -> tuple[str, str, str]:
-        """Cells sharing a loaded model: one worker process runs them in turn."""
-        return (self.backend, self.model, self.dtype)
-
 
 @dataclass
 class Plan:
     suite: SuiteConfig
     source: str
-    cells: list[Cell]
+    cells: list[PlannedCell]
+    scenario: Scenario  # the suite's scenario, its config validated
     skipped: list[str] = field(default_factory=list)  # optional backends left out, and why
 
     def backend(self, label: str) -> BackendConfig:
         return next(b for b in self.suite.backends if b.name == label)
 
-    def workload(self, cell: Cell) -> WorkloadConfig:
+    def workload(self, cell: PlannedCell) -> WorkloadConfig:
         return next(w for w in self.suite.workloads if w.model == cell.model and cell.dtype in w.dtypes
                     and cell.batch in w.batch_sizes)
-
-    def groups(self) -> dict[tuple[str, str, str], list[Cell]]:
-        out: dict[tuple[str, str, str], list[Cell]] = {}
-        for c in self.cells:
-            out.setdefault(c.group, []).append(c)
-        return out
 
 
 def resolve_suite_path(name_or_path: str | None) -> Path:
@@ -272,54 +105,28 @@ def resolve_suite_path(name_or_path: str | None) -> Path:
 
 
 def load_plan(path: str | Path) -> Plan:
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ConfigError([f"{path}: cannot read suite file: {e.strerror or e}"]) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise ConfigError([f"{path}:{line}: not UTF-8 text (byte {raw[e.start:e.start + 1]!r}); "
-                           "save the suite as UTF-8"]) from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-        dups: list = []
-        lines = _line_map(node, dups=dups) if node else {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError([f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}"]) from None
-    except RecursionError:
-        raise ConfigError([f"{path}: nested too deeply, or an alias that contains itself (&a [*a])"]) from None
-    except Exception as e:  # noqa: BLE001 - PyYAML's constructors raise ValueError (a date 2020-13-45,
-        # a 5000-digit integer), IndexError (`!!int ''`)...: still a file that is not valid YAML
-        raise ConfigError([f"{path}: not valid YAML: {type(e).__name__}: {e}"]) from None
+    doc = read_yaml(path, "suite")
+    path, data, lines, dups = doc
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: expected a mapping of suite keys at the top level, got {type(data).__name__}"])
-    chk = _Checker(str(path), lines)
+    chk = Checker(str(path), lines)
     for key, line in dups:
         chk.problems.append(f"{path}:{line}: {key}: key given twice (the first value would be silently ignored)")
     suite = chk.dataclass(SuiteConfig, data, "")
     if suite is None:
         raise ConfigError(chk.problems)
-    skipped = _check_semantics(suite, chk)
-    if chk.problems:
+    skipped, scenario = _check_semantics(suite, chk)
+    if chk.problems or scenario is None:
         raise ConfigError(chk.problems)
     suite.backends = [b for b in suite.backends if b.name not in skipped]
-    scen = scenario_dict(suite)
-    points = [(f"server@{r:g}", float(r)) for r in scen.get("rates", [])] if scen["type"] == "server" \
-        else [(scen["type"], None)]
     cells = [
-        Cell(b.name, b.type, w.model, dt, bs, p, g, label, rate)
+        PlannedCell(b.name, b.type, w.model, dt, bs, p, g, point.label, point.rate)
         for b in suite.backends
         for w in suite.workloads
         for dt, bs, p, g in itertools.product(w.dtypes, w.batch_sizes, w.prompt_lens, w.gen_lens)
-        for label, rate in points
+        for point in scenario.points()
     ]
-    return Plan(suite, str(path), cells, [f"{k}: {v}" for k, v in skipped.items()])
+    return Plan(suite, str(path), cells, scenario, [f"{k}: {v}" for k, v in skipped.items()])
 
 
 def scenario_dict(suite: SuiteConfig) -> dict:
@@ -334,8 +141,9 @@ def _missing_packages(cls) -> list[str]:
     return [req for module, req in cls.requires.items() if importlib.util.find_spec(module) is None]
 
 
-def _check_semantics(suite: SuiteConfig, chk: _Checker) -> dict[str, str]:
-    """Cross-key checks; returns {label: why} for optional backends to leave out."""
+def _check_semantics(suite: SuiteConfig, chk: Checker) -> tuple[dict[str, str], Scenario | None]:
+    """Cross-key checks; returns {label: why} for optional backends to leave out, and the
+    suite's scenario (None when it is not valid)."""
     from harness.registry import RegistryError, load_backend_class
     from workloads.zoo import DTYPE_BYTES, ZOO
 
@@ -397,41 +205,57 @@ def _check_semantics(suite: SuiteConfig, chk: _Checker) -> dict[str, str]:
             if longest > args.max_seq_len:
                 chk.fail(f"{p}.prompt_lens", f"prompt + generation = {longest} exceeds {w.model}'s "
                                              f"{args.max_seq_len} positions")
-    _check_scenario(suite, chk)
+    scenario = _check_scenario(suite, chk)
+    if scenario is not None:
+        for label, cls in backend_classes.items():
+            if cls.kind not in scenario.backend_kinds:
+                i = next(i for i, b in enumerate(suite.backends) if b.name == label)
+                chk.fail(f"backends[{i}].type", f"backend {label!r} is a {cls.kind} backend and the "
+                         f"{scenario.name} scenario drives {' or '.join(scenario.backend_kinds)} backends only"
+                         + ("; use single-stream, concurrency or server" if cls.kind == "request" else ""))
     a = suite.accuracy
     if a and a.prefill_len >= a.seq_len:
         chk.fail("accuracy.prefill_len", f"expected less than accuracy.seq_len ({a.seq_len}), got {a.prefill_len}")
     if suite.meters is not None:
         _check_meters(suite.meters, chk)
-    return skipped
+    return skipped, scenario
 
 
-def _check_scenario(suite: SuiteConfig, chk: _Checker) -> None:
-    from harness.scenarios.loadgen import ScenarioConfig
+def _check_scenario(suite: SuiteConfig, chk: Checker) -> Scenario | None:
+    """The suite's scenario from the registry, its keys checked against its Config schema."""
+    from harness.registry import RegistryError, load_scenario_class, scenario_entry_points
 
-    types_ = get_args(get_type_hints(ScenarioConfig)["type"])
-    if isinstance(suite.scenario, str):
-        if suite.scenario not in types_:
-            chk.fail("scenario", f"expected one of {', '.join(types_)} (or a mapping with `type:`), got {suite.scenario!r}")
-            suite.scenario = "offline"
-        if suite.scenario == "server":
-            chk.fail("scenario", "the server scenario needs a mapping with `rates:` (requests/s), e.g. "
-                                 "{type: server, rates: [1, 2, 4]}")
-            suite.scenario = "offline"
-        return
-    if not isinstance(suite.scenario, dict):
-        chk.fail("scenario", f"expected a scenario name or a mapping, got {suite.scenario!r}")
-        suite.scenario = "offline"
-        return
-    cfg = chk.dataclass(ScenarioConfig, suite.scenario, "scenario")
-    if cfg is None:
-        suite.scenario = "offline"
-        return
-    for key, msg in cfg.problems():  # values of a wrong type were replaced by defaults
-        chk.fail(f"scenario.{key}", msg)
+    names = ", ".join(scenario_entry_points())
+    if not isinstance(suite.scenario, (str, dict)):
+        chk.fail("scenario", f"expected a scenario name ({names}) or a mapping with `type:`, got {short(suite.scenario)}")
+        return None
+    mapping = scenario_dict(suite)
+    name = mapping["type"]
+    path = "scenario.type" if isinstance(suite.scenario, dict) else "scenario"
+    if not isinstance(name, str):
+        chk.fail(path, f"expected one of {names}, got {short(name)}")
+        return None
+    if name not in scenario_entry_points():
+        close = difflib.get_close_matches(name, list(scenario_entry_points()), n=1)
+        chk.fail(path, f"expected one of {names} (a registered scenario), got {name!r}"
+                 + (f" (did you mean {close[0]!r}?)" if close else ""))
+        return None
+    try:
+        cls = load_scenario_class(name)
+    except RegistryError as e:
+        chk.fail(path, str(e))
+        return None
+    config = chk.dataclass(cls.Config, mapping, "scenario")
+    if config is None:
+        return None
+    scenario = cls(config)
+    if not scenario.points():
+        chk.fail("scenario", f"the {name} scenario expands into no cell")
+        return None
+    return scenario
 
 
-def _check_meters(meters: list[dict], chk: _Checker) -> None:
+def _check_meters(meters: list[dict], chk: Checker) -> None:
     try:
         from harness.meters import METER_TYPES
     except ImportError:
@@ -442,7 +266,7 @@ def _check_meters(meters: list[dict], chk: _Checker) -> None:
             chk.fail(p, f"expected a mapping with a `type:` ({', '.join(METER_TYPES)})")
             continue
         if not isinstance(m["type"], str):
-            chk.fail(f"{p}.type", f"expected one of {', '.join(METER_TYPES)}, got {_short(m['type'])}")
+            chk.fail(f"{p}.type", f"expected one of {', '.join(METER_TYPES)}, got {short(m['type'])}")
             continue
         cls = METER_TYPES.get(m["type"])
         if cls is None:
@@ -455,8 +279,4 @@ def _check_meters(meters: list[dict], chk: _Checker) -> None:
 
 def options_from_dict(cls, data: dict, where: str = "options"):
     """Build a backend's Options dataclass (already validated by load_plan)."""
-    chk = _Checker(where, {})
-    out = chk.dataclass(cls, data, where)
-    if chk.problems:
-        raise ConfigError(chk.problems)
-    return out
+    return build(cls, data, where)

@@ -1,9 +1,10 @@
-"""Find backends through the `harness.backends` entry-point group.
+"""Find plugins through entry-point groups: backends (`harness.backends`) and scenarios
+(`harness.scenarios`).
 
-The core knows no backend by name. When the project runs from a source tree that was
-never pip-installed (our H100 test machine has no network and no install step), the
-same entry points are read from the tree's pyproject.toml, so there is still exactly
-one list of built-in backends.
+The core knows no backend or scenario by name. When the project runs from a source tree
+that was never pip-installed (our GPU test machine has no network and no install step),
+the same entry points are read from the tree's pyproject.toml, so there is still exactly
+one list of built-in plugins.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from importlib import import_module, metadata
 from pathlib import Path
 import tomllib
 
-GROUP = "harness.backends"
+BACKENDS = "harness.backends"
+SCENARIOS = "harness.scenarios"
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -20,23 +22,40 @@ class RegistryError(LookupError):
     pass
 
 
-@lru_cache(maxsize=1)
-def backend_entry_points() -> dict[str, str]:
-    """name -> "module:Class" for every registered backend."""
-    found = {ep.name: ep.value for ep in metadata.entry_points(group=GROUP)}
+@lru_cache(maxsize=None)
+def entry_points(group: str) -> dict[str, str]:
+    """name -> "module:Class" for every plugin registered in `group`."""
+    found: dict[str, str] = {}
     pyproject = SOURCE_ROOT / "pyproject.toml"
     if pyproject.exists():  # running from the source tree: its own list wins for its own names
-        table = tomllib.loads(pyproject.read_text()).get("project", {}).get("entry-points", {}).get(GROUP, {})
-        found.update(table)
+        found.update(tomllib.loads(pyproject.read_text()).get("project", {}).get("entry-points", {}).get(group, {}))
+    for ep in metadata.entry_points(group=group):  # then third-party plugins, in install order
+        found.setdefault(ep.name, ep.value)
     return found
 
 
-def load_backend_class(name: str):
-    eps = backend_entry_points()
+def _load(group: str, what: str, name: str):
+    eps = entry_points(group)
     if name not in eps:
-        raise RegistryError(f"unknown backend {name!r}; registered: {', '.join(sorted(eps)) or 'none'}")
+        raise RegistryError(f"unknown {what} {name!r}; registered: {', '.join(sorted(eps)) or 'none'}")
     module, _, attr = eps[name].partition(":")
     try:
         return getattr(import_module(module), attr)
-    except ImportError as e:
-        raise RegistryError(f"backend {name!r} ({eps[name]}) cannot be imported: {e}") from None
+    except (ImportError, AttributeError) as e:
+        raise RegistryError(f"{what} {name!r} ({eps[name]}) cannot be imported: {e}") from None
+
+
+def backend_entry_points() -> dict[str, str]:
+    return entry_points(BACKENDS)
+
+
+def load_backend_class(name: str):
+    return _load(BACKENDS, "backend", name)
+
+
+def scenario_entry_points() -> dict[str, str]:
+    return entry_points(SCENARIOS)
+
+
+def load_scenario_class(name: str):
+    return _load(SCENARIOS, "scenario", name)

@@ -2,7 +2,8 @@
 
 results/<run-id>/
   run.json          inventory, harness version, git commit, resolved config, status
-  results.jsonl     one record per finished cell (ok, failed or invalid)
+  results.jsonl     one CellRecord per finished cell (ok, failed or invalid), as JSON,
+                    with schema_version in every line (harness.records)
   timelines/        power and telemetry per cell (CSV)
   logs/             each worker's stderr
 
@@ -15,9 +16,10 @@ import json
 import os
 from pathlib import Path
 import re
-from typing import Any, Iterable
+from typing import Any
 
-SCHEMA_VERSION = 1
+from harness.records import CellRecord, RecordError, record_from_json
+
 _RUN_ID_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -42,8 +44,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def append_record(path: Path, record: dict) -> None:
-    line = (json.dumps(record, default=_json_default) + "\n").encode()
+def append_record(path: Path, record: CellRecord) -> None:
+    line = (json.dumps(record.to_json(), default=_json_default) + "\n").encode()
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
@@ -68,23 +70,31 @@ def _json_default(o):
     return str(o)
 
 
-def read_records(path: Path) -> list[dict]:
-    """Every complete record; a torn last line (a killed writer) is skipped."""
+def read_records(path: Path) -> list[CellRecord]:
+    """Every complete record, upgraded to today's schema. A line that is not JSON (a torn
+    line left by a killed writer; a later append starts a fresh line after it) is skipped;
+    a JSON line that is not a cell record, or one from a newer harness, is refused with
+    its file and line."""
     if not path.exists():
         return []
     out = []
-    for raw in path.read_text().splitlines():
-        raw = raw.strip()
-        if not raw:
-            continue
-        try:
-            out.append(json.loads(raw))
-        except json.JSONDecodeError:
-            continue
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            raw = raw.strip()
+            if not raw:
+                continue
+            try:
+                data = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            try:
+                out.append(record_from_json(data, f"{path}:{n}"))
+            except RecordError as e:
+                raise ResultsError(str(e)) from None
     return out
 
 
-def load_run(run_dir: str | Path) -> tuple[dict, list[dict]]:
+def load_run(run_dir: str | Path) -> tuple[dict, list[CellRecord]]:
     """run.json and the cell records of one run folder (read, never executed)."""
     run_dir = Path(run_dir)
     meta_path = run_dir / "run.json"
@@ -94,36 +104,13 @@ def load_run(run_dir: str | Path) -> tuple[dict, list[dict]]:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as e:
         raise ResultsError(f"{meta_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ResultsError(f"{meta_path}: cannot read ({e})") from None
+    if not isinstance(meta, dict):
+        raise ResultsError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
     records = read_records(run_dir / "results.jsonl")
     # A resumed run may hold a failed attempt and a later success of one cell: keep the last.
-    latest: dict[str, dict] = {}
+    latest: dict[str, CellRecord] = {}
     for r in records:
-        latest[r["cell_id"]] = r
+        latest[r.cell_id] = r
     return meta, list(latest.values())
-
-
-def records_frame(run_dirs: Iterable[str | Path]):
-    """One row per cell across runs, with flat metric columns (pandas)."""
-    import pandas as pd
-
-    rows = []
-    for d in run_dirs:
-        meta, records = load_run(d)
-        for r in records:
-            rows.append(flatten_record(r, run_id=meta.get("run_id", Path(d).name)))
-    return pd.DataFrame(rows)
-
-
-def flatten_record(r: dict, run_id: str = "") -> dict:
-    row = {k: r.get(k) for k in ("cell_id", "backend", "backend_type", "device", "model", "params", "dtype",
-                                 "batch", "prompt_len", "gen_len", "scenario", "status", "valid")}
-    row["run_id"] = run_id
-    for name, m in (r.get("metrics") or {}).items():
-        if isinstance(m, dict):
-            for stat in ("mean", "sd", "median", "n"):
-                if stat in m:
-                    row[f"{name}_{stat}"] = m[stat]
-    acc = r.get("accuracy") or {}
-    row["accuracy"] = acc.get("status")
-    row["error"] = (r.get("error") or {}).get("message")
-    return row

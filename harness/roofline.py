@@ -9,6 +9,7 @@ Over 100 % is physically impossible: flagged "suspect", never a win.
 """
 from __future__ import annotations
 
+from harness.records import CellRecord
 from workloads.zoo import PRECISION_BYTES, ZOO, ModelArgs
 
 SUSPECT_ABOVE = 1.0
@@ -24,26 +25,27 @@ def prefill_limit_s(args: ModelArgs, batch: int, prompt_len: int, flops_per_s: f
     return batch * prompt_len * args.matmul_flops_per_token(context=prompt_len // 2) / flops_per_s
 
 
-def roofline(record: dict, calibration: dict | None) -> dict:
-    """{"decode_pct", "prefill_pct", "suspect", "basis"} for one ok record; {} when unknown."""
-    args = ZOO.get(record.get("model"))
-    m = record.get("metrics") or {}
-    if not calibration or args is None or "decode_tps" not in m:
+def roofline(record: CellRecord, calibration: dict | None) -> dict:
+    """{"decode_pct", "prefill_pct", "suspect", "basis"} for one ok batch record; {} when unknown."""
+    args = ZOO.get(record.model)
+    m = record.metrics
+    if not calibration or args is None or not isinstance(m.get("decode_tps"), dict) \
+            or "median" not in m["decode_tps"]:
         return {}
     # what the weights really are (a q8_0 cell of an fp32 suite moves q8_0 bytes)
-    precision = record.get("precision") or record.get("dtype", "fp32")
+    precision = record.shown_precision
     if precision not in PRECISION_BYTES:
         return {}
     matmul_dtype = precision if precision in ("fp32", "bf16", "fp16") else "fp16"
     out: dict = {"basis": f"calibration {calibration.get('device')} on {calibration.get('host')}"}
     bw = calibration.get("memory_bandwidth_Bps")
     if bw:
-        limit = decode_limit_tps(args, precision, record["batch"], record["prompt_len"], record["gen_len"], bw)
+        limit = decode_limit_tps(args, precision, record.batch, record.prompt_len, record.gen_len, bw)
         out["decode_limit_tps"] = limit
         out["decode_pct"] = 100 * m["decode_tps"]["median"] / limit
     peak = (calibration.get("matmul_flops") or {}).get(matmul_dtype)
     if peak:
-        t_min = prefill_limit_s(args, record["batch"], record["prompt_len"], peak)
+        t_min = prefill_limit_s(args, record.batch, record.prompt_len, peak)
         out["prefill_pct"] = 100 * t_min / m["ttft_s"]["median"]
     out["suspect"] = any(out.get(k, 0) > 100 * SUSPECT_ABOVE for k in ("decode_pct", "prefill_pct"))
     return out

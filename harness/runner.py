@@ -18,9 +18,10 @@ import subprocess
 import sys
 import time
 
-from harness.config import Cell, Plan, load_plan, scenario_dict
+from harness.config import Plan, scenario_dict
 from harness.inventory import inventory
-from harness.results import append_record, load_run, read_records, safe_run_dir, write_json_atomic
+from harness.records import CellJob, CellRecord, PlannedCell, record_from_json
+from harness.results import append_record, read_records, safe_run_dir, write_json_atomic
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 POLL_S = 0.05
@@ -53,10 +54,12 @@ class Progress:
     def describe(self, text: str) -> None:
         self.bar.update(self.task, description=text)
 
-    def advance(self, record: dict) -> None:
+    def advance(self, record: CellRecord) -> None:
         self.bar.advance(self.task)
-        if record.get("status") == "failed":
-            self.console.print(f"[red]failed[/red] {record['cell_id']}: {record['error']['message'].splitlines()[0]}")
+        if record.failed and record.error is not None:
+            first = (record.error.message.splitlines() or [""])[0]
+            # an error message may hold [brackets] that rich would read as markup
+            self.console.print(f"[red]failed[/red] {_escape(record.cell_id)}: {_escape(first)}")
 
 
 def run_plan(plan: Plan, run_dir: Path | None = None, run_id: str | None = None, quiet: bool = False,
@@ -69,8 +72,7 @@ def run_plan(plan: Plan, run_dir: Path | None = None, run_id: str | None = None,
     results_path = run_dir / "results.jsonl"
     done: set[str] = set()
     if resume:
-        _, records = load_run(run_dir)
-        done = {r["cell_id"] for r in records}
+        done = {r.cell_id for r in read_records(results_path)}
         meta = json.loads((run_dir / "run.json").read_text())
     else:
         shutil.copyfile(plan.source, run_dir / "suite.yaml")
@@ -78,14 +80,9 @@ def run_plan(plan: Plan, run_dir: Path | None = None, run_id: str | None = None,
                 "harness_version": _version(), "started_at": time.time(), "status": "running",
                 "config": asdict(suite), "cells": [c.id for c in plan.cells], "inventory": inventory()}
     from harness.calibrate import load_for
-    from harness.registry import load_backend_class
-    from harness.config import options_from_dict
 
-    cals = {}
-    for b in suite.backends:
-        cls = load_backend_class(b.type)
-        device = cls.device_of(options_from_dict(cls.Options, b.options))
-        cals[device] = load_for(suite.output, device)
+    devices = {b.name: _device(b) for b in suite.backends}
+    cals = {device: load_for(suite.output, device) for device in devices.values()}
     meta["calibration"] = cals
     meta["status"] = "running"
     meta.setdefault("attempts", []).append({"started_at": time.time(), "resume": resume})
@@ -97,7 +94,8 @@ def run_plan(plan: Plan, run_dir: Path | None = None, run_id: str | None = None,
         with Progress(len(plan.cells), quiet=quiet) as progress:
             progress.bar.update(progress.task, completed=len(plan.cells) - len(todo))
             for group, cells in _groups(todo).items():
-                _run_group(plan, group, cells, run_dir, results_path, progress)
+                device = devices[cells[0].backend]
+                _run_group(plan, group, cells, run_dir, results_path, progress, device, cals.get(device))
     except KeyboardInterrupt:
         status = "interrupted"
     finally:
@@ -109,7 +107,22 @@ def run_plan(plan: Plan, run_dir: Path | None = None, run_id: str | None = None,
     return run_dir
 
 
-def _groups(cells: list[Cell]) -> dict:
+def _device(b) -> str:
+    """The device label of a suite backend, known before anything loads."""
+    from harness.registry import load_backend_class
+    from harness.schema import build
+
+    cls = load_backend_class(b.type)
+    return cls.device_of(build(cls.Options, b.options, f"backend {b.name} options"))
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _groups(cells: list[PlannedCell]) -> dict:
     out: dict = {}
     for c in cells:
         out.setdefault(c.group, []).append(c)
@@ -127,35 +140,27 @@ def _version() -> str:
         return __version__
 
 
-def _job(plan: Plan, cells: list[Cell], run_dir: Path) -> dict:
+def _job(plan: Plan, cells: list[PlannedCell], run_dir: Path, device: str, calibration: dict | None) -> CellJob:
     s = plan.suite
     b = plan.backend(cells[0].backend)
     w = plan.workload(cells[0])
-    from harness.registry import load_backend_class
-    from harness.config import options_from_dict
-
-    cls = load_backend_class(b.type)
-    device = cls.device_of(options_from_dict(cls.Options, b.options))
-    from harness.calibrate import load_for
-
-    return {"backend": {"name": b.name, "type": b.type, "options": b.options}, "device": device,
-            "calibration": load_for(s.output, device),
-            "model": cells[0].model, "dtype": cells[0].dtype, "checkpoint": w.checkpoint,
-            "seed": w.seed if w.seed is not None else s.seed, "warmup": s.warmup, "repetitions": s.repetitions,
-            "energy": asdict(s.energy), "accuracy": asdict(s.accuracy), "meters": s.meters,
-            "run_dir": str(run_dir), "scenario": scenario_dict(s),
-            "cells": [dict(asdict(c), id=c.id) for c in cells]}
+    return CellJob(backend_name=b.name, backend_type=b.type, backend_options=b.options, device=device,
+                   model=cells[0].model, dtype=cells[0].dtype, checkpoint=w.checkpoint,
+                   seed=w.seed if w.seed is not None else s.seed, warmup=s.warmup, repetitions=s.repetitions,
+                   scenario=scenario_dict(s), energy=asdict(s.energy), accuracy=asdict(s.accuracy), meters=s.meters,
+                   run_dir=str(run_dir), calibration=calibration, cells=list(cells))
 
 
-def _run_group(plan: Plan, group, cells: list[Cell], run_dir: Path, results_path: Path, progress: Progress) -> None:
+def _run_group(plan: Plan, group, cells: list[PlannedCell], run_dir: Path, results_path: Path, progress: Progress,
+               device: str, calibration: dict | None) -> None:
     remaining = list(cells)
     timeout = plan.suite.timeout_s
     slug = re.sub(r"[^A-Za-z0-9._-]", "_", "_".join(group))  # a checkpoint model name may hold '/'
     while remaining:
         job_path = run_dir / "logs" / f".{slug}.job.json"
         events_path = run_dir / "logs" / f".{slug}.events.jsonl"
-        job = _job(plan, remaining, run_dir)
-        write_json_atomic(job_path, job)
+        job = _job(plan, remaining, run_dir, device, calibration)
+        write_json_atomic(job_path, job.to_json())
         events_path.unlink(missing_ok=True)
         log = open(run_dir / "logs" / f"{slug}.log", "ab")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")])),
@@ -165,7 +170,7 @@ def _run_group(plan: Plan, group, cells: list[Cell], run_dir: Path, results_path
                                 start_new_session=True)  # own process group: a kill takes its children too
         try:
             remaining = _watch(proc, events_path, remaining, timeout, results_path, progress,
-                               run_dir / "logs" / f"{slug}.log", job["device"])
+                               run_dir / "logs" / f"{slug}.log", device)
         except KeyboardInterrupt:
             _kill(proc)
             _save_finished(events_path, remaining, results_path, progress)
@@ -174,12 +179,12 @@ def _run_group(plan: Plan, group, cells: list[Cell], run_dir: Path, results_path
             log.close()
 
 
-def _watch(proc, events_path: Path, remaining: list[Cell], timeout: float, results_path: Path,
-           progress: Progress, log_path: Path, device: str = "-") -> list[Cell]:
+def _watch(proc, events_path: Path, remaining: list[PlannedCell], timeout: float, results_path: Path,
+           progress: Progress, log_path: Path, device: str = "-") -> list[PlannedCell]:
     """Follow one worker; return the cells still to run (after a crash or timeout)."""
 
-    def _failed(cell, kind, message, trace=None):  # a failure record knows its device too
-        return dict(_failed_record(cell, kind, message, trace), device=device)
+    def _failed(cell, kind, message, trace=None):
+        return _failed_record(cell, kind, message, device, trace)
     by_id = {c.id: c for c in remaining}
     pending = list(remaining)
     offset = 0
@@ -208,9 +213,9 @@ def _watch(proc, events_path: Path, remaining: list[Cell], timeout: float, resul
                     return []
                 elif kind == "start":
                     current, since = by_id[ev["cell_id"]], time.monotonic()
-                    progress.describe(_cell_label(current))
+                    progress.describe(current.label)
                 elif kind == "done":
-                    _record(results_path, progress, ev["record"])
+                    _record(results_path, progress, record_from_json(ev["record"], f"{events_path} (worker event)"))
                     pending = [c for c in pending if c.id != ev["cell_id"]]
                     current = None
         if not pending:
@@ -233,10 +238,10 @@ def _watch(proc, events_path: Path, remaining: list[Cell], timeout: float, resul
         time.sleep(POLL_S)
 
 
-def _save_finished(events_path: Path, cells: list[Cell], results_path: Path, progress: Progress) -> None:
+def _save_finished(events_path: Path, cells: list[PlannedCell], results_path: Path, progress: Progress) -> None:
     """After Ctrl-C: record the cells the worker reported finished that were not read yet."""
     ids = {c.id for c in cells}
-    saved = {r["cell_id"] for r in read_records(results_path)}
+    saved = {r.cell_id for r in read_records(results_path)}
     try:
         lines = events_path.read_bytes().splitlines()
     except OSError:
@@ -247,31 +252,21 @@ def _save_finished(events_path: Path, cells: list[Cell], results_path: Path, pro
         except ValueError:
             continue  # the line the killed worker was writing
         if ev.get("event") == "done" and ev.get("cell_id") in ids and ev["cell_id"] not in saved:
-            _record(results_path, progress, ev["record"])
+            _record(results_path, progress, record_from_json(ev["record"], f"{events_path} (worker event)"))
             saved.add(ev["cell_id"])
 
 
-def _cell_label(c: Cell) -> str:
-    return f"{c.backend} {c.model} {c.dtype} b{c.batch} pp{c.prompt_len} tg{c.gen_len}"
-
-
-def _record(results_path: Path, progress: Progress, record: dict) -> None:
+def _record(results_path: Path, progress: Progress, record: CellRecord) -> None:
     append_record(results_path, record)
     progress.advance(record)
 
 
-def _failed_record(cell: Cell, kind: str, message: str, trace: str | None = None) -> dict:
+def _failed_record(cell: PlannedCell, kind: str, message: str, device: str, trace: str | None = None) -> CellRecord:
     from workloads.zoo import ZOO
 
     args = ZOO.get(cell.model)
-    r = {"cell_id": cell.id, "backend": cell.backend, "backend_type": cell.backend_type, "model": cell.model,
-         "params": args.param_count() if args else None,
-         "dtype": cell.dtype, "precision": cell.dtype, "batch": cell.batch, "prompt_len": cell.prompt_len,
-         "gen_len": cell.gen_len, "scenario": cell.scenario, "status": "failed", "valid": False,
-         "error": {"kind": kind, "message": message}}
-    if trace:
-        r["error"]["trace"] = trace
-    return r
+    return CellRecord.failure(cell, kind, message, device=device, params=args.param_count() if args else None,
+                              trace=trace)
 
 
 def _exit_reason(rc: int, log_path: Path) -> str:
@@ -304,7 +299,3 @@ def _kill(proc) -> None:
     except (ProcessLookupError, PermissionError):
         proc.kill()
     proc.wait()
-
-
-def run_suite(path: str | Path, **kw) -> Path:
-    return run_plan(load_plan(path), **kw)

@@ -1,15 +1,22 @@
-"""Worker process: loads one (backend, model, dtype) and measures its cells in turn.
+"""Worker process: loads one (backend, model, dtype) group and measures its cells in turn.
 
-Started by the runner as `python -m harness.worker JOB_JSON EVENTS_JSONL`. It reports
-through an append-only events file (stdout belongs to libraries that print):
+Started by the runner as `python -m harness.worker JOB_JSON EVENTS_JSONL`, where JOB_JSON
+is a harness.records.CellJob. It reports through an append-only events file (stdout
+belongs to libraries that print):
   {"event": "loading"} / {"event": "loaded", ...} / {"event": "load_failed", ...}
-  {"event": "start", "cell_id": ...} / {"event": "done", "record": {...}}
+  {"event": "start", "cell_id": ...} / {"event": "done", "record": CellRecord as JSON}
 A crash, hang or kill of this process costs only the cell in flight: the runner sees
 which cell started without finishing and records it as failed.
+
+One cell, start to end (measure_cell): the scenario runs it on the loaded backend and
+returns a ScenarioOutcome; this module turns that into the CellRecord, adding what no
+scenario knows of: the accuracy gate, the precision the weights really have, roofline
+%, memory, the power-timeline file, and why energy is missing where it is.
 """
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 import json
 import os
 from pathlib import Path
@@ -17,8 +24,13 @@ import resource
 import sys
 import time
 import traceback
+from typing import Any
 
 import numpy as np
+
+from backends.base import Backend, LoadInfo, ModelBackend
+from harness.records import CellJob, CellRecord, EnergyRecord, PlannedCell
+from harness.scenarios.base import CellContext, Scenario, ScenarioOutcome
 
 
 class Events:
@@ -41,11 +53,6 @@ def _default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
-
-
-def prompt_tokens(vocab: int, batch: int, prompt_len: int, seed: int) -> np.ndarray:
-    """Synthetic prompts: performance depends on shapes, not on which tokens."""
-    return np.random.default_rng(seed).integers(0, vocab, size=(batch, prompt_len), dtype=np.int64)
 
 
 def _die_with_parent() -> None:
@@ -74,221 +81,165 @@ def _die_with_parent() -> None:
         os._exit(1)  # the runner died before the above took effect
 
 
-def main(job_path: str, events_path: str) -> int:
-    _die_with_parent()
-    ev = Events(events_path)
-    job = json.loads(Path(job_path).read_text())
-    from harness.config import AccuracyConfig, EnergyConfig, options_from_dict
-    from harness.registry import load_backend_class
+# --- the loaded group --------------------------------------------------------------------
 
-    ev.emit(event="loading")
-    try:
-        cls = load_backend_class(job["backend"]["type"])
-        options = options_from_dict(cls.Options, job["backend"]["options"], f"backend {job['backend']['name']} options")
-        spec = _model_spec(job)
-        cells = job["cells"]
-        max_batch = max(c["batch"] for c in cells)
-        acc = AccuracyConfig(**job["accuracy"])
-        max_seq = max(max(c["prompt_len"] + c["gen_len"] for c in cells), acc.seq_len if acc.enabled else 0)
-        scenario = job.get("scenario") or {"type": "offline"}
-        if scenario["type"] != "offline":
-            from harness.scenarios.loadgen import scenario_from_dict, scenario_max_seq
+@dataclass
+class LoadedGroup:
+    """What every cell of a job shares: the backend with its model loaded, the scenario."""
 
-            cfg = scenario_from_dict(scenario)
-            max_seq = max([max_seq] + [scenario_max_seq(cfg, c["prompt_len"], c["gen_len"]) for c in cells])
-        backend = cls(options)
-        info = backend.load(spec, job["dtype"], max_batch, max_seq)
-        backend.load_details = info.details
-        description = backend.describe()
-    except Exception as e:  # noqa: BLE001 - any load failure fails this group's cells, with its message
-        ev.emit(event="load_failed", message=_message(e), trace=traceback.format_exc())
-        return 0
-    ev.emit(event="loaded", load_s=info.load_s, compile_s=info.compile_s)
+    backend: Backend
+    spec: Any  # workloads.zoo.ModelSpec
+    info: LoadInfo
+    description: dict
+    scenario: Scenario
+    precision: str  # what the weights really are: a quantizing backend says so in load details
 
-    try:
-        meters = _start_meters(job, backend)
-    except Exception as e:  # noqa: BLE001 - a meter that cannot start costs energy figures, not the timings
-        meters, job["meter_error"] = [], _message(e)
-    energy = EnergyConfig(**job["energy"])
-    reference_cache: dict = {}
-    for cell in cells:
-        ev.emit(event="start", cell_id=cell["id"])
-        t0 = time.time()
-        try:
-            record = measure_cell(job, cell, spec, backend, info, description, meters, energy, acc, reference_cache)
-        except Exception as e:  # noqa: BLE001 - a failed cell is a result, the next cell still runs
-            record = {"status": "failed", "valid": False,
-                      "error": {"kind": "exception", "message": _message(e), "trace": traceback.format_exc()}}
-        record.update(_cell_fields(cell, spec, job))
-        record["precision"] = precision_of(cell, backend)
-        if "decode_tps" in (record.get("metrics") or {}):
-            from harness.roofline import roofline
-
-            record["roofline"] = roofline(record, job.get("calibration"))
-        record["started_at"], record["wall_s"] = t0, time.time() - t0
-        ev.emit(event="done", cell_id=cell["id"], record=record)
-    for m in meters:
-        try:
-            m.stop()
-        except Exception:  # noqa: BLE001
-            pass
-    backend.close()
-    return 0
+    @property
+    def params(self) -> int:
+        return self.spec.args.param_count()
 
 
-def _message(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}" if not str(e).startswith(type(e).__name__) else str(e)
-
-
-def _model_spec(job: dict):
+def model_spec(job: CellJob):
     from workloads.models.weights import args_from_hf_config
     from workloads.zoo import ModelSpec, get_model
-    from pathlib import Path as _P
 
-    if job.get("checkpoint"):
-        args = args_from_hf_config(_P(job["checkpoint"]), name=job["model"])
-        return ModelSpec(args, seed=job["seed"], checkpoint=job["checkpoint"])
-    return ModelSpec(get_model(job["model"]), seed=job["seed"])
-
-
-def precision_of(cell: dict, backend) -> str:
-    """What the weights really are: a backend that quantizes (llama.cpp q8_0) says so
-    in load details, so such a cell is never compared with fp32 as the same workload."""
-    details = getattr(backend, "load_details", None) or {}
-    return details.get("precision") or cell["dtype"]
+    if job.checkpoint:
+        args = args_from_hf_config(Path(job.checkpoint), name=job.model)
+        return ModelSpec(args, seed=job.seed, checkpoint=job.checkpoint)
+    return ModelSpec(get_model(job.model), seed=job.seed)
 
 
-def _cell_fields(cell: dict, spec, job: dict) -> dict:
-    return {"cell_id": cell["id"], "backend": job["backend"]["name"], "backend_type": job["backend"]["type"],
-            "device": job["device"], "model": cell["model"], "params": spec.args.param_count(),
-            "dtype": cell["dtype"], "precision": cell["dtype"], "batch": cell["batch"],
-            "prompt_len": cell["prompt_len"], "gen_len": cell["gen_len"], "scenario": cell["scenario"]}
+def build_scenario(mapping: dict) -> Scenario:
+    """The suite's scenario (already validated by load_plan) from its mapping."""
+    from harness.registry import load_scenario_class
+    from harness.schema import build
+
+    cls = load_scenario_class(mapping["type"])
+    return cls(build(cls.Config, mapping, "scenario"))
 
 
-def _start_meters(job: dict, backend) -> list:
-    if not job["energy"].get("enabled", True):
-        return []
+def load_group(job: CellJob) -> LoadedGroup:
+    from harness.config import AccuracyConfig
+    from harness.registry import load_backend_class
+    from harness.schema import build
+
+    cls = load_backend_class(job.backend_type)
+    options = build(cls.Options, job.backend_options, f"backend {job.backend_name} options")
+    spec = model_spec(job)
+    scenario = build_scenario(job.scenario)
+    acc = AccuracyConfig(**job.accuracy)
+    max_batch = max(c.batch for c in job.cells)
+    max_seq = max([scenario.max_seq(c.prompt_len, c.gen_len) for c in job.cells]
+                  + [acc.seq_len if acc.enabled and issubclass(cls, ModelBackend) else 0])
+    backend = cls(options)
+    info = backend.load(spec, job.dtype, max_batch, max_seq)
+    return LoadedGroup(backend, spec, info, backend.describe(), scenario,
+                       precision=info.details.get("precision") or job.dtype)
+
+
+def start_meters(job: CellJob, backend: Backend) -> tuple[list, str | None]:
+    """(started meters, why none could start). A meter that cannot start costs energy
+    figures, never the timings."""
+    if not job.energy.get("enabled", True):
+        return [], None
     try:
         from harness.meters import build_meters
-    except ImportError:
-        return []
-    configs = job.get("meters")
-    if configs is None:
-        configs = backend.meters()
-    meters = build_meters(configs)
-    for m in meters:
-        m.start()
-    return meters
+
+        meters = build_meters(job.meters if job.meters is not None else backend.meters())
+        for m in meters:
+            m.start()
+        return meters, None
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        return [], _message(e)
 
 
-def measure_cell(job, cell, spec, backend, info, description, meters, energy_cfg, acc, reference_cache) -> dict:
-    from harness.metrics import cell_metrics
-    from harness.scenarios.offline import run_offline, run_one
+# --- one cell ------------------------------------------------------------------------------
 
-    batch, plen, glen = cell["batch"], cell["prompt_len"], cell["gen_len"]
-    scenario = job.get("scenario") or {"type": "offline"}
-    if scenario["type"] != "offline":
-        return measure_scenario(job, cell, spec, backend, info, description, meters, energy_cfg, acc,
-                                reference_cache)
-    prepare_s = backend.prepare(batch, plen + glen)
-    prompts = prompt_tokens(spec.args.vocab_size, batch, plen, job["seed"] + 7919 * plen + batch)
-    samples, tokens = run_offline(backend, prompts, glen, job["warmup"], job["repetitions"])
-    if tokens.shape != (batch, glen - 1):
-        raise RuntimeError(f"backend returned {tokens.shape[0]}x{tokens.shape[1]} decode tokens, "
-                           f"expected {batch}x{glen - 1}")
-    record = {"status": "ok",
-              "load": {"load_s": info.load_s, "compile_s": info.compile_s, "prepare_s": prepare_s,
-                       "details": info.details},
-              "describe": description,
-              "tokens": {"prompt_per_rep": batch * plen, "generated_per_rep": batch * glen,
-                         "repetitions": len(samples.reps), "warmup": job["warmup"]},
-              "samples": samples.to_dict(),
-              "metrics": cell_metrics(samples)}
-    memory = {"host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-    if hasattr(backend, "memory"):
-        memory.update(backend.memory())
-    record["memory"] = memory
+class AccuracyGate:
+    """Logits of the backend against the fp32 torch reference on fixed sequences; a cell
+    outside its precision's tolerance is invalid. The reference is computed once per group."""
 
-    if meters:
-        from harness.energy import measure_cell_energy
+    def __init__(self, config: dict, group: LoadedGroup):
+        from harness.config import AccuracyConfig
 
-        settings = _energy_settings(energy_cfg)
-        result = measure_cell_energy(
-            meters,
-            run_prefill=lambda: (backend.prefill(prompts), backend.synchronize()),
-            run_generation=lambda: run_one(backend, prompts, glen),
-            prompt_tokens=batch * plen, generated_tokens=batch * glen, settings=settings, sequences=batch)
-        timeline = result.pop("timeline", None)
-        if timeline:
-            record["energy_timeline"] = _write_timeline(job, cell, timeline)
-        record["energy"] = result
-    else:
-        if not job["energy"].get("enabled", True):
-            record["energy"] = {"status": "disabled"}
-        elif job.get("meter_error"):
-            record["energy"] = {"status": "unavailable", "reason": f"meters did not start: {job['meter_error']}"}
-        else:
-            record["energy"] = {"status": "no meters"}
+        self.cfg = AccuracyConfig(**config)
+        self.group = group
+        self._reference = None
 
-    _gate(record, job, cell, spec, backend, acc, reference_cache)
-    return record
+    def check(self) -> dict:
+        from harness.accuracy import compare, gate_tokens
 
-
-def _energy_settings(cfg):
-    from harness.energy import EnergySettings
-
-    return EnergySettings(idle_s=cfg.idle_s, min_window_s=cfg.min_window_s, min_updates=cfg.min_updates,
-                          lengthen=cfg.lengthen)
-
-
-def measure_scenario(job, cell, spec, backend, info, description, meters, energy_cfg, acc, reference_cache) -> dict:
-    """A cell under a LoadGen-style scenario (single-stream, concurrency, server@rate):
-    requests issued by harness.scenarios.loadgen, energy over the steady-state window."""
-    from harness.serve import measure_scenario_cell
-
-    out = measure_scenario_cell(backend, job["scenario"], vocab_size=spec.args.vocab_size, batch=cell["batch"],
-                                prompt_len=cell["prompt_len"], gen_len=cell["gen_len"], seed=job["seed"],
-                                rate=cell.get("rate"), meters=meters or None,
-                                energy_settings=_energy_settings(energy_cfg) if meters else None)
-    record = dict(out)
-    record["load"] = {"load_s": info.load_s, "compile_s": info.compile_s, "details": info.details}
-    record["describe"] = description
-    if hasattr(backend, "sut"):  # an endpoint: its logits are not ours to read
-        record["accuracy"] = {"status": "not checkable (endpoint backend)", "passed": None}
-        record["valid"] = record.get("status") == "ok"
-    else:
-        _gate(record, job, cell, spec, backend, acc, reference_cache)
-    return record
-
-
-def _gate(record, job, cell, spec, backend, acc, reference_cache) -> None:
-    """Accuracy gate: the cell is invalid when its logits leave the dtype's tolerance."""
-    from harness.accuracy import compare, gate_tokens
-
-    if acc.enabled:
-        key = (acc.batch, acc.seq_len)
-        ref_device = acc.reference_device or backend.weights_device()
-        gate = gate_tokens(spec.args.vocab_size, acc.batch, acc.seq_len, acc.seed)
-        if key not in reference_cache:
+        backend = self.group.backend
+        if not isinstance(backend, ModelBackend):  # an endpoint: its logits are not ours to read
+            return {"status": "not checkable (endpoint backend)", "passed": None}
+        if not self.cfg.enabled:
+            return {"status": "not checked", "passed": None}
+        cfg, spec = self.cfg, self.group.spec
+        ref_device = cfg.reference_device or backend.weights_device()
+        tokens = gate_tokens(spec.args.vocab_size, cfg.batch, cfg.seq_len, cfg.seed)
+        if self._reference is None:
             from workloads.models import reference_logits
 
-            reference_cache[key] = reference_logits(spec, gate, ref_device)
-        got = backend.logits(gate, acc.prefill_len)
-        record["accuracy"] = compare(got, reference_cache[key], precision_of(cell, backend))
-        record["accuracy"]["reference"] = f"torch fp32 full forward on {ref_device}"
-        if not record["accuracy"]["passed"]:
-            record["status"], record["valid"] = "invalid", False
-        else:
-            record["valid"] = record.get("status") == "ok"
+            self._reference = reference_logits(spec, tokens, ref_device)
+        result = compare(backend.logits(tokens, cfg.prefill_len), self._reference, self.group.precision)
+        result["reference"] = f"torch fp32 full forward on {ref_device}"
+        return result
+
+
+def measure_cell(job: CellJob, cell: PlannedCell, group: LoadedGroup, meters: list, meter_error: str | None,
+                 gate: AccuracyGate) -> CellRecord:
+    from harness.energy import EnergySettings
+
+    e = job.energy
+    settings = EnergySettings(idle_s=e["idle_s"], min_window_s=e["min_window_s"], min_updates=e["min_updates"],
+                              lengthen=e["lengthen"])
+    ctx = CellContext(backend=group.backend, cell=cell, vocab_size=group.spec.args.vocab_size, seed=job.seed,
+                      warmup=job.warmup, repetitions=job.repetitions, meters=meters, energy_settings=settings)
+    outcome = group.scenario.run(ctx)
+    record = _record(job, cell, group, outcome)
+    record.energy = outcome.energy or _no_energy(job, meter_error)
+    if outcome.timeline:
+        record.energy_timeline = _write_timeline(Path(job.run_dir), cell, outcome.timeline)
+    record.accuracy = gate.check()
+    if record.accuracy.get("passed") is False:
+        record.status, record.valid = "invalid", False
     else:
-        record["accuracy"] = {"status": "not checked", "passed": None}
-        record["valid"] = record.get("status") == "ok"
+        record.valid = record.status == "ok"
+    if "decode_tps" in record.metrics:
+        from harness.roofline import roofline
+
+        record.roofline = roofline(record, job.calibration)
+    return record
 
 
-def _write_timeline(job: dict, cell: dict, rows: list[dict]) -> str:
-    folder = Path(job["run_dir"]) / "timelines"
+def _record(job: CellJob, cell: PlannedCell, group: LoadedGroup, out: ScenarioOutcome) -> CellRecord:
+    load = {"load_s": group.info.load_s, "compile_s": group.info.compile_s}
+    if out.prepare_s is not None:
+        load["prepare_s"] = out.prepare_s
+    load["details"] = group.info.details
+    memory = {"host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    memory.update(group.backend.memory())
+    return CellRecord(
+        cell_id=cell.id, backend=cell.backend, backend_type=cell.backend_type, model=cell.model, dtype=cell.dtype,
+        batch=cell.batch, prompt_len=cell.prompt_len, gen_len=cell.gen_len, scenario=cell.scenario,
+        status=out.status, valid=False, device=job.device, params=group.params, precision=group.precision,
+        load=load, describe=group.description, tokens=out.tokens, samples=out.samples, metrics=out.metrics,
+        memory=memory, warnings=out.warnings, scenario_config=out.scenario_config, summary=out.summary,
+        requests=out.requests, steady_window=out.steady_window, runs=out.runs, sut=out.sut)
+
+
+def _no_energy(job: CellJob, meter_error: str | None) -> EnergyRecord:
+    if not job.energy.get("enabled", True):
+        return EnergyRecord(status="disabled")
+    if meter_error:
+        return EnergyRecord(status="unavailable", reason=f"meters did not start: {meter_error}")
+    return EnergyRecord(status="no meters")
+
+
+def _write_timeline(run_dir: Path, cell: PlannedCell, rows: list[dict]) -> str:
+    folder = run_dir / "timelines"
     folder.mkdir(parents=True, exist_ok=True)
-    name = cell["id"].replace("/", "_") + ".csv"
+    name = cell.id.replace("/", "_") + ".csv"
     cols = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("t", "phase", "meter", "watts"), k))
     tmp = folder / f".{name}.tmp"
     with open(tmp, "w", newline="") as f:
@@ -297,6 +248,45 @@ def _write_timeline(job: dict, cell: dict, rows: list[dict]) -> str:
         w.writerows(rows)
     os.replace(tmp, folder / name)
     return f"timelines/{name}"
+
+
+def _message(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if not str(e).startswith(type(e).__name__) else str(e)
+
+
+# --- the process ----------------------------------------------------------------------------
+
+def main(job_path: str, events_path: str) -> int:
+    _die_with_parent()
+    ev = Events(events_path)
+    job = CellJob.from_json(json.loads(Path(job_path).read_text()))
+    ev.emit(event="loading")
+    try:
+        group = load_group(job)
+    except Exception as e:  # noqa: BLE001 - any load failure fails this group's cells, with its message
+        ev.emit(event="load_failed", message=_message(e), trace=traceback.format_exc())
+        return 0
+    ev.emit(event="loaded", load_s=group.info.load_s, compile_s=group.info.compile_s)
+    meters, meter_error = start_meters(job, group.backend)
+    gate = AccuracyGate(job.accuracy, group)
+    for cell in job.cells:
+        ev.emit(event="start", cell_id=cell.id)
+        t0 = time.time()
+        try:
+            record = measure_cell(job, cell, group, meters, meter_error, gate)
+        except Exception as e:  # noqa: BLE001 - a failed cell is a result, the next cell still runs
+            record = CellRecord.failure(cell, "exception", _message(e), device=job.device, params=group.params,
+                                        trace=traceback.format_exc())
+            record.precision = group.precision
+        record.started_at, record.wall_s = t0, time.time() - t0
+        ev.emit(event="done", cell_id=cell.id, record=record.to_json())
+    for m in meters:
+        try:
+            m.stop()
+        except Exception:  # noqa: BLE001 - the results are already out
+            pass
+    group.backend.close()
+    return 0
 
 
 if __name__ == "__main__":

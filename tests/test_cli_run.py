@@ -46,17 +46,17 @@ def test_run_prints_table_and_writes_parseable_results(smoke_run):
     assert meta["status"] == "complete"
     assert meta["inventory"]["cpu"]["logical_cores"] >= 1 and "torch" in meta["inventory"]["packages"]
     assert meta["config"]["repetitions"] == 3
-    assert len(records) == 2 and {r["batch"] for r in records} == {1, 3}
+    assert len(records) == 2 and {r.batch for r in records} == {1, 3}
 
 
 def test_numbers_are_positive_and_consistent_with_the_plan(smoke_run):
     _, run_dir = smoke_run
     _, records = load_run(run_dir)
     for r in records:
-        assert r["status"] == "ok" and r["valid"] is True, r.get("error")
-        b, p, g = r["batch"], r["prompt_len"], r["gen_len"]
-        assert r["tokens"] == {"prompt_per_rep": b * p, "generated_per_rep": b * g, "repetitions": 3, "warmup": 1}
-        s, m = r["samples"], r["metrics"]
+        assert r.status == "ok" and r.valid is True, r.error
+        b, p, g = r.batch, r.prompt_len, r.gen_len
+        assert r.tokens == {"prompt_per_rep": b * p, "generated_per_rep": b * g, "repetitions": 3, "warmup": 1}
+        s, m = r.samples, r.metrics
         assert len(s["ttft_s"]) == len(s["e2e_s"]) == 3
         for ttft, e2e in zip(s["ttft_s"], s["e2e_s"]):
             assert 0 < ttft < e2e
@@ -66,8 +66,8 @@ def test_numbers_are_positive_and_consistent_with_the_plan(smoke_run):
         assert m["prefill_tps"]["samples"] == pytest.approx([b * p / t for t in s["ttft_s"]])
         assert all(len(st) == g - 1 for st in s["step_times_s"])
         assert m["itl_s"]["n"] == 3 * (g - 1) and 0 < m["itl_s"]["p50"] <= m["itl_s"]["p99"]
-        assert r["memory"]["host_peak_rss_bytes"] > 10 * 2**20
-        assert r["accuracy"]["passed"] is True and r["accuracy"]["rel_err"] < 1e-4
+        assert r.memory["host_peak_rss_bytes"] > 10 * 2**20
+        assert r.accuracy["passed"] is True and r.accuracy["rel_err"] < 1e-4
 
 
 def test_bad_suite_is_one_clear_error_no_traceback(tmp_path):
@@ -102,5 +102,5 @@ def test_server_scenario_run_prints_latency_throughput_table(tmp_path):
     assert "server@20" in proc.stdout and "TTFT p99 ms" in proc.stdout
     _, records = load_run(tmp_path / "out" / "srv")
     (r,) = records
-    assert r["status"] == "ok" and r["metrics"]["ok"] == 6 and r["summary"][0]["failed"] == 0
-    assert r["metrics"]["ttft_s"]["p50"] < r["metrics"]["e2e_s"]["p50"]
+    assert r.status == "ok" and r.metrics["ok"] == 6 and r.summary[0]["failed"] == 0
+    assert r.metrics["ttft_s"]["p50"] < r.metrics["e2e_s"]["p50"]

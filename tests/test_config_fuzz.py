@@ -21,11 +21,9 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 import pytest
 import yaml
 
-from harness.scenarios.loadgen import ScenarioConfig
-
 from harness.config import AccuracyConfig, BackendConfig, ConfigError, EnergyConfig, SuiteConfig, WorkloadConfig, \
     load_plan
-from harness.registry import load_backend_class
+from harness.registry import load_backend_class, load_scenario_class, scenario_entry_points
 
 ROOT = Path(__file__).resolve().parent.parent
 # report_multiple_bugs=False: a failure is shrunk once, not once per kind of crash (minutes on 2 cores)
@@ -112,7 +110,8 @@ def _key_paths() -> list[tuple]:
     out += [("workloads", 0, f.name) for f in dataclasses.fields(WorkloadConfig)]
     out += [("workloads", 0, k, 0) for k in ("dtypes", "batch_sizes", "prompt_lens", "gen_lens")]
     out += [("backends", 0), ("workloads", 0), ("meters", 0), ("meters", 0, "type"), ("meters", 0, "watts")]
-    out += [("scenario", f.name) for f in dataclasses.fields(ScenarioConfig)]
+    out += sorted({("scenario", f.name) for name in scenario_entry_points()
+                   for f in dataclasses.fields(load_scenario_class(name).Config)})
     return out
 
 

@@ -93,12 +93,12 @@ def test_segfault_fails_that_cell_only_and_the_suite_goes_on(faulty_plugin, tmp_
     assert proc.returncode == 0, proc.stderr
     records = check_results(run_dir)
     bad = records.pop(cell("seg", 2))
-    assert bad["status"] == "failed" and bad["valid"] is False and bad["error"]["kind"] == "crash"
-    assert "SIGSEGV" in bad["error"]["message"] and "during the cell" in bad["error"]["message"]
-    assert "injecting segfault at prefill" in bad["error"]["message"]  # the worker's last log lines
+    assert bad.status == "failed" and bad.valid is False and bad.error.kind == "crash"
+    assert "SIGSEGV" in bad.error.message and "during the cell" in bad.error.message
+    assert "injecting segfault at prefill" in bad.error.message  # the worker's last log lines
     # the cell the crashed worker finished before, and the next group (a fresh worker): all measured
     assert sorted(records) == sorted([cell("seg", 1)] + [cell("after", b) for b in (1, 2)])
-    assert all(r["status"] == "ok" and r["metrics"]["decode_tps"]["median"] > 0 for r in records.values())
+    assert all(r.status == "ok" and r.metrics["decode_tps"]["median"] > 0 for r in records.values())
     assert load_run(run_dir)[0]["status"] == "complete"
     assert not processes_of(run_dir)
 
@@ -114,8 +114,8 @@ def test_killed_or_exiting_worker_fails_that_cell_only(faulty_plugin, tmp_path, 
     assert proc.returncode == 0, proc.stderr
     records = check_results(run_dir)
     bad, good = records[cell("f", 1)], records[cell("f", 2)]
-    assert bad["status"] == "failed" and bad["error"]["kind"] == "crash" and expect in bad["error"]["message"]
-    assert good["status"] == "ok"
+    assert bad.status == "failed" and bad.error.kind == "crash" and expect in bad.error.message
+    assert good.status == "ok"
 
 
 def test_hang_past_timeout_fails_that_cell_and_the_run_goes_on(faulty_plugin, tmp_path):
@@ -127,9 +127,9 @@ def test_hang_past_timeout_fails_that_cell_and_the_run_goes_on(faulty_plugin, tm
     assert proc.returncode == 0, proc.stderr
     records = check_results(run_dir)
     bad = records[cell("hung", 1)]
-    assert bad["status"] == "failed" and bad["error"]["kind"] == "timeout"
-    assert f"cell ran past timeout_s={timeout_s}" in bad["error"]["message"]
-    assert records[cell("hung", 2)]["status"] == "ok"  # on a fresh worker
+    assert bad.status == "failed" and bad.error.kind == "timeout"
+    assert f"cell ran past timeout_s={timeout_s}" in bad.error.message
+    assert records[cell("hung", 2)].status == "ok"  # on a fresh worker
     assert not processes_of(run_dir)  # the hung worker was killed, not left behind
 
 
@@ -141,10 +141,10 @@ def test_allocation_past_memory_limit_fails_that_cell_only(faulty_plugin, tmp_pa
     assert proc.returncode == 0, proc.stderr
     records = check_results(run_dir)
     bad = records[cell("oom", 2)]
-    assert bad["status"] == "failed" and bad["error"]["kind"] == "exception"
-    assert "can't allocate memory" in bad["error"]["message"] and "8589934592 bytes" in bad["error"]["message"]
+    assert bad.status == "failed" and bad.error.kind == "exception"
+    assert "can't allocate memory" in bad.error.message and "8589934592 bytes" in bad.error.message
     # the same worker goes on: the cells before and after are measured
-    assert records[cell("oom", 1)]["status"] == "ok" and records[cell("oom", 3)]["status"] == "ok"
+    assert records[cell("oom", 1)].status == "ok" and records[cell("oom", 3)].status == "ok"
 
 
 def test_exception_in_load_fails_the_groups_cells_with_its_message(faulty_plugin, tmp_path):
@@ -156,9 +156,9 @@ def test_exception_in_load_fails_the_groups_cells_with_its_message(faulty_plugin
     records = check_results(run_dir)
     for b in (1, 2):
         r = records[cell("broken", b)]
-        assert r["status"] == "failed" and r["error"]["kind"] == "load"
-        assert r["error"]["message"] == f"RuntimeError: {msg}" and "Traceback" in r["error"]["trace"]
-        assert records[cell("after", b)]["status"] == "ok"
+        assert r.status == "failed" and r.error.kind == "load"
+        assert r.error.message == f"RuntimeError: {msg}" and "Traceback" in r.error.trace
+        assert records[cell("after", b)].status == "ok"
 
 
 # --- the parent killed, interrupted, resumed -----------------------------------------
@@ -193,7 +193,7 @@ def test_parent_killed_mid_run_then_resume_runs_the_rest_once(faulty_plugin, tmp
     assert resumed.returncode == 0, resumed.stderr
     after = check_results(run_dir)  # every cell exactly once
     assert sorted(after) == sorted(cells)
-    assert all(r["status"] == "ok" for r in after.values())
+    assert all(r.status == "ok" for r in after.values())
     for cid, r in before.items():  # what finished before the kill was kept, not measured again
         assert after[cid] == r
     meta = json.loads((run_dir / "run.json").read_text())
@@ -209,7 +209,7 @@ def test_ctrl_c_saves_every_finished_cell_and_exits_130(faulty_plugin, tmp_path)
         # Ctrl-C just after a cell finished, before the parent read the worker's report of it:
         # stop the parent, let the worker finish a cell, then interrupt.
         os.kill(proc.pid, signal.SIGSTOP)
-        recorded = {r["cell_id"] for r in read_records(results)}
+        recorded = {r.cell_id for r in read_records(results)}
         wait_for(lambda: set(done_events(run_dir)) - recorded, 60, "a cell to finish while the parent is stopped")
     finally:
         os.kill(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the parent's group, not the workers'
@@ -222,7 +222,7 @@ def test_ctrl_c_saves_every_finished_cell_and_exits_130(faulty_plugin, tmp_path)
     records = check_results(run_dir, complete=False)
     finished = set(done_events(run_dir))
     assert finished <= set(records), f"finished but not saved: {sorted(finished - set(records))}"
-    assert len(records) < 4 and all(r["status"] == "ok" for r in records.values())
+    assert len(records) < 4 and all(r.status == "ok" for r in records.values())
     assert not processes_of(run_dir)
 
     resumed = harness("run", "--resume", str(run_dir), "--quiet", env=plugin_env(faulty_plugin))

@@ -1,0 +1,93 @@
+"""What a scenario is: how requests reach a backend for one cell, and what comes back.
+
+A scenario knows nothing of models (MLPerf LoadGen's split): it is handed a loaded
+backend and a typed :class:`CellContext`, issues work the way its name says, and
+returns a typed :class:`ScenarioOutcome`. The worker turns that into the cell's
+``CellRecord`` (adding the accuracy gate, roofline, memory and provenance); the
+scenario never assembles a record.
+
+Scenarios register under the entry-point group ``harness.scenarios`` (the built-in
+ones in this project's pyproject.toml), so a third party adds one in its own package:
+
+    [project.entry-points."harness.scenarios"]
+    burst = "my_pkg.burst:BurstScenario"
+
+A scenario class has:
+
+* ``name``: the suite's ``scenario: {type: NAME}``;
+* ``Config``: a dataclass schema of its keys (validated by ``harness.schema``, so a key
+  it does not take is reported, never silently ignored); it has a ``type`` field;
+* ``backend_kinds``: the backend kinds it can drive ("model", "request");
+* ``points(config)``: the cells one suite cell expands into (a server sweep: one per
+  rate); ``max_seq`` the KV-cache positions a backend must hold; ``run(ctx)``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional
+
+from backends.base import Backend
+from harness.records import EnergyRecord, PlannedCell
+
+
+@dataclass(frozen=True)
+class ScenarioPoint:
+    label: str  # the cell's scenario label: offline, server@4
+    rate: Optional[float] = None  # requests/s, for one point of a server sweep
+
+
+@dataclass
+class CellContext:
+    """Everything a scenario may use to run one cell."""
+
+    backend: Backend  # loaded for the group's largest batch and max_seq
+    cell: PlannedCell
+    vocab_size: int
+    seed: int  # the workload's seed (prompts, arrivals)
+    warmup: int  # untimed repetitions (batch scenarios)
+    repetitions: int  # timed repetitions (batch scenarios)
+    meters: list  # started meters (harness.meters.Meter); empty: no energy to measure
+    energy_settings: Any  # harness.energy.EnergySettings
+
+
+@dataclass
+class ScenarioOutcome:
+    """What a scenario measured for one cell; the worker makes the record of it."""
+
+    status: str = "ok"  # ok | failed (e.g. every request failed)
+    metrics: dict = field(default_factory=dict)  # metric name -> summary (see CellRecord.metrics)
+    samples: dict = field(default_factory=dict)  # raw per-repetition times (batch scenarios)
+    tokens: dict = field(default_factory=dict)  # token counts per repetition (batch scenarios)
+    prepare_s: Optional[float] = None  # cache allocation / graph capture before the warm-up
+    energy: Optional[EnergyRecord] = None  # None when ctx.meters is empty
+    timeline: list[dict] = field(default_factory=list)  # power samples over the cell, for the CSV
+    warnings: list[str] = field(default_factory=list)
+    # request scenarios
+    scenario_config: Optional[dict] = None
+    summary: Optional[list] = None
+    requests: Optional[list] = None
+    steady_window: Optional[dict] = None
+    runs: Optional[list] = None
+    sut: Optional[dict] = None
+
+
+class Scenario(ABC):
+    name: ClassVar[str] = ""
+    Config: ClassVar[type]
+    backend_kinds: ClassVar[tuple[str, ...]] = ("model",)
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    def points(self) -> list[ScenarioPoint]:
+        """The cells one suite cell expands into (default: one, labelled with the name)."""
+        return [ScenarioPoint(self.name)]
+
+    def max_seq(self, prompt_len: int, gen_len: int) -> int:
+        """KV-cache positions a backend must hold to run this scenario on a cell."""
+        return prompt_len + gen_len
+
+    @abstractmethod
+    def run(self, ctx: CellContext) -> ScenarioOutcome:
+        """Measure one cell."""
