@@ -55,7 +55,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from backends.base import Backend, BackendError, DecodeResult, LoadInfo, cpu_model
+from backends.base import BackendError, DecodeResult, LoadInfo, ModelBackend, cpu_model
 from workloads.zoo import ModelSpec
 
 INSTALL_HINT = "pip install 'accel-harness[llamacpp]'"
@@ -242,6 +242,7 @@ def extra_bufts_usable(lc, cache_dir: str | None = None) -> tuple[bool, str]:
 
 @dataclass
 class _State:
+    first: np.ndarray  # [B] int32, the token prefill generated
     next_token: np.ndarray  # [B] int32, the token each sequence feeds next
     pos: int  # position of next_token
 
@@ -325,7 +326,7 @@ class _Context:
             self.ctx = None
 
 
-class LlamaCppBackend(Backend):
+class LlamaCppBackend(ModelBackend):
     name = "llama.cpp"
     Options = LlamaCppOptions
     dtypes = ("fp32", "fp16")
@@ -469,7 +470,11 @@ class LlamaCppBackend(Backend):
     def prefill(self, token_ids: np.ndarray) -> _State:
         ctx = self._need()
         last = self._prefill_on(ctx, np.asarray(token_ids), all_logits=False)
-        return _State(last.argmax(-1).astype(np.int32), int(token_ids.shape[1]))
+        first = last.argmax(-1).astype(np.int32)
+        return _State(first, first, int(token_ids.shape[1]))
+
+    def first_tokens(self, state: _State) -> np.ndarray:
+        return state.first.astype(np.int64)
 
     def decode(self, state: _State, n: int) -> DecodeResult:
         ctx = self._need()

@@ -29,7 +29,7 @@ from typing import Any, Literal, Optional
 
 import numpy as np
 
-from backends.base import Backend, BackendError, DecodeResult, LoadInfo, cpu_model
+from backends.base import BackendError, DecodeResult, LoadInfo, ModelBackend, cpu_model
 from workloads.zoo import ModelSpec
 
 CPU_EP = "CPUExecutionProvider"
@@ -271,13 +271,14 @@ def nodes_from_profile(path: str | os.PathLike) -> list[tuple[str, str]]:
 
 @dataclass
 class _State:
+    first: np.ndarray  # [B] int64 on the host: the token prefill generated
     next_token: np.ndarray  # [B, 1] int64 on the host: the last token generated
     pos: int  # position next_token goes to
     past: list  # OrtValues past_key_values.0.key, .0.value, ... on the session's device
     token_ov: Any = None  # next_token as an OrtValue on the session's device
 
 
-class OnnxBackend(Backend):
+class OnnxBackend(ModelBackend):
     name = "onnxruntime"
     Options = OnnxOptions
     dtypes = ("fp32", "fp16")
@@ -603,8 +604,12 @@ class OnnxBackend(Backend):
         logits, present, nxt = self._run(binding, self._ov(ids), self._aux(B, T, 0), self._empty_past(B), need_host)
         if nxt is None:
             tok = logits.numpy()[:, -1].argmax(-1).astype(np.int64)[:, None]
-            return _State(tok, T, present, self._ov(tok))
-        return _State(nxt.numpy(), T, present, nxt)
+            return _State(tok[:, 0], tok, T, present, self._ov(tok))
+        tok = nxt.numpy()
+        return _State(tok[:, 0], tok, T, present, nxt)
+
+    def first_tokens(self, state: _State) -> np.ndarray:
+        return state.first
 
     def decode(self, state: _State, n: int) -> DecodeResult:
         if self.max_seq and state.pos + n > self.max_seq:

@@ -19,10 +19,9 @@ only (http.client): no new dependency.
   key is never stored in the options, records or logs, and is scrubbed from
   any error text a server echoes back. ``describe()`` lists header *names* only.
 
-This is not a device backend: it has no prefill/decode of its own and no
-logits (the accuracy gate cannot see inside a remote server). The harness
-drives it through the load generators (harness.scenarios.loadgen) via
-``sut()``; prefill/decode/logits raise BackendError saying so.
+This is a request backend (backends.base.RequestBackend): it has no
+prefill/decode of its own and no logits (the accuracy gate cannot see inside a
+remote server), so only the request scenarios drive it, through ``issue()``.
 """
 from __future__ import annotations
 
@@ -39,52 +38,10 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from backends.base import Backend, BackendError, DecodeResult, LoadInfo
+from backends.base import BackendError, LoadInfo, Request, RequestBackend, RequestResult
 from workloads.zoo import ModelSpec
 
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, http.client.CannotSendRequest)
-
-
-@dataclass
-class ProbeRequest:
-    """A request as the load generators make them (harness.scenarios.loadgen.Request): the
-    client reads only these four attributes, so backends/ never imports harness/."""
-
-    id: int
-    prompt_len: int
-    max_tokens: int
-    prompt_ids: Optional[list] = None
-
-
-@dataclass
-class StreamResult:
-    """One request's outcome, with exactly the fields of harness.scenarios.loadgen.RequestResult
-    (the load generator converts it; a test keeps the two in step). Times: time.perf_counter()."""
-
-    id: int
-    prompt_len: int
-    n_requested: int
-    t_issue: float
-    t_first_token: Optional[float] = None
-    t_end: Optional[float] = None
-    token_times: list = field(default_factory=list)
-    n_generated: int = 0
-    n_prompt: Optional[int] = None
-    error: Optional[str] = None
-    count_mismatch: bool = False
-    prompt_mismatch: bool = False
-    finish_reason: Optional[str] = None
-    notes: list = field(default_factory=list)
-    t_arrival: Optional[float] = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def check_counts(self) -> None:
-        self.count_mismatch = self.n_generated != self.n_requested
-        if self.n_prompt is not None:
-            self.prompt_mismatch = self.n_prompt != self.prompt_len
 
 
 @dataclass
@@ -104,7 +61,7 @@ class OpenAIHttpOptions:
 
 
 class OpenAIHttpClient:
-    """The SUT: ``issue(request) -> StreamResult``, thread-safe, with a keep-alive pool."""
+    """The HTTP side: ``issue(request) -> RequestResult``, thread-safe, with a keep-alive pool."""
 
     def __init__(self, options: OpenAIHttpOptions):
         self.options = options
@@ -217,7 +174,7 @@ class OpenAIHttpClient:
     def models(self) -> list[str]:
         return [m.get("id") for m in self.get_json("/v1/models").get("data", [])]
 
-    def _prompt(self, request) -> Any:
+    def _prompt(self, request: Request) -> Any:
         if self.send_token_ids:
             ids = request.prompt_ids
             if ids is None:
@@ -226,7 +183,7 @@ class OpenAIHttpClient:
         units = max(1, math.ceil(request.prompt_len / max(1, self.options.text_unit_tokens)))
         return self.options.text_unit * units
 
-    def body(self, request) -> dict:
+    def body(self, request: Request) -> dict:
         o = self.options
         b: dict[str, Any] = {"model": self.model, "prompt": self._prompt(request), "max_tokens": request.max_tokens,
                              "stream": True, "temperature": 0.0}
@@ -241,10 +198,10 @@ class OpenAIHttpClient:
             b.pop("model")
         return b
 
-    def issue(self, request) -> StreamResult:
+    def issue(self, request: Request) -> RequestResult:
         """Stream one completion; every failure becomes an error on the result, never an exception."""
-        res = StreamResult(id=request.id, prompt_len=request.prompt_len, n_requested=request.max_tokens,
-                            t_issue=time.perf_counter())
+        res = RequestResult(id=request.id, prompt_len=request.prompt_len, n_requested=request.max_tokens,
+                             t_issue=time.perf_counter())
         conn = resp = None
         usage: Optional[dict] = None
         done = False
@@ -335,7 +292,7 @@ class OpenAIHttpClient:
             raise BackendError(f"openai-http: model {self.model!r} is not served at {self.endpoint} "
                                f"(it serves: {', '.join(map(str, served))})")
         if self.options.probe:
-            req = ProbeRequest(id=-1000, prompt_len=4, max_tokens=2, prompt_ids=[11, 12, 13, 14])
+            req = Request(id=-1000, prompt_len=4, max_tokens=2, prompt_ids=[11, 12, 13, 14])
             r = self.issue(req)
             if not r.ok and self.send_token_ids and r.error.startswith(("HTTP 400", "HTTP 422")):
                 self.send_token_ids = False
@@ -369,8 +326,8 @@ def _message(data: bytes) -> str:
         return data[:300].decode("utf-8", "replace")
 
 
-class OpenAIHttpBackend(Backend):
-    """A serving endpoint in the backend registry: load() checks it, sut() drives it."""
+class OpenAIHttpBackend(RequestBackend):
+    """A serving endpoint in the backend registry: load() checks it, issue() drives it."""
 
     name: ClassVar[str] = "openai-http"
     Options = OpenAIHttpOptions
@@ -394,22 +351,8 @@ class OpenAIHttpBackend(Backend):
         self.info = self.client.check()
         return LoadInfo(load_s=time.perf_counter() - t0, details=dict(self.info, weights="whatever the server loaded"))
 
-    def sut(self) -> OpenAIHttpClient:
-        return self.client
-
-    def _no(self, what: str):
-        raise BackendError(f"openai-http drives a serving endpoint and has no {what} of its own: run it under a "
-                           f"load-generator scenario (offline, single-stream, concurrency, server)")
-
-    def prefill(self, token_ids: np.ndarray) -> Any:
-        self._no("prefill")
-
-    def decode(self, state: Any, n: int) -> DecodeResult:
-        self._no("decode")
-
-    def logits(self, token_ids: np.ndarray, n_prefill: int) -> np.ndarray:
-        raise BackendError("openai-http cannot return logits: the accuracy gate cannot check a remote endpoint "
-                           "(its cells are recorded as 'not checked')")
+    def issue(self, request: Request) -> RequestResult:
+        return self.client.issue(request)
 
     def close(self) -> None:
         self.client.close()

@@ -126,7 +126,10 @@ class Checker:
     def fail(self, path: str, msg: str) -> None:
         line = self.lines.get(path) or self.lines.get(path.rsplit(".", 1)[0]) or self.lines.get("")
         where = f"{self.file}:{line}" if line else self.file
-        self.problems.append(f"{where}: {path or '(top level)'}: {msg}")
+        if not path and not self.lines:  # a mapping outside any file: `where` already names it
+            self.problems.append(f"{where}: {msg}")
+        else:
+            self.problems.append(f"{where}: {path or '(top level)'}: {msg}")
 
     def _bad(self, path: str, msg: str):
         self.fail(path, msg)
@@ -217,7 +220,7 @@ class Checker:
                 if name not in data:
                     self.fail(f"{path}.{name}" if path else name, "required key missing")
                 # carry on with an empty value so the rest of the file is checked too
-                kwargs[name] = [] if get_origin(hints[name]) is list else ""
+                kwargs[name] = [] if hints[name] is list or get_origin(hints[name]) is list else ""
         try:
             obj = cls(**kwargs)
         except Exception as e:  # noqa: BLE001 - an Options' own __post_init__ may raise anything

@@ -187,13 +187,13 @@ def test_batched_decode_matches_one_by_one(cache_dir, precision):
         be.load(spec, "fp32", max_batch=4, max_seq=48)
         prompts = gate_tokens(spec.args.vocab_size, 4, 16, seed=9)
         state = be.prefill(prompts)
-        first = state.next_token.copy()
+        first = be.first_tokens(state)
         batched = be.decode(state, 12)
         assert batched.tokens.shape == (4, 12) and len(batched.step_times) == 12
         assert all(b >= a for a, b in zip(batched.step_times, batched.step_times[1:]))
         for i in range(4):
             s = be.prefill(prompts[i : i + 1])
-            assert s.next_token[0] == first[i]
+            assert be.first_tokens(s)[0] == first[i]
             np.testing.assert_array_equal(be.decode(s, 12).tokens[0], batched.tokens[i])
     finally:
         be.close()

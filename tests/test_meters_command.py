@@ -122,7 +122,7 @@ def test_options_validated():
         build_meters([{"type": "command", "argv": ["x"], "regex": r"\d+ W"}])
     with pytest.raises(MeterError, match="not a valid regular expression"):
         build_meters([{"type": "command", "argv": ["x"], "regex": r"(\d+"}])
-    with pytest.raises(MeterError, match=r"option 'argv' must be list"):
+    with pytest.raises(MeterError, match=r"meters\[0\] \(command\): argv: expected a list, got str 'npu-smi info'"):
         build_meters([{"type": "command", "argv": "npu-smi info", "regex": r"(\d+)"}])
     with pytest.raises(MeterError, match="period_s"):
         build_meters([{"type": "command", "argv": ["x"], "regex": r"(\d+)", "period_s": 0}])

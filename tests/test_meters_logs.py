@@ -266,7 +266,7 @@ def test_apportion_exact_numbers():
 def test_options_validated(tmp_path):
     with pytest.raises(MeterError, match="unknown time zone"):
         build_meters([{"type": "ptdaemon-log", "path": "x", "tz": "Mars/Olympus"}])
-    with pytest.raises(MeterError, match=r"missing required option 'path'"):
+    with pytest.raises(MeterError, match=r"meters\[0\] \(csv-log\): path: required key missing"):
         build_meters([{"type": "csv-log"}])
     with pytest.raises(MeterError, match="columns"):
         build_meters([{"type": "csv-log", "path": "x", "columns": {"time": "t"}}])

@@ -228,7 +228,7 @@ def test_options_validated():
         build_meters([{"type": "nvml", "period_s": 0.5}])
     with pytest.raises(MeterError, match="method"):
         build_meters([{"type": "nvml", "method": "magic"}])
-    with pytest.raises(MeterError, match="option 'index' must be int"):
+    with pytest.raises(MeterError, match=r"meters\[0\] \(nvml\): index: expected an integer, got '0'"):
         build_meters([{"type": "nvml", "index": "0"}])
 
 

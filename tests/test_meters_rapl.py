@@ -193,5 +193,5 @@ def test_absent_powercap(tmp_path):
 def test_options_validated():
     with pytest.raises(MeterError, match="domains"):
         build_meters([{"type": "rapl", "domains": ["gpu"]}])
-    with pytest.raises(MeterError, match=r"meters\[0\] \(rapl\): unknown option 'perod_s'"):
+    with pytest.raises(MeterError, match=r"meters\[0\] \(rapl\): perod_s: unknown key \(did you mean 'period_s'\?\)"):
         build_meters([{"type": "rapl", "perod_s": 1}])

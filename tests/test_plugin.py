@@ -16,6 +16,7 @@ import sys
 import pytest
 import yaml
 
+from harness.records import CellRecord
 from harness.results import load_run, read_records
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,18 +83,18 @@ def torch_cpu(name: str = "torch-ok") -> dict:
     return {"type": "torch", "name": name, "options": {"device": "cpu", "threads": 1}}
 
 
-def check_results(run_dir: Path, complete: bool = True) -> dict[str, dict]:
+def check_results(run_dir: Path, complete: bool = True) -> dict[str, CellRecord]:
     """Every line of results.jsonl is a whole record, no cell has two, and (complete)
     every cell of the plan has one. Returns cell_id -> record."""
     meta, latest = load_run(run_dir)
     raw = read_records(run_dir / "results.jsonl")
-    ids = [r["cell_id"] for r in raw]
+    ids = [r.cell_id for r in raw]
     assert len(ids) == len(set(ids)), f"duplicated records: {sorted(i for i in ids if ids.count(i) > 1)}"
     assert len(latest) == len(raw)
     assert set(ids) <= set(meta["cells"])
     if complete:
         assert set(ids) == set(meta["cells"]), f"cells without a record: {sorted(set(meta['cells']) - set(ids))}"
-    return {r["cell_id"]: r for r in raw}
+    return {r.cell_id: r for r in raw}
 
 
 def test_plugin_is_listed_and_runs_like_a_builtin(faulty_plugin, tmp_path):
@@ -110,11 +111,11 @@ def test_plugin_is_listed_and_runs_like_a_builtin(faulty_plugin, tmp_path):
     records = check_results(tmp_path / "out" / "p")
     assert len(records) == 2
     for r in records.values():
-        assert r["status"] == "ok" and r["valid"] is True, r.get("error")
-        assert r["backend_type"] == "faulty" and r["backend"] == "plug" and r["device"] == "cpu"
-        assert r["describe"]["backend"] == "faulty" and r["describe"]["fault"] == "none"
-        assert r["metrics"]["decode_tps"]["median"] > 0
-        assert r["accuracy"]["passed"] is True
+        assert r.status == "ok" and r.valid is True, r.error
+        assert r.backend_type == "faulty" and r.backend == "plug" and r.device == "cpu"
+        assert r.describe["backend"] == "faulty" and r.describe["fault"] == "none"
+        assert r.metrics["decode_tps"]["median"] > 0
+        assert r.accuracy["passed"] is True
 
 
 def test_plugin_options_are_validated_like_a_builtins(faulty_plugin, tmp_path):

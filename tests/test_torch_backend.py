@@ -36,7 +36,7 @@ def run(b, prompts, gen):
     b.prepare(prompts.shape[0], prompts.shape[1] + gen)
     state = b.prefill(prompts)
     res = b.decode(state, gen - 1)
-    return np.concatenate([state.next_token.numpy(), res.tokens], axis=1), res
+    return np.concatenate([b.first_tokens(state)[:, None], res.tokens], axis=1), res
 
 
 @pytest.mark.parametrize("batch", [1, 4, 2, 1])

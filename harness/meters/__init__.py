@@ -11,11 +11,11 @@
       - {type: estimate, watts: 350, scope: gpu-board}
 """
 
-import contextlib
-from typing import Iterator, Optional
+from typing import Optional
 
-from .base import (METHODS, SCOPES, EnergyReading, Meter, MeterError, options_from_dict,
-                   warn_once)
+from harness.schema import build
+
+from .base import METHODS, SCOPES, EnergyReading, Meter, MeterError
 from .command import CommandMeter
 from .estimate import EstimateMeter
 from .external_log import CsvLogMeter, PtdaemonLogMeter
@@ -44,7 +44,7 @@ def build_meters(configs: Optional[list[dict]], where: str = "meters") -> list[M
             raise MeterError(f"{at}: unknown meter type {kind!r}; expected one of {', '.join(METER_TYPES)}")
         cls = METER_TYPES[kind]
         opts = {k: v for k, v in cfg.items() if k != "type"}
-        meter = cls(options_from_dict(cls.Options, opts, f"{at} ({kind})"))
+        meter = cls(build(cls.Options, opts, f"{at} ({kind})", error=MeterError))
         meters.append(meter)
     seen: dict[str, int] = {}
     for i, m in enumerate(meters):
@@ -55,24 +55,8 @@ def build_meters(configs: Optional[list[dict]], where: str = "meters") -> list[M
     return meters
 
 
-@contextlib.contextmanager
-def running(meters: list[Meter]) -> Iterator[list[Meter]]:
-    """Start meters for the duration of a block (a run), stop them after."""
-    for m in meters:
-        if not m.started:
-            m.start()
-    try:
-        yield meters
-    finally:
-        for m in meters:
-            try:
-                m.stop()
-            except Exception as e:  # noqa: BLE001 - stopping must not mask the run's error
-                warn_once(("stop", m.name), f"meter {m.name}: error while stopping: {e!r}")
-
-
 __all__ = [
-    "METER_TYPES", "METHODS", "SCOPES", "EnergyReading", "Meter", "MeterError", "build_meters", "running",
+    "METER_TYPES", "METHODS", "SCOPES", "EnergyReading", "Meter", "MeterError", "build_meters",
     "NvmlMeter", "PynvmlDevice", "RaplMeter", "CsvLogMeter", "PtdaemonLogMeter", "CommandMeter",
-    "EstimateMeter", "counter_vs_sampled", "options_from_dict",
+    "EstimateMeter", "counter_vs_sampled",
 ]

@@ -1,5 +1,5 @@
 """The meter window API, the reading every energy figure is built from, and the
-small helpers the meters share (option checking, a background sampler, power
+small helpers the meters share (option checks, a background sampler, power
 integration).
 
 Why windows: a cell's energy is split into named windows (idle-before,
@@ -26,10 +26,11 @@ import math
 import statistics
 import threading
 import time
-import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Optional, Sequence
+
+from harness.schema import build
 
 log = logging.getLogger("harness.meters")
 
@@ -106,72 +107,7 @@ def warn_once(key: Any, message: str) -> None:
     log.warning(message)
 
 
-# --- options ------------------------------------------------------------------
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin is typing.Union:
-        return any(_type_ok(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if origin is not None:  # list[str], dict[str, str] ...
-        hint = origin
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(hint, type):
-        return isinstance(value, hint)
-    return True
-
-
-def _hint_name(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin is typing.Union:
-        return " or ".join(_hint_name(h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return "null"
-    if origin is not None:
-        hint = origin
-    return getattr(hint, "__name__", str(hint))
-
-
-def options_from_dict(options_cls: type, values: Any, where: str) -> Any:
-    """Build an Options dataclass from a suite's mapping, or say precisely why not.
-
-    ``where`` names the place in the suite (e.g. ``meters[1] (nvml)``) so the
-    error can be fixed without reading code. Ints are accepted where floats are
-    expected; bools are never taken for numbers.
-    """
-    if isinstance(values, options_cls):
-        return values
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise MeterError(f"{where}: expected a mapping of options, got {type(values).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(options_cls)}
-    hints = typing.get_type_hints(options_cls)
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise MeterError(
-            f"{where}: unknown option {unknown[0]!r}; expected one of: {', '.join(fields)}"
-        )
-    for name, f in fields.items():
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if required and name not in values:
-            raise MeterError(f"{where}: missing required option {name!r} ({_hint_name(hints[name])})")
-    for name, value in values.items():
-        if not _type_ok(value, hints[name]):
-            raise MeterError(
-                f"{where}: option {name!r} must be {_hint_name(hints[name])}, got {value!r}"
-            )
-    try:
-        return options_cls(**values)
-    except MeterError as e:
-        raise MeterError(f"{where}: {e}") from None
+# --- option checks the schema's types cannot express (run in Options.__post_init__) ---
 
 
 def check_scope(scope: str) -> None:
@@ -198,9 +134,9 @@ class Meter(ABC):
     sampler), then any number of ``begin_window(name)`` / ``end_window(name)``
     pairs, then ``stop()``. ``timeline()`` gives the raw samples for plots.
 
-    Subclasses set ``type`` and ``Options`` (a dataclass; the suite loader
-    validates YAML against its fields), and ``name``, ``method``, ``scope`` in
-    ``__init__`` or ``start``.
+    Subclasses set ``type`` and ``Options`` (a dataclass validated by
+    harness.schema, in a suite file and here alike), and ``name``, ``method``,
+    ``scope`` in ``__init__`` or ``start``.
     """
 
     type: ClassVar[str]
@@ -214,7 +150,7 @@ class Meter(ABC):
     ends_late: ClassVar[bool] = False
 
     def __init__(self, options: Any = None):
-        self.options = options_from_dict(type(self).Options, options, f"meter {self.type}")
+        self.options = build(type(self).Options, options, f"meter {self.type}", error=MeterError)
         self.name: str = self.type
         self.method: str = "counter"
         self.scope: str = "gpu-board"

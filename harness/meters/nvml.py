@@ -4,8 +4,8 @@ Why the counter first: ``nvmlDeviceGetTotalEnergyConsumption`` (Volta and
 newer) is the driver's own integral of board power, updated about 10 times a
 second on an H100. Sampled power is worse: ``nvmlDeviceGetPowerUsage`` is a
 1 s average on recent boards and lags a load step, so integrating it
-under-counts short bursts (4104 J by counter vs 3804 J sampled over a 6 s
-matmul on an H100; see shared/anchors/h100.md). Where the counter is missing
+under-counts short bursts (4104 J by counter vs 3804 J from the 1 s-averaged
+power over a 6 s bf16 matmul burn on an H100 80GB HBM3). Where the counter is missing
 we integrate ``NVML_FI_DEV_POWER_INSTANT`` (instantaneous) and only then
 ``nvmlDeviceGetPowerUsage``, sampled at 10 Hz or faster in a background
 thread.

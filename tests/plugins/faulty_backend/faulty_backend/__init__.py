@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any, Literal
 
-from backends.base import Backend, DecodeResult, LoadInfo
+from backends.base import DecodeResult, LoadInfo, ModelBackend
 from backends.torch_backend import TorchBackend, TorchOptions
 
 __all__ = ["FaultyBackend", "FaultyOptions"]
@@ -39,7 +39,7 @@ class FaultyOptions:
     sleep_s: float = 0.0  # each prefill first sleeps this long: a slow device, for tests that interrupt a run
 
 
-class FaultyBackend(Backend):
+class FaultyBackend(ModelBackend):
     name = "faulty"
     Options = FaultyOptions
     dtypes = ("fp32", "bf16")
@@ -107,7 +107,7 @@ class FaultyBackend(Backend):
         block.fill_(1)  # not reached under the limit; without it, touch every page
         raise RuntimeError(f"allocated {self.options.oom_alloc_mb} MiB past the limit: RLIMIT_AS not enforced")
 
-    # --- the Backend protocol: torch on cpu ------------------------------------------
+    # --- the ModelBackend protocol: torch on cpu -------------------------------------
 
     def describe(self) -> dict[str, Any]:
         return dict(self.inner.describe(), backend=self.name, fault=self.options.fault)
@@ -119,10 +119,10 @@ class FaultyBackend(Backend):
         self._maybe_fault("load")
         return info
 
-    def prepare(self, batch: int, *args, **kwargs) -> float:
+    def prepare(self, batch: int, seq_len: int) -> float:
         self._batch = batch
         self._maybe_fault("prepare")
-        return self.inner.prepare(batch, *args, **kwargs)
+        return self.inner.prepare(batch, seq_len)
 
     def prefill(self, token_ids):
         self._batch = token_ids.shape[0]
@@ -131,7 +131,11 @@ class FaultyBackend(Backend):
             time.sleep(self.options.sleep_s)
         return self.inner.prefill(token_ids)
 
+    def first_tokens(self, state):
+        return self.inner.first_tokens(state)
+
     def decode(self, state, n: int) -> DecodeResult:
+        """The torch backend's decode, which advances the state."""
         self._maybe_fault("decode")
         return self.inner.decode(state, n)
 
