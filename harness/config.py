@@ -106,12 +106,10 @@ def resolve_suite_path(name_or_path: str | None) -> Path:
 
 def load_plan(path: str | Path) -> Plan:
     doc = read_yaml(path, "suite")
-    path, data, lines, dups = doc
+    path, data = doc.path, doc.data
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: expected a mapping of suite keys at the top level, got {type(data).__name__}"])
-    chk = Checker(str(path), lines)
-    for key, line in dups:
-        chk.problems.append(f"{path}:{line}: {key}: key given twice (the first value would be silently ignored)")
+    chk = Checker.for_doc(doc)
     suite = chk.dataclass(SuiteConfig, data, "")
     if suite is None:
         raise ConfigError(chk.problems)

@@ -123,6 +123,14 @@ class Checker:
     def __init__(self, file: str, lines: dict[str, int] | None = None):
         self.file, self.lines, self.problems = file, lines or {}, []
 
+    @classmethod
+    def for_doc(cls, doc: YamlDoc) -> "Checker":
+        """A checker over a read file, its duplicate keys already reported."""
+        chk = cls(str(doc.path), doc.lines)
+        for key, line in doc.duplicates:
+            chk.problems.append(f"{doc.path}:{line}: {key}: key given twice (the first value would be silently ignored)")
+        return chk
+
     def fail(self, path: str, msg: str) -> None:
         line = self.lines.get(path) or self.lines.get(path.rsplit(".", 1)[0]) or self.lines.get("")
         where = f"{self.file}:{line}" if line else self.file
@@ -247,9 +255,7 @@ def build(cls, data: Any, where: str, error: type[Exception] = ConfigError):
 def check_file(cls, path: str | Path, what: str):
     """Read a YAML file and build schema `cls` from it, or raise ConfigError with every problem."""
     doc = read_yaml(path, what)
-    chk = Checker(str(doc.path), doc.lines)
-    for key, line in doc.duplicates:
-        chk.problems.append(f"{doc.path}:{line}: {key}: key given twice (the first value would be silently ignored)")
+    chk = Checker.for_doc(doc)
     out = chk.dataclass(cls, doc.data, "")
     if chk.problems or out is None:
         raise ConfigError(chk.problems or [f"{doc.path}: expected a mapping of {what} keys"])

@@ -6,9 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.claims import (INCONCLUSIVE, REFUTED, SUPPORTED, Claim, ClaimsError, evaluate, exit_code, load_cells,
-                            load_claims, metric_value, verdicts_markdown)
+from harness.cells import load_cells
+from harness.claims import Claim, Selector, Workload, load_claims
 from harness.cli import main
+from harness.figures import metric_value
+from harness.records import record_from_json
+from harness.schema import ConfigError
+from harness.verdicts import INCONCLUSIVE, REFUTED, SUPPORTED, evaluate, exit_code, verdicts_markdown
 
 
 def record(backend="npu", device="npu:0", batch=1, decode=100.0, spread=0.01, n=6, tpj=None, scope="gpu-board",
@@ -64,9 +68,12 @@ def write_run(root: Path, name: str, records: list[dict], host="lab") -> Path:
 
 
 def claim(**kw):
+    """A Claim; subject, baseline and workload may be given as mappings, as a claims file writes them."""
     base = dict(name="c", metric="decode_tps", subject={"backend": "npu"}, baseline={"backend": "gpu"},
                 workload={"model": "m", "batch": 1, "prompt_len": 64, "gen_len": 32}, at_least=2.0, required=True)
     base.update(kw)
+    base["subject"], base["baseline"] = Selector(**base["subject"]), Selector(**base["baseline"])
+    base["workload"] = Workload(**base["workload"])
     return Claim(**base)
 
 
@@ -150,13 +157,13 @@ def test_best_baseline_configuration(tmp_path):
     cells = cells_of(tmp_path, [record(batch=1, tpj=50.0), record(batch=8, tpj=60.0, seed=4)], baseline)
     v = evaluate(claim(metric="tokens_per_joule", at_least=10), cells)
     assert v.verdict == SUPPORTED  # 50x against batch 1 ...
-    assert v.best_baseline.baseline.record["batch"] == 8  # ... but the baseline does best at batch 8
+    assert v.best_baseline.baseline.record.batch == 8  # ... but the baseline does best at batch 8
     assert v.best_baseline_verdict == REFUTED  # 2.5x against it
     assert any("does best at batch 8" in c and "REFUTED" in c for c in v.caveats)
     assert any("INVALID" in c and "b64" in c for c in v.caveats)
     best = evaluate(claim(metric="tokens_per_joule", at_least=10,
                           workload={"model": "m", "batch": "best", "prompt_len": 64, "gen_len": 32}), cells)
-    assert best.comparison.baseline.record["batch"] == 8 and best.comparison.subject.record["batch"] == 8
+    assert best.comparison.baseline.record.batch == 8 and best.comparison.subject.record.batch == 8
     assert best.verdict == REFUTED
 
 
@@ -213,7 +220,7 @@ def test_no_energy_is_inconclusive(tmp_path):
 
 
 def test_energy_samples_follow_timing():
-    r = record(tpj=10.0, n=5, spread=0.1)
+    r = record_from_json(record(tpj=10.0, n=5, spread=0.1))
     mv = metric_value(r, "tokens_per_joule")
     assert mv.n == 5 and np.median(mv.samples) == pytest.approx(10.0)
     assert metric_value(r, "j_per_1k_tokens").summary().median == pytest.approx(100.0, rel=0.01)
@@ -245,7 +252,7 @@ def test_load_claims_and_factor_forms(tmp_path):
     p.write_text(CLAIMS.replace("{req}", "false"))
     cs = load_claims(p)
     assert [c.at_least for c in cs] == [5.0, 100.0]
-    assert cs[1].workload["batch"] == "best" and cs[0].required and not cs[1].required
+    assert cs[1].workload.batch == "best" and cs[0].required and not cs[1].required
     assert cs[0].where.endswith(":2")
 
 
@@ -259,22 +266,56 @@ def test_claim_errors_name_file_line_and_key(tmp_path, bad, expect):
     p = tmp_path / "bad.yaml"
     p.write_text("claims:\n  - name: x\n    subject: {backend: a}\n    baseline: {backend: b}\n"
                  "    workload: {model: m, batch: 1, prompt_len: 8, gen_len: 8}\n    " + bad + "\n")
-    with pytest.raises(ClaimsError) as e:
+    with pytest.raises(ConfigError) as e:
         load_claims(p)
     assert str(p) in str(e.value) and expect in str(e.value)
     assert f"{p}:" in str(e.value)  # a line number follows the file
 
 
+def test_every_mistake_in_a_claims_file_is_listed_with_its_line(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("""\
+claims:
+  - name: first
+    metric: joules
+    subject: {backend: a, colour: red}
+    baseline: {}
+    workload: {model: m, batch: 0, prompt_len: 8, gen_len: 8}
+    at_least: 2
+    factor: 3x
+  - name: second
+    metric: decode_tps
+    subject: {backend: a}
+    baseline: {backend: b}
+    workload: {model: m, batch: best, prompt_len: 8}
+    factor: "at least lots"
+    required: maybe
+""")
+    with pytest.raises(ConfigError) as e:
+        load_claims(p)
+    expected = [f"{p}:3: claims[0].metric: expected one of decode_tps, prefill_tps",
+                f"{p}:4: claims[0].subject.colour: unknown key",
+                f"{p}:5: claims[0].baseline: expected at least one of run, backend",
+                f"{p}:6: claims[0].workload.batch: expected a batch size >= 1 or \"best\", got 0",
+                f"{p}:8: claims[0].factor: give either `at_least: N` or `factor: \"at least Nx\"`, not both",
+                f"{p}:13: claims[1].workload.gen_len: required key missing",
+                f"{p}:14: claims[1].factor: expected \"at least Nx\" or a number > 0, got 'at least lots'",
+                f"{p}:15: claims[1].required: expected true or false, got 'maybe'"]
+    for want in expected:
+        assert any(line.startswith(want) for line in e.value.problems), (want, e.value.problems)
+    assert len(e.value.problems) == len(expected), e.value.problems
+
+
 def test_claim_file_errors(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("claims: [\n")
-    with pytest.raises(ClaimsError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML"):
         load_claims(p)
     p.write_text("claims:\n  - metric: decode_tps\n    subject: {backend: a}\n    baseline: {backend: b}\n"
                  "    workload: {model: m, batch: big, prompt_len: 8, gen_len: 8}\n    at_least: 2\n")
-    with pytest.raises(ClaimsError, match=r"workload.batch: expected a batch size >= 1 or \"best\""):
+    with pytest.raises(ConfigError, match=rf"{p}:5: claims\[0\].workload.batch: expected a batch size >= 1 or \"best\""):
         load_claims(p)
-    with pytest.raises(ClaimsError, match="no such claims file"):
+    with pytest.raises(ConfigError, match="cannot read claims file"):
         load_claims(tmp_path / "none.yaml")
 
 
@@ -318,7 +359,12 @@ def test_verify_user_errors_exit_2(tmp_path, capsys):
     p.write_text("claims:\n  - name: x\n")
     assert main(["verify", str(p), str(a)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and str(p) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: ") and "Traceback" not in err
+    # every problem of the file at once, each on its own line naming the file, the line and the key
+    problems = [line for line in err.strip().splitlines() if not line.startswith("error:")]
+    assert len(problems) == 5 and all(line.startswith(f"{p}:2: claims[0]") for line in problems), problems
+    for key in ("metric", "subject", "baseline", "workload"):
+        assert f"{p}:2: claims[0].{key}: required key missing" in problems
     p.write_text(CLAIMS.replace("{req}", "true"))
     assert main(["verify", str(p), str(tmp_path / "nope")]) == 2
     assert "no such run folder" in capsys.readouterr().err
@@ -337,8 +383,8 @@ def test_exit_code_helper(tmp_path):
 def test_shipped_example_files_parse():
     root = Path(__file__).resolve().parent.parent / "workloads"
     cs = load_claims(root / "claims.example.yaml")
-    assert len(cs) >= 3 and any(c.required for c in cs) and any(c.workload["batch"] == "best" for c in cs)
-    from harness.report.markdown import load_prices
+    assert len(cs) >= 3 and any(c.required for c in cs) and any(c.workload.batch == "best" for c in cs)
+    from harness.report.prices import load_prices
 
     p = load_prices(root / "prices.example.yaml")
     assert p.electricity_per_kwh > 0 and 0 < p.utilisation <= 1 and p.hardware

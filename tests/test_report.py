@@ -254,19 +254,61 @@ def test_cost_per_million_tokens_formula(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     from test_claims import record, write_run
 
-    from harness.claims import load_cells
-    from harness.report.markdown import cost_per_million, load_prices
+    from harness.cells import load_cells
+    from harness.report.prices import cost_per_million, load_prices
 
     run = write_run(tmp_path, "r", [record(tpj=10.0, backend="acc", device="cpu")])
     (cell,) = load_cells([run])
     prices = tmp_path / "p.yaml"
     prices.write_text("currency: EUR\nelectricity_per_kwh: 0.36\nutilisation: 0.5\npue: 2\nhardware:\n"
                       "  - match: {backend: acc}\n    price: 31557.6\n    lifetime_years: 1\n")
-    e2e = float(np.median(cell.record["metrics"]["e2e_s"]["samples"]))
-    T = cell.record["batch"] * cell.record["gen_len"] / e2e
-    meter = cell.record["energy"]["meters"][0]  # idle_w 50
+    e2e = float(np.median(cell.record.metrics["e2e_s"]["samples"]))
+    T = cell.record.batch * cell.record.gen_len / e2e
+    meter = cell.record.energy.meters[0]  # idle_w 50
     c = cost_per_million(cell, meter, load_prices(prices))
-    assert c["hardware"] == pytest.approx(31557.6 / (365.25 * 86400 * 0.5 * T) * 1e6)
+    assert c.hardware == pytest.approx(31557.6 / (365.25 * 86400 * 0.5 * T) * 1e6)
     busy_j, idle_j = 1e6 / 10.0, 50.0 * (1e6 / T) * 1.0
-    assert c["energy"] == pytest.approx((busy_j + idle_j) * 2 / 3.6e6 * 0.36)
-    assert c["total"] == pytest.approx(c["hardware"] + c["energy"])
+    assert c.energy == pytest.approx((busy_j + idle_j) * 2 / 3.6e6 * 0.36)
+    assert c.total == pytest.approx(c.hardware + c.energy)
+
+
+def test_prices_file_lists_every_mistake_with_its_line(tmp_path, capsys):
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("currency: EUR\nelectricity_per_kwh: -1\nutilisation: 2\nhardware:\n"
+                      "  - match: {}\n    price: 100\n  - match: {gpu: a100}\n    price: 100\n    lifetime_years: 3\n")
+    from harness.report.prices import load_prices
+    from harness.schema import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_prices(prices)
+    assert e.value.problems == [
+        f"{prices}:2: electricity_per_kwh: expected a value from 0 to 1e+06, got -1",
+        f"{prices}:3: utilisation: expected a value from 1e-06 to 1, got 2",
+        f"{prices}:5: hardware[0].match: expected at least one of backend, backend_type, device, host, run "
+        "(e.g. {device: cuda:0})",
+        f"{prices}:5: hardware[0].lifetime_years: required key missing",
+        f"{prices}:7: hardware[1].match.gpu: unknown key (known keys: backend, backend_type, device, host, run)",
+        f"{prices}:7: hardware[1].match: expected at least one of backend, backend_type, device, host, run "
+        "(e.g. {device: cuda:0})"]
+
+
+V1_RUNS = ROOT / "tests" / "data" / "v1_runs"
+
+
+def test_version_1_runs_still_render(tmp_path):
+    """Run folders written before records carried a schema version (a batch run with an
+    estimate meter, a server run with the old request-scenario energy shape)."""
+    _, md, html = _report([V1_RUNS / "before-smoke-est", V1_RUNS / "before-server"], tmp_path,
+                          "--prices", str(ROOT / "workloads/prices.example.yaml"))
+    # the batch figures as the version-1 harness rendered them
+    assert "| tiny | 2.89 M | fp32 | torch-cpu | 1 | tg32 | 360.72 ± 37.00 | 376 [295.6, 383.5] | 5 | - | " \
+           "0.352 (estimate) | ok 9e-07 |" in md
+    assert ("| onnx-cpu fp32 p64/g32 | 4 | pp64+tg32 | 3188 [2948, 3908] | 15.61 [14, 17.8] (estimate) | "
+            "64.05 [56.2, 71.5] (estimate) | 31.88 [29.5, 39.1] (estimate) | 100 | estimate, estimate, cpu-package — "
+            "ESTIMATE | 0.0418 + 0.00405 = USD 0.0458 (energy is an ESTIMATE) |") in md
+    assert ("| onnx-cpu fp32 p64/g32 | 4 | estimate | estimate | cpu-package | ESTIMATE (not measured) | - | 0 / 0 | "
+            "0.514 / 0.574 | 100 | 100 | 0.04953 est. |  |") in md
+    # the server cells' energy, read through the one energy shape
+    assert "| torch-cpu fp32 [before-server] p32/g32 | 4 | pp32+tg32 | - | 1.234 - (estimate) |" in md
+    assert "0 (steady) | 10.9 (steady) | 100 | 100 | 0.8105 est. |" in md
+    assert "## Methods and definitions" in md and "<table>" in html

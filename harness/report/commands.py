@@ -1,8 +1,9 @@
 """`harness report`, `harness compare` and `harness verify`: the documents people act on.
 
 harness.cli calls ``add_commands(subparsers)``. User mistakes raise
-harness.results.ResultsError (or harness.claims.ClaimsError, a subclass), which the CLI
-prints as one line with exit status 2.
+harness.results.ResultsError (a run folder, an output path) or harness.schema.ConfigError
+(a claims or prices file, every problem as file:line: key: expected), which the CLI
+prints without a traceback, with exit status 2.
 
   harness report RUN... [--out DIR] [--prices FILE] [--timeline CELL_ID] [--claims FILE]
   harness compare RUN_A RUN_B [...] [--markdown FILE] [--metric NAME ...]
@@ -78,31 +79,31 @@ def _write(path: Path, text: str) -> None:
 
 
 def cmd_report(args) -> int:
-    from harness.report.markdown import build_report, write_report
+    from harness.report.run_report import build_report, write_report
 
     _check_runs(args.runs)
     doc = build_report(args.runs, prices_path=args.prices, timeline_cell=args.timeline, claims_path=args.claims)
     out = Path(args.out) if args.out else Path(args.runs[0]) / "report"
     md, html = write_report(doc, out)
     if args.print_table:
-        from harness.claims import load_cells
+        from harness.cells import load_cells
         from harness.report.table import bench_rows, print_table
 
-        cells = load_cells(args.runs)
-        print_table(bench_rows([c.record for c in cells], ci=True), title=doc.title)
+        print_table(bench_rows([c.record for c in load_cells(args.runs)], ci=True), title=doc.title)
     print(f"wrote {md} (figures in {md.parent / 'plots'})")
     print(f"wrote {html} (self-contained: open it in any browser, no network needed)")
     return 0
 
 
 def cmd_compare(args) -> int:
-    from harness.claims import ALIASES, METRICS, load_cells
-    from harness.report.markdown import COMPARE_METRICS, build_compare, compare_markdown
+    from harness.cells import load_cells
+    from harness.figures import METRICS, canonical_metric
+    from harness.report.compare import COMPARE_METRICS, build_compare, compare_markdown, print_compare
 
     _check_runs(args.runs)
     metrics = COMPARE_METRICS
     if args.metric:
-        metrics = tuple(ALIASES.get(m, m) for m in args.metric)
+        metrics = tuple(canonical_metric(m) for m in args.metric)
         bad = [m for m in metrics if m not in METRICS]
         if bad:
             raise ResultsError(f"--metric {bad[0]}: expected one of {', '.join(METRICS)}")
@@ -114,47 +115,10 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def print_compare(cmp) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from harness.claims import METRICS
-    from harness.report.markdown import _ratio_text, _wk, compare_value
-
-    from rich.markup import escape
-
-    console = Console(width=max(170, Console().width))
-    ref = cmp.configs[0]
-    console.print(f"[bold]A (reference):[/bold] {escape(cmp.config_labels[ref])}")
-    styles = {"better": "green", "worse": "red", "no clear difference": "yellow"}
-    for other in cmp.configs[1:]:
-        rows = [r for r in cmp.rows if r.other.config_key == other]
-        t = Table(title=escape(f"B: {cmp.config_labels[other]}  vs  A"), title_justify="left")
-        for col, just in (("workload", "left"), ("metric", "left"), ("A median [95% CI]", "right"),
-                          ("B median [95% CI]", "right"), ("B / A [95% CI]", "right"), ("B is", "left")):
-            t.add_column(col, justify=just)
-        for r in rows:
-            style = styles.get(r.judgement, "bold red" if r.judgement.startswith(("INVALID", "FAILED")) else None)
-            t.add_row(escape(_wk(r.workload)), f"{r.metric} ({METRICS[r.metric].unit})",
-                      escape(compare_value(r.ref_summary, r.ref, r.ref_meter)),
-                      escape(compare_value(r.other_summary, r.other, r.other_meter)), escape(_ratio_text(r.ratio)),
-                      f"[{style}]{r.judgement}[/{style}]" if style else r.judgement)
-        if not rows:
-            console.print(escape(f"B: {cmp.config_labels[other]}: no cells match A's workloads"))
-            continue
-        console.print(t)
-        for m in METRICS:
-            if (other, m) in cmp.overall:
-                r = cmp.overall[(other, m)]
-                console.print(escape(f"  across {r.n_a} workloads, {m}: B / A = {_ratio_text(r)} (geometric mean, paired)"))
-    if cmp.unmatched:
-        console.print("[dim]without a match: " + escape(", ".join(c.short for c in cmp.unmatched)) + "[/dim]")
-    console.print("[dim]B / A of the metric as measured; lower is better for ttft_s, tpot_s and j_per_token. "
-                  "'no clear difference': the 95 % interval of the ratio contains 1.[/dim]")
-
-
 def cmd_verify(args) -> int:
-    from harness.claims import exit_code, load_claims, load_cells, verdicts_markdown, verify
+    from harness.cells import load_cells
+    from harness.claims import load_claims
+    from harness.verdicts import SUPPORTED, exit_code, verdicts_markdown, verify
 
     claims = load_claims(args.claims)  # check the claims file before touching any run
     _check_runs(args.runs)
@@ -165,7 +129,7 @@ def cmd_verify(args) -> int:
     print(f"wrote {md}")
     code = exit_code(verdicts, strict=args.strict)
     if code:
-        bad = [v for v in verdicts if v.claim.required and v.verdict != "SUPPORTED"
+        bad = [v for v in verdicts if v.claim.required and v.verdict != SUPPORTED
                and (args.strict or v.verdict == "REFUTED")]
         print(f"{len(bad)} required claim(s) {'not supported' if args.strict else 'refuted'}: "
               + "; ".join(v.claim.name for v in bad))
@@ -174,11 +138,10 @@ def cmd_verify(args) -> int:
 
 def print_verdicts(verdicts) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    from rich.markup import escape
-
-    from harness.claims import fmt_ratio, verdict_lines
+    from harness.verdicts import fmt_ratio, verdict_lines
 
     console = Console(width=max(150, Console().width))
     colors = {"SUPPORTED": "green", "REFUTED": "red", "INCONCLUSIVE": "yellow"}

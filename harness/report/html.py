@@ -6,7 +6,8 @@ import base64
 from html import escape
 import re
 
-from harness.report.markdown import Document, Table
+from harness.report.document import Bullets, Document, Figure, Heading, Paragraph, Table, Verdicts
+from harness.verdicts import Verdict, fmt_ratio, verdict_lines
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Roboto, "DejaVu Sans", Arial, sans-serif; margin: 0; color: #1d1d1f;
@@ -33,7 +34,6 @@ tr.suspect td { background: #fff4e0; }
 figure { margin: 14px 0 22px; }
 figure img { max-width: 100%; border: 1px solid #e5e5e5; }
 figcaption { color: #444; font-size: 12.5px; margin-top: 4px; }
-.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 6px 12px; }
 code { background: #f1f1f1; padding: 0 3px; border-radius: 3px; font-size: 12.5px; }
 .verdict { display: inline-block; padding: 1px 8px; border-radius: 10px; font-weight: 700; font-size: 12px; }
 .SUPPORTED { background: #dff3e4; color: #17692f; }
@@ -105,9 +105,7 @@ def _bullets(lines: list[str]) -> str:
     return "".join(out)
 
 
-def verdicts_html(verdicts, used: set) -> str:
-    from harness.claims import fmt_ratio, verdict_lines
-
+def verdicts_html(verdicts: list[Verdict], used: set) -> str:
     t = Table(["#", "claim", "metric", "factor", "measured ratio [95% CI]", "verdict", "required"],
               right=("#", "factor", "measured ratio [95% CI]"))
     for i, v in enumerate(verdicts, 1):
@@ -125,27 +123,24 @@ def to_html(doc: Document) -> str:
     used: set = set()
     toc, body = [], []
     for b in doc.blocks:
-        kind = b[0]
-        if kind == "h":
-            level = min(6, b[1])
-            sid = _slug(b[2], used)
+        if isinstance(b, Heading):
+            level = min(6, b.level)
+            sid = _slug(b.text, used)
             if level == 2:
-                toc.append(f'<a href="#{sid}">{escape(b[2])}</a>')
-            body.append(f'<h{level} id="{sid}">{inline(b[2])}</h{level}>')
-        elif kind == "p":
-            body.append(f"<p>{inline(b[1], True)}</p>")
-        elif kind == "note":
-            body.append(f'<p class="note">{inline(b[1], True)}</p>')
-        elif kind == "ul":
-            body.append("<ul>" + "".join(f"<li>{inline(x, True)}</li>" for x in b[1]) + "</ul>")
-        elif kind == "table":
-            body.append(table_html(b[1]))
-        elif kind == "img":
-            data = base64.b64encode(doc.images[b[1]]).decode("ascii")
-            body.append(f'<figure><img alt="{escape(b[2])}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{inline(b[2], True)}</figcaption></figure>")
-        elif kind == "verdicts":
-            body.append(verdicts_html(b[1], used))
+                toc.append(f'<a href="#{sid}">{escape(b.text)}</a>')
+            body.append(f'<h{level} id="{sid}">{inline(b.text)}</h{level}>')
+        elif isinstance(b, Paragraph):
+            body.append(f"<p>{inline(b.text, True)}</p>")
+        elif isinstance(b, Bullets):
+            body.append("<ul>" + "".join(f"<li>{inline(x, True)}</li>" for x in b.items) + "</ul>")
+        elif isinstance(b, Table):
+            body.append(table_html(b))
+        elif isinstance(b, Figure):
+            data = base64.b64encode(doc.images[b.key]).decode("ascii")
+            body.append(f'<figure><img alt="{escape(b.caption)}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{inline(b.caption, True)}</figcaption></figure>")
+        elif isinstance(b, Verdicts):
+            body.append(verdicts_html(b.verdicts, used))
     nav = f"<nav>{''.join(toc)}</nav>" if toc else ""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

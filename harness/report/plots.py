@@ -7,14 +7,45 @@ estimates are hollow markers labelled "estimate".
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 import io
-from typing import Sequence
+from typing import Optional, Sequence
+
+from harness.report.timeline import PowerSample
 
 INVALID_COLOR = "#d62728"
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 PHASE_COLORS = {"idle-before": "#e8e8e8", "prefill": "#fde2b8", "generation": "#cfe6f7", "idle-after": "#e8e8e8",
                 "between": "#ffffff"}
+
+
+@dataclass
+class CellPoint:
+    """One cell's medians, for the against-batch panels and the trade-off panels."""
+
+    label: str  # its configuration (one colour each)
+    device: str  # one marker shape each
+    batch: int
+    decode_tps: Optional[float]
+    j_per_token: Optional[float]
+    tokens_per_joule: Optional[float]
+    tpot_ms: Optional[float]
+    valid: bool  # passed the accuracy gate (INVALID cells are drawn apart, never joined)
+    estimate: bool  # its energy figure is an estimate
+
+    def value(self, key: str) -> Optional[float]:
+        """A panel's figure by name: decode_tps, j_per_token, tokens_per_joule."""
+        return getattr(self, key)
+
+
+@dataclass
+class Series:
+    """One configuration's cells on one device: a line in the against-batch panels."""
+
+    label: str
+    device: str
+    points: list[CellPoint] = field(default_factory=list)
 
 
 def _figure(w: float, h: float):
@@ -51,34 +82,30 @@ def _no_data(ax, text: str) -> None:
     ax.set_yticks([])
 
 
-def batch_figure(series: list[dict]) -> bytes:
-    """Decode tokens/s, J/token and tokens/J against batch size.
-
-    series: [{"label", "device", "points": [{"batch", "decode_tps", "j_per_token", "tokens_per_joule",
-    "valid", "estimate"}]}]
-    """
+def batch_figure(series: list[Series]) -> bytes:
+    """Decode tokens/s, J/token and tokens/J against batch size."""
     fig = _figure(12, 3.9)
     axes = fig.subplots(1, 3)
     panels = [("decode_tps", "decode tokens/s", "higher is better"), ("j_per_token", "J per generated token", "lower is better"),
               ("tokens_per_joule", "generated tokens per joule", "higher is better")]
-    devices = sorted({s["device"] for s in series})
+    devices = sorted({s.device for s in series})
     for ax, (key, title, hint) in zip(axes, panels):
         drawn = False
         for i, s in enumerate(series):
             color = PALETTE[i % len(PALETTE)]
-            marker = MARKERS[devices.index(s["device"]) % len(MARKERS)]
-            pts = sorted((p for p in s["points"] if p.get(key) is not None), key=lambda p: p["batch"])
-            ok = [p for p in pts if p["valid"]]
+            marker = MARKERS[devices.index(s.device) % len(MARKERS)]
+            pts = sorted((p for p in s.points if p.value(key) is not None), key=lambda p: p.batch)
+            ok = [p for p in pts if p.valid]
             if ok:
-                est = any(p.get("estimate") for p in ok) and key != "decode_tps"
-                ax.plot([p["batch"] for p in ok], [p[key] for p in ok], marker=marker, color=color,
+                est = any(p.estimate for p in ok) and key != "decode_tps"
+                ax.plot([p.batch for p in ok], [p.value(key) for p in ok], marker=marker, color=color,
                         markerfacecolor="white" if est else color, linestyle="--" if est else "-",
-                        label=s["label"] + (" (estimate)" if est else ""))
+                        label=s.label + (" (estimate)" if est else ""))
                 drawn = True
             for p in pts:
-                if not p["valid"]:
-                    ax.plot([p["batch"]], [p[key]], marker="x", color=INVALID_COLOR, markersize=9, mew=2, linestyle="")
-                    ax.annotate("INVALID", (p["batch"], p[key]), textcoords="offset points", xytext=(4, 4),
+                if not p.valid:
+                    ax.plot([p.batch], [p.value(key)], marker="x", color=INVALID_COLOR, markersize=9, mew=2, linestyle="")
+                    ax.annotate("INVALID", (p.batch, p.value(key)), textcoords="offset points", xytext=(4, 4),
                                 color=INVALID_COLOR, fontsize=7)
                     drawn = True
         ax.set_title(f"{title}\n({hint})", fontsize=10)
@@ -88,7 +115,7 @@ def batch_figure(series: list[dict]) -> bytes:
             continue
         ax.set_xscale("log", base=2)
         ax.grid(True, alpha=0.3)
-        batches = sorted({p["batch"] for s in series for p in s["points"]})
+        batches = sorted({p.batch for s in series for p in s.points})
         ax.set_xticks(batches, [str(b) for b in batches])
         ax.minorticks_off()
     handles, labels = axes[0].get_legend_handles_labels()
@@ -102,52 +129,49 @@ def batch_figure(series: list[dict]) -> bytes:
     return to_png(fig)
 
 
-def tradeoff_figure(points: list[dict]) -> bytes:
-    """Latency (TPOT) against throughput and against J/token, with the Pareto front per device.
-
-    points: [{"label", "device", "decode_tps", "tpot_ms", "j_per_token", "valid", "estimate", "batch"}]
-    """
+def tradeoff_figure(points: list[CellPoint]) -> bytes:
+    """Latency (TPOT) against throughput and against J/token, with the Pareto front per device."""
     fig = _figure(12, 4.6)
     axes = fig.subplots(1, 2)
-    labels = list(dict.fromkeys(p["label"] for p in points))
-    devices = list(dict.fromkeys(p["device"] for p in points))
+    labels = list(dict.fromkeys(p.label for p in points))
+    devices = list(dict.fromkeys(p.device for p in points))
     specs = [(axes[0], "decode_tps", True, "decode throughput (tokens/s)  ->  better"),
              (axes[1], "j_per_token", False, "better  <-  J per generated token")]
     for ax, xkey, x_hi, xlabel in specs:
-        have = [p for p in points if p.get(xkey) is not None and p.get("tpot_ms") is not None]
+        have = [p for p in points if p.value(xkey) is not None and p.tpot_ms is not None]
         if not have:
             _no_data(ax, "no energy measurement for these cells" if xkey == "j_per_token" else "no measurement")
             ax.set_xlabel(xlabel)
             continue
         for p in have:
-            if not p["valid"]:
-                ax.plot([p[xkey]], [p["tpot_ms"]], marker="x", color=INVALID_COLOR, markersize=9, mew=2, linestyle="")
-                ax.annotate("INVALID", (p[xkey], p["tpot_ms"]), textcoords="offset points", xytext=(4, 4),
+            if not p.valid:
+                ax.plot([p.value(xkey)], [p.tpot_ms], marker="x", color=INVALID_COLOR, markersize=9, mew=2, linestyle="")
+                ax.annotate("INVALID", (p.value(xkey), p.tpot_ms), textcoords="offset points", xytext=(4, 4),
                             color=INVALID_COLOR, fontsize=7)
                 continue
-            color = PALETTE[labels.index(p["label"]) % len(PALETTE)]
-            marker = MARKERS[devices.index(p["device"]) % len(MARKERS)]
-            est = p.get("estimate") and xkey == "j_per_token"
-            ax.plot([p[xkey]], [p["tpot_ms"]], marker=marker, color=color, markersize=7, linestyle="",
+            color = PALETTE[labels.index(p.label) % len(PALETTE)]
+            marker = MARKERS[devices.index(p.device) % len(MARKERS)]
+            est = p.estimate and xkey == "j_per_token"
+            ax.plot([p.value(xkey)], [p.tpot_ms], marker=marker, color=color, markersize=7, linestyle="",
                     markerfacecolor="white" if est else color)
-            ax.annotate(f"b{p['batch']}" + (" est." if est else ""), (p[xkey], p["tpot_ms"]),
+            ax.annotate(f"b{p.batch}" + (" est." if est else ""), (p.value(xkey), p.tpot_ms),
                         textcoords="offset points", xytext=(4, -9), fontsize=7, color="#444")
         for d_i, dev in enumerate(devices):
-            ok = [p for p in have if p["valid"] and p["device"] == dev]
+            ok = [p for p in have if p.valid and p.device == dev]
             if len(ok) < 1:
                 continue
-            idx = pareto_front([p[xkey] for p in ok], [p["tpot_ms"] for p in ok], x_higher_better=x_hi,
+            idx = pareto_front([p.value(xkey) for p in ok], [p.tpot_ms for p in ok], x_higher_better=x_hi,
                                y_higher_better=False)
             front = [ok[i] for i in idx]
-            ax.plot([p[xkey] for p in front], [p["tpot_ms"] for p in front], marker="o", markersize=13,
+            ax.plot([p.value(xkey) for p in front], [p.tpot_ms for p in front], marker="o", markersize=13,
                     markerfacecolor="none", markeredgecolor="#333", linestyle="", alpha=0.7)
-            ax.plot([p[xkey] for p in front], [p["tpot_ms"] for p in front], color="#333", alpha=0.6,
+            ax.plot([p.value(xkey) for p in front], [p.tpot_ms for p in front], color="#333", alpha=0.6,
                     linestyle=[":", "-.", "--"][d_i % 3], drawstyle="steps-post" if x_hi else "steps-pre",
                     label=f"Pareto front: {dev}")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("time per output token (ms)  (lower is better)")
         ax.grid(True, alpha=0.3)
-        xs = [p[xkey] for p in have if p[xkey] > 0]
+        xs = [p.value(xkey) for p in have if p.value(xkey) > 0]
         if xs and max(xs) / min(xs) > 20:
             ax.set_xscale("log")
     axes[0].set_title("latency against throughput", fontsize=10)
@@ -160,48 +184,48 @@ def tradeoff_figure(points: list[dict]) -> bytes:
                        label=f"device {dev}") for i, dev in enumerate(devices)]
     handles.append(Line2D([], [], color="#333", marker="o", markersize=11, markerfacecolor="none", linestyle="-",
                           label="on the device's Pareto front"))
-    if any(not p["valid"] for p in points):
+    if any(not p.valid for p in points):
         handles.append(Line2D([], [], color=INVALID_COLOR, marker="x", linestyle="", mew=2, label="INVALID (never on a front)"))
-    if any(p.get("estimate") for p in points):
+    if any(p.estimate for p in points):
         handles.append(Line2D([], [], color="#333", marker="o", markerfacecolor="white", linestyle="",
                               label="energy ESTIMATE (not measured)"))
     fig.legend(handles=handles, loc="outside lower center", ncol=min(3, len(handles)), fontsize=8, frameon=False)
     return to_png(fig)
 
 
-def timeline_figure(rows: list[dict], title: str, windows: dict | None = None) -> bytes:
+def timeline_figure(rows: list[PowerSample], title: str, windows: dict | None = None) -> bytes:
     """Power against time of one cell, one line per meter, phases shaded.
 
-    rows: [{"t", "phase", "meter", "watts"}] (times in seconds, absolute or relative).
+    rows: power samples (times in seconds, absolute or relative).
     windows: {phase: {"t_start", "t_end"}} on the same clock (the record's energy windows);
     without them the phases are taken from the samples' labels.
     """
     fig = _figure(12, 3.6)
     ax = fig.subplots(1, 1)
-    rows = [r for r in rows if r.get("watts") is not None and r.get("t") is not None]
+    rows = [r for r in rows if r.watts is not None]
     if not rows:
         _no_data(ax, "no power samples recorded for this cell")
         ax.set_title(title, fontsize=10)
         return to_png(fig)
     wins = [(p, w["t_start"], w["t_end"]) for p, w in (windows or {}).items()
             if isinstance(w, dict) and w.get("t_start") is not None and w.get("t_end") is not None]
-    t0 = min([r["t"] for r in rows] + [a for _, a, _ in wins])
+    t0 = min([r.t for r in rows] + [a for _, a, _ in wins])
     spans: list[list] = [[p, a - t0, b - t0] for p, a, b in sorted(wins, key=lambda w: w[1])]
     if not spans:  # phase spans from the samples' labels
-        for r in sorted(rows, key=lambda r: r["t"]):
-            t = r["t"] - t0
-            if spans and spans[-1][0] == r["phase"]:
+        for r in sorted(rows, key=lambda r: r.t):
+            t = r.t - t0
+            if spans and spans[-1][0] == r.phase:
                 spans[-1][2] = t
             else:
-                spans.append([r["phase"], t, t])
+                spans.append([r.phase, t, t])
     seen_phase = set()
     for phase, a, b in spans:
         ax.axvspan(a, b if b > a else a + 1e-3, color=PHASE_COLORS.get(phase, "#f4f4f4"), alpha=0.8, lw=0,
                    label=phase if phase not in seen_phase else None)
         seen_phase.add(phase)
-    for i, meter in enumerate(dict.fromkeys(r["meter"] for r in rows)):
-        pts = sorted((r for r in rows if r["meter"] == meter), key=lambda r: r["t"])
-        ax.plot([r["t"] - t0 for r in pts], [r["watts"] for r in pts], color=PALETTE[i % len(PALETTE)],
+    for i, meter in enumerate(dict.fromkeys(r.meter for r in rows)):
+        pts = sorted((r for r in rows if r.meter == meter), key=lambda r: r.t)
+        ax.plot([r.t - t0 for r in pts], [r.watts for r in pts], color=PALETTE[i % len(PALETTE)],
                 marker="." if len(pts) < 200 else None, lw=1.3, label=f"{meter} (W)")
     ax.set_xlabel("time since the start of the first energy window (s)")
     ax.set_ylabel("power (W)")

@@ -5,10 +5,16 @@ and of a results folder read a year later.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import pandas as pd
 
+from harness import stats
+from harness.figures import energy_unavailable_reason, meter_figure, primary_meter
+from harness.records import CellRecord
 
-def _pm(m: dict | None, scale: float = 1.0, digits: int = 2) -> str:
+
+def _pm(m: Optional[dict], scale: float = 1.0, digits: int = 2) -> str:
     if not m or "mean" not in m:
         return "-"
     return f"{m['mean'] * scale:.{digits}f} ± {m['sd'] * scale:.{digits}f}"
@@ -20,25 +26,19 @@ def _params(n) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
 
 
-def _energy(r: dict, phase: str) -> str:
-    """J/token of the phase (gross) from the cell's primary meter, with its scope, or why not.
+def energy_text(r: CellRecord, metric: str) -> str:
+    """A J/token figure (gross) from the cell's primary meter, with its scope, or why not.
 
-    The primary meter is a measurement before an estimate and a full window before a
-    short one; an estimate is always labelled "estimate", a short window "short".
+    The same for batch and request scenarios: both carry one energy shape. The primary
+    meter is a measurement before an estimate and a full window before a short one; an
+    estimate is always labelled "estimate", a short window "short".
     """
-    from harness.claims import energy_unavailable_reason, is_estimate, meter_figure, primary_meter
-
-    e = r.get("energy") or {}
-    if e.get("status") in ("disabled", "no meters"):
-        return e["status"]
-    metric = "j_per_prompt_token" if phase == "prefill" else "j_per_token"
+    if r.energy is not None and r.energy.status in ("disabled", "no meters"):
+        return r.energy.status
     m = primary_meter(r, metric)
     if m is None:
         return energy_unavailable_reason(r).replace("no energy figure", "unavailable")
-    if is_estimate(m):
-        tag = "estimate"
-    else:
-        tag = m.get("scope", "") + (", short" if m.get("quality") == "short-window" else "")
+    tag = "estimate" if m.is_estimate else (m.scope or "") + (", short" if m.quality == "short-window" else "")
     return f"{meter_figure(m, metric):.4g} ({tag})"
 
 
@@ -49,8 +49,8 @@ def _pct(v: float | None) -> str:
     return f"{v:.0f} % SUSPECT" if v > 100 else f"{v:.0f} %"
 
 
-def _accuracy(r: dict) -> str:
-    a = r.get("accuracy") or {}
+def _accuracy(r: CellRecord) -> str:
+    a = r.accuracy
     if a.get("passed") is True:
         return f"ok {a['rel_err']:.0e}"
     if a.get("passed") is False:
@@ -58,41 +58,38 @@ def _accuracy(r: dict) -> str:
     return a.get("status", "-")
 
 
-def _ci(m: dict | None) -> str:
+def _ci(m: Optional[dict]) -> str:
     """median [95 % bootstrap CI] of the metric's samples (harness.stats)."""
-    from harness import stats
-
     if not m or not m.get("samples"):
         return "-"
     s = stats.summarize(m["samples"])
     return f"{stats.fmt_num(s.median)} {stats.fmt_ci(s.ci_low, s.ci_high, 4)}"
 
 
-def bench_rows(records: list[dict], ci: bool = False) -> pd.DataFrame:
+def bench_rows(records: list[CellRecord], ci: bool = False) -> pd.DataFrame:
     """One row per cell and test. ci=True adds the median with its 95 % bootstrap
     interval and the number of repetitions. Invalid cells say INVALID in the t/s column too."""
     rows = []
     for r in records:
-        base = {"model": r.get("model"), "params": _params(r.get("params")), "dtype": r.get("precision", r.get("dtype")),
-                "backend": r.get("backend"), "device": r.get("device", "-"), "batch": r.get("batch")}
-        if r.get("status") == "failed":
-            msg = (r.get("error") or {}).get("message", "")
-            row = {**base, "test": f"pp{r.get('prompt_len')}+tg{r.get('gen_len')}", "t/s": "FAILED"}
+        base = {"model": r.model, "params": _params(r.params), "dtype": r.shown_precision,
+                "backend": r.backend, "device": r.device, "batch": r.batch}
+        if r.failed:
+            msg = r.error.message if r.error else ""
+            row = {**base, "test": f"pp{r.prompt_len}+tg{r.gen_len}", "t/s": "FAILED"}
             if ci:
                 row.update({"median [95% CI]": "-", "n": "-"})
             rows.append({**row, "% roof": "-", "J/token": "-", "accuracy": msg.splitlines()[0][:60] if msg else "-"})
             continue
-        m = r.get("metrics") or {}
+        m = r.metrics
         acc = _accuracy(r)
-        roof = r.get("roofline") or {}
-        invalid = r.get("status") == "invalid" or r.get("valid") is False
-        for test, key, phase, pct in ((f"pp{r['prompt_len']}", "prefill_tps", "prefill", "prefill_pct"),
-                                      (f"tg{r['gen_len']}", "decode_tps", "decode", "decode_pct")):
+        roof = r.roofline or {}
+        for test, key, metric, pct in ((f"pp{r.prompt_len}", "prefill_tps", "j_per_prompt_token", "prefill_pct"),
+                                       (f"tg{r.gen_len}", "decode_tps", "j_per_token", "decode_pct")):
             tps = _pm(m.get(key))
-            row = {**base, "test": test, "t/s": f"INVALID {tps}" if invalid else tps}
+            row = {**base, "test": test, "t/s": f"INVALID {tps}" if r.invalid else tps}
             if ci:
                 row.update({"median [95% CI]": _ci(m.get(key)), "n": (m.get(key) or {}).get("n", "-")})
-            rows.append({**row, "% roof": _pct(roof.get(pct)), "J/token": _energy(r, phase), "accuracy": acc,
+            rows.append({**row, "% roof": _pct(roof.get(pct)), "J/token": energy_text(r, metric), "accuracy": acc,
                          "placement": placement(r)})
     df = pd.DataFrame(rows)
     if "placement" in df.columns and not (df["placement"].fillna("") != "").any():
@@ -100,10 +97,10 @@ def bench_rows(records: list[dict], ci: bool = False) -> pd.DataFrame:
     return df
 
 
-def placement(r: dict) -> str:
+def placement(r: CellRecord) -> str:
     """Which execution provider ran the graph (ONNX Runtime): silent CPU fallback is the
     classic way an NPU benchmark lies, so the split is shown wherever it is known."""
-    p = ((r.get("load") or {}).get("details") or {}).get("placement") or {}
+    p = (r.load.get("details") or {}).get("placement") or {}
     if not p:
         return ""
     text = p.get("summary") or ", ".join(f"{k}: {v}" for k, v in (p.get("nodes_per_provider") or {}).items())
@@ -113,24 +110,10 @@ def placement(r: dict) -> str:
     return text
 
 
-def to_markdown(df: pd.DataFrame) -> str:
-    if df.empty:
-        return "(no results)"
-    df, notes = footnote_reasons(df)
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---:" if c in ("batch", "t/s", "median [95% CI]", "n") else "---" for c in cols) + "|"]
-    for _, row in df.iterrows():
-        lines.append("| " + " | ".join(str(row[c]) for c in cols) + " |")
-    if notes:
-        lines += [""] + notes
-    return "\n".join(lines)
-
-
-def footnote_reasons(df: pd.DataFrame, column: str = "J/token") -> tuple[pd.DataFrame, list[str]]:
+def footnote_reasons(df: pd.DataFrame, columns: tuple[str, ...] = ("J/token", "J/out-token")
+                     ) -> tuple[pd.DataFrame, list[str]]:
     """Replace long "unavailable (why)" cells by "unavailable [n]" and return the reasons
     once each, so a reason shared by every row does not widen every row."""
-    if column not in df.columns:
-        return df, []
     notes: list[str] = []
 
     def short(v):
@@ -144,7 +127,9 @@ def footnote_reasons(df: pd.DataFrame, column: str = "J/token") -> tuple[pd.Data
         return f"{head} [{notes.index(why) + 1}]"
 
     out = df.copy()
-    out[column] = out[column].map(short)
+    for column in columns:
+        if column in out.columns:
+            out[column] = out[column].map(short)
     return out, [f"[{i + 1}] {n}" for i, n in enumerate(notes)]
 
 

@@ -1,0 +1,183 @@
+"""`harness compare`: configurations (run, backend, device) side by side on the
+workloads they share, with ratios, intervals and a judgement, as Markdown or a
+terminal table."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from harness import stats
+from harness.cells import ResultCell
+from harness.figures import METRICS, metric_value
+from harness.records import MeterEnergy
+from harness.report.cell_summary import energy_tag, median_ci
+from harness.results import ResultsError
+
+COMPARE_METRICS = ("decode_tps", "prefill_tps", "ttft_s", "tpot_s", "tokens_per_joule", "j_per_token")
+
+
+@dataclass
+class CompareRow:
+    workload: tuple  # ResultCell.workload_key
+    metric: str
+    ref: ResultCell
+    other: ResultCell
+    ref_summary: stats.Summary
+    other_summary: stats.Summary
+    ratio: stats.Ratio  # other / reference (raw metric)
+    judgement: str
+    ref_meter: Optional[MeterEnergy] = None
+    other_meter: Optional[MeterEnergy] = None
+
+
+@dataclass
+class RunComparison:
+    configs: list[tuple]  # ResultCell.config_key; the first is the reference
+    config_labels: dict[tuple, str]
+    rows: list[CompareRow]
+    overall: dict[tuple, stats.Ratio]  # (other config, metric) -> geometric mean over workloads (paired)
+    unmatched: list[ResultCell]
+
+
+def _judge(metric: str, r: stats.Ratio, ref: ResultCell, other: ResultCell) -> str:
+    if ref.invalid or other.invalid:
+        return "INVALID: not compared"
+    if not (ref.ok and other.ok):
+        return "FAILED: not compared"
+    if r.ratio is None:
+        return "no figure"
+    if r.ci_low is None:
+        return "no interval"
+    hi_better = METRICS[metric].higher_is_better
+    if r.ci_low > 1:
+        return "better" if hi_better else "worse"
+    if r.ci_high < 1:
+        return "worse" if hi_better else "better"
+    return "no clear difference"
+
+
+def build_compare(cells: list[ResultCell], metrics=COMPARE_METRICS) -> RunComparison:
+    """Configurations (run, backend, device) side by side on the workloads they share.
+
+    The first configuration (in the order the runs were given) is the reference; each other
+    one is compared with it on every matching cell (same model, precision, batch, prompt
+    length, generation length and scenario). Ratios are other / reference of the metric as
+    measured, with their bootstrap interval, and a judgement of which side is better.
+    """
+    configs = list(dict.fromkeys(c.config_key for c in cells))
+    if len(configs) < 2:
+        raise ResultsError("compare needs at least two configurations (run, backend, device); these runs hold "
+                           f"{len(configs)}: give another run folder")
+    labels = {}
+    for k in configs:
+        c = next(c for c in cells if c.config_key == k)
+        labels[k] = f"{k[0]}: {k[1]} @ {c.device_label}"
+    by = {(c.config_key, c.workload_key): c for c in cells}
+    ref = configs[0]
+    rows: list[CompareRow] = []
+    matched: set[int] = set()
+    for other in configs[1:]:
+        for (cfg, wk), rc in by.items():
+            if cfg != ref or (other, wk) not in by:
+                continue
+            oc = by[(other, wk)]
+            matched.update({id(rc), id(oc)})
+            for m in metrics:
+                rv, ov = metric_value(rc, m), metric_value(oc, m)
+                if rv.n == 0 and ov.n == 0:
+                    continue
+                r = stats.ratio(ov.samples, rv.samples)
+                rows.append(CompareRow(wk, m, rc, oc, rv.summary(), ov.summary(), r, _judge(m, r, rc, oc),
+                                       rv.meter, ov.meter))
+    overall = {}
+    for other in configs[1:]:
+        for m in metrics:
+            rs = [r for r in rows if r.other.config_key == other and r.metric == m and r.ref.ok and r.other.ok]
+            if len(rs) >= 2:
+                overall[(other, m)] = stats.paired_ratio([r.other_summary.median for r in rs],
+                                                         [r.ref_summary.median for r in rs])
+    unmatched = [c for c in cells if id(c) not in matched]
+    return RunComparison(configs, labels, rows, overall, unmatched)
+
+
+def workload_text(wk: tuple) -> str:
+    model, prec, batch, p, g, scen = wk
+    return f"{model} {prec} b{batch} pp{p}+tg{g}" + ("" if scen == "offline" else f" {scen}")
+
+
+def compare_value(s: stats.Summary, cell: ResultCell, meter: Optional[MeterEnergy]) -> str:
+    if cell.failed:
+        return "FAILED"
+    text = median_ci(s, 3) + energy_tag(meter)
+    return f"INVALID {text}" if cell.invalid else text
+
+
+def ratio_text(r: stats.Ratio) -> str:
+    if r.ratio is None:
+        return "-"
+    return f"{stats.fmt_num(r.ratio, 3)}x {stats.fmt_ci(r.ci_low, r.ci_high)}"
+
+
+def compare_markdown(cmp: RunComparison) -> str:
+    ref = cmp.configs[0]
+    out = ["# Comparison", "", f"Reference (A): **{cmp.config_labels[ref]}**", ""]
+    for other in cmp.configs[1:]:
+        out += [f"## {cmp.config_labels[other]} (B) against A", ""]
+        rows = [r for r in cmp.rows if r.other.config_key == other]
+        if not rows:
+            out += ["No matching cells (same model, precision, batch, prompt and generation length, scenario).", ""]
+            continue
+        out += ["| workload | metric | A median [95% CI] | B median [95% CI] | B / A [95% CI] | B is |",
+                "|---|---|---:|---:|---:|---|"]
+        for r in rows:
+            unit = METRICS[r.metric].unit
+            out.append(f"| {workload_text(r.workload)} | {r.metric} ({unit}) | "
+                       f"{compare_value(r.ref_summary, r.ref, r.ref_meter)} | "
+                       f"{compare_value(r.other_summary, r.other, r.other_meter)} | "
+                       f"{ratio_text(r.ratio)} | {r.judgement} |")
+        ov = [(m, cmp.overall[(other, m)]) for m in COMPARE_METRICS if (other, m) in cmp.overall]
+        if ov:
+            out += ["", "Across matching workloads (geometric mean of B / A, workloads resampled in pairs):", ""]
+            out += [f"- {m}: {ratio_text(r)} over {r.n_a} workloads" for m, r in ov]
+        out.append("")
+    if cmp.unmatched:
+        out += ["## Cells without a match", ""] + [f"- {c.short} on {c.device_label}" for c in cmp.unmatched] + [""]
+    out += ["_Ratios are B / A of the metric as measured (for TTFT, TPOT and J/token lower is better). "
+            "Medians with 95 % bootstrap intervals; \"no clear difference\" means the interval of the ratio "
+            "contains 1._", ""]
+    return "\n".join(out)
+
+
+def print_compare(cmp: RunComparison) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(width=max(170, Console().width))
+    ref = cmp.configs[0]
+    console.print(f"[bold]A (reference):[/bold] {escape(cmp.config_labels[ref])}")
+    styles = {"better": "green", "worse": "red", "no clear difference": "yellow"}
+    for other in cmp.configs[1:]:
+        rows = [r for r in cmp.rows if r.other.config_key == other]
+        t = Table(title=escape(f"B: {cmp.config_labels[other]}  vs  A"), title_justify="left")
+        for col, just in (("workload", "left"), ("metric", "left"), ("A median [95% CI]", "right"),
+                          ("B median [95% CI]", "right"), ("B / A [95% CI]", "right"), ("B is", "left")):
+            t.add_column(col, justify=just)
+        for r in rows:
+            style = styles.get(r.judgement, "bold red" if r.judgement.startswith(("INVALID", "FAILED")) else None)
+            t.add_row(escape(workload_text(r.workload)), f"{r.metric} ({METRICS[r.metric].unit})",
+                      escape(compare_value(r.ref_summary, r.ref, r.ref_meter)),
+                      escape(compare_value(r.other_summary, r.other, r.other_meter)), escape(ratio_text(r.ratio)),
+                      f"[{style}]{r.judgement}[/{style}]" if style else r.judgement)
+        if not rows:
+            console.print(escape(f"B: {cmp.config_labels[other]}: no cells match A's workloads"))
+            continue
+        console.print(t)
+        for m in METRICS:
+            if (other, m) in cmp.overall:
+                r = cmp.overall[(other, m)]
+                console.print(escape(f"  across {r.n_a} workloads, {m}: B / A = {ratio_text(r)} (geometric mean, paired)"))
+    if cmp.unmatched:
+        console.print("[dim]without a match: " + escape(", ".join(c.short for c in cmp.unmatched)) + "[/dim]")
+    console.print("[dim]B / A of the metric as measured; lower is better for ttft_s, tpot_s and j_per_token. "
+                  "'no clear difference': the 95 % interval of the ratio contains 1.[/dim]")

@@ -1,0 +1,208 @@
+"""`harness report`: the document built from result folders only, and its files
+(report.md with plots/ beside it, and a self-contained report.html).
+
+Sections: runs, at a glance per device, per-device tables (harness.report.device_tables),
+figures (harness.report.plots), claim verdicts (harness.verdicts), methods.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Optional
+
+from harness import stats
+from harness.cells import LoadedRun, ResultCell, load_runs
+from harness.claims import load_claims
+from harness.figures import METRICS, is_estimate
+from harness.report import device_tables
+from harness.report.cell_summary import CellSummary, by_device, cell_summary, energy_tag, fmt, labeler
+from harness.report.document import Document, Table, to_markdown
+from harness.report.html import to_html
+from harness.report.methods import methods_section
+from harness.report.prices import load_prices
+from harness.report.timeline import pick_timeline_cell
+from harness.results import ResultsError
+from harness.verdicts import verify
+
+
+def build_report(run_dirs, prices_path: str | Path | None = None, timeline_cell: Optional[str] = None,
+                 claims_path: str | Path | None = None, with_plots: bool = True) -> Document:
+    runs = load_runs(run_dirs)
+    cells = [c for run in runs for c in run.cells]
+    prices = load_prices(prices_path) if prices_path else None
+    verdicts = verify(load_claims(claims_path), cells) if claims_path else None
+
+    doc = Document(title="Benchmark report: " + ", ".join(run.run_id for run in runs))
+    sums = {id(c): cell_summary(c) for c in cells}
+    label = labeler(cells)
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    doc.p(f"Generated {now} by `harness report` from {len(runs)} run folder(s) and {len(cells)} cell(s). "
+          "Every figure is the **median** of the repetitions with its **95 % bootstrap interval** in brackets; "
+          "INVALID marks a cell whose outputs failed the accuracy gate (shown, never ranked best); "
+          "an energy figure labelled *estimate* was not measured.")
+    doc.h(2, "Runs")
+    doc.table(_runs_table(runs))
+
+    doc.h(2, "At a glance")
+    for dev, dcells in by_device(cells).items():
+        doc.h(3, dev)
+        doc.ul(_glance(dcells, sums, label) + _warnings(dcells, sums))
+
+    for dev, dcells in by_device(cells).items():
+        doc.h(2, f"Device: {dev}")
+        doc.h(3, "Throughput (llama-bench style)")
+        doc.table(device_tables.throughput_table(dcells))
+        doc.p(device_tables.roofline_basis(dcells))
+        doc.h(3, "Procurement figures")
+        doc.table(device_tables.procurement_table(dcells, sums, label, prices))
+        doc.h(3, "Energy provenance")
+        provenance = device_tables.provenance_table(dcells, label)
+        if provenance is not None:
+            doc.table(provenance)
+        else:
+            doc.p("No energy records.")
+
+    if with_plots and cells:
+        _figures(doc, cells, sums, label, timeline_cell)
+    if verdicts is not None:
+        doc.h(2, "Claim verdicts")
+        doc.verdicts(verdicts)
+    methods_section(doc, prices)
+    return doc
+
+
+def write_report(doc: Document, out_dir: str | Path) -> tuple[Path, Path]:
+    """report.md (+ plots/*.png beside it) and report.html (self-contained)."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if doc.images:
+            (out_dir / "plots").mkdir(exist_ok=True)
+            for k, png in doc.images.items():
+                (out_dir / "plots" / f"{k}.png").write_bytes(png)
+        md = out_dir / "report.md"
+        md.write_text(to_markdown(doc))
+        html = out_dir / "report.html"
+        html.write_text(to_html(doc))
+    except OSError as e:
+        raise ResultsError(f"{out_dir}: cannot write the report ({e.strerror or e})") from None
+    return md, html
+
+
+def _runs_table(runs: list[LoadedRun]) -> Table:
+    t = Table(["run", "suite", "host", "devices", "started", "harness", "git commit", "cells (ok / failed / invalid)",
+               "repetitions"], right=("repetitions",))
+    for run in runs:
+        meta, cs = run.meta, run.cells
+        started = meta.get("started_at")
+        if isinstance(started, (int, float)):
+            started = _dt.datetime.fromtimestamp(started, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        t.add([run.run_id, meta.get("suite", "-"), (meta.get("inventory") or {}).get("hostname", "-"),
+               ", ".join(sorted({c.device_label for c in cs})) or "-", started or "-",
+               meta.get("harness_version", "-"), str((meta.get("inventory") or {}).get("git_commit") or "-")[:12],
+               f"{sum(c.ok for c in cs)} / {sum(c.failed for c in cs)} / {sum(c.invalid for c in cs)}",
+               (meta.get("config") or {}).get("repetitions", "-")])
+    return t
+
+
+def _glance(dcells: list[ResultCell], sums: dict[int, CellSummary], label) -> list[str]:
+    """The best decode throughput and tokens per joule on one device, with who reached them."""
+    items = []
+    for metric in ("decode_tps", "tokens_per_joule"):
+        cand = [c for c in dcells if c.ok and sums[id(c)].med(metric) is not None]
+        if metric == "tokens_per_joule":  # a measurement beats any estimate for "best"
+            measured = [c for c in cand if not is_estimate(sums[id(c)].meters.get(metric))]
+            cand = measured or cand
+        if cand:
+            b = max(cand, key=lambda c: sums[id(c)].med(metric))
+            f, s = sums[id(b)], sums[id(b)].summaries[metric]
+            items.append(f"Best {METRICS[metric].label}: **{fmt(s.median)} {METRICS[metric].unit}**"
+                         f"{energy_tag(f.meters.get(metric))} {stats.fmt_ci(s.ci_low, s.ci_high)}"
+                         f" with {label(b)} at batch {b.record.batch}")
+        elif metric == "tokens_per_joule":
+            reasons = sorted({sums[id(c)].reasons.get(metric) or "" for c in dcells} - {""})
+            items.append("Energy: " + ("; ".join(reasons)[:300] if reasons else "no figure"))
+    return items
+
+
+def _warnings(dcells: list[ResultCell], sums: dict[int, CellSummary]) -> list[str]:
+    out = []
+    inv = [c for c in dcells if c.invalid]
+    if inv:
+        out.append(f"**{len(inv)} INVALID cell(s)** (failed the accuracy gate; never ranked best): "
+                   + ", ".join(c.short for c in inv))
+    failed = [c for c in dcells if c.failed]
+    if failed:
+        out.append(f"**{len(failed)} FAILED cell(s)**: " + ", ".join(f"{c.short} ({_first_line(c)})" for c in failed))
+    sus = [c for c in dcells if (c.record.roofline or {}).get("suspect")]
+    if sus:
+        out.append(f"**SUSPECT**: {len(sus)} cell(s) above 100 % of the roofline (a measurement or work-model error, "
+                   "not a win): " + ", ".join(c.short for c in sus))
+    if not any((c.record.roofline or {}).get("decode_pct") is not None for c in dcells if c.ok):
+        out.append("Roofline unknown: no calibration for this device (run `harness calibrate`)")
+    est = [c for c in dcells if is_estimate(sums[id(c)].meters.get("tokens_per_joule"))]
+    if est:
+        out.append(f"Energy of {len(est)} cell(s) is an ESTIMATE (constant power x time), not a measurement")
+    short = [c for c in dcells if c.record.energy and any(m.quality == "short-window" for m in c.record.energy.meters)]
+    if short:
+        out.append(f"{len(short)} cell(s) have meter windows too short for their meter (quality short-window)")
+    ns = [sums[id(c)].summaries["decode_tps"].n for c in dcells if c.ok]
+    if ns and min(ns) < stats.MIN_REPETITIONS:
+        out.append(f"Only {min(ns)} repetition(s) per cell: intervals from fewer than {stats.MIN_REPETITIONS} do not "
+                   f"hold their coverage; run at least {stats.DEFAULT_REPETITIONS}")
+    unstable = []
+    for c in dcells:
+        if not c.ok:
+            continue
+        st = stats.stability(sums[id(c)].summaries["decode_tps"])
+        if not st["stable"] and st["n"] >= stats.MIN_REPETITIONS:
+            unstable.append((c, st))
+    if unstable:
+        worst = max(unstable, key=lambda t: t[1]["rel_half_width"] or 0)
+        out.append(f"{len(unstable)} cell(s) have decode intervals wider than ±{100 * stats.STABLE_REL_HALF_WIDTH:g} % "
+                   f"(widest {worst[0].short}: {worst[1]['reason']})")
+    return out
+
+
+def _first_line(c: ResultCell) -> str:
+    msg = c.record.error.message if c.record.error else ""
+    return msg.splitlines()[0][:80] if msg else "no message"
+
+
+def _figures(doc: Document, cells: list[ResultCell], sums: dict[int, CellSummary], label,
+             timeline_cell: Optional[str]) -> None:
+    from harness.report import plots
+
+    doc.h(2, "Figures")
+    devices = by_device(cells)
+    series: dict[tuple, plots.Series] = {}
+    points = []
+    for c in cells:
+        if c.failed:
+            continue
+        f = sums[id(c)]
+        key = (c.device_label, label(c))
+        s = series.setdefault(key, plots.Series(label(c) + (f" @ {c.record.device}" if len(devices) > 1 else ""),
+                                                c.device_label))
+        tpot = f.med("tpot_s")
+        p = plots.CellPoint(s.label, s.device, c.record.batch, f.med("decode_tps"), f.med("j_per_token"),
+                            f.med("tokens_per_joule"), tpot * 1000 if tpot is not None else None, valid=c.ok,
+                            estimate=is_estimate(f.meters.get("tokens_per_joule"))
+                            or is_estimate(f.meters.get("j_per_token")))
+        s.points.append(p)
+        points.append(p)
+    doc.img("batch", plots.batch_figure(list(series.values())),
+            "Decode tokens/s, J per generated token and generated tokens per joule against batch size "
+            "(medians; hollow markers and dashed lines: energy estimates; red crosses: INVALID cells).")
+    doc.img("tradeoff", plots.tradeoff_figure(points),
+            "Latency (time per output token) against decode throughput and against J per generated token. "
+            "The stepped lines are each device's Pareto front: no other valid configuration on that device is "
+            "both faster and lower-latency (left) or both cheaper in energy and lower-latency (right).")
+    tc, rows = pick_timeline_cell(cells, timeline_cell)
+    if tc is not None:
+        doc.img("timeline", plots.timeline_figure(rows, f"power timeline: {tc.record.cell_id} [{tc.run_id}]",
+                                                  tc.record.energy.windows if tc.record.energy else None),
+                f"Power of cell {tc.record.cell_id} (run {tc.run_id}) over its energy windows: idle before, "
+                "prefill, generation, idle after (choose another with --timeline CELL_ID).")
+    else:
+        doc.p("No cell recorded a power timeline (no meter sampled power during these runs).")
