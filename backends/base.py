@@ -142,7 +142,8 @@ class Backend(ABC):
     def native_server(self) -> "RequestBackend | None":
         """A request backend over this backend's own serving stack, where it ships one
         (a vendor NPU runtime's server): request scenarios then measure that server
-        rather than the harness's batching engine. None: the harness's engine is used."""
+        rather than the harness's batching engine. None: the harness's engine is used.
+        The backend owns the server it returns and closes it in its own close()."""
         return None
 
     def close(self) -> None:

@@ -1,43 +1,59 @@
-"""The energy measurement of one cell: idle baseline, prefill and generation
-windows, per-token figures with provenance.
+"""The one energy window engine: idle baseline, work windows over every meter, the
+short-window judgement, per-token figures with provenance, one record shape.
+
+Two callers, one engine:
+
+* a batch cell (the offline scenario): :func:`measure_cell_energy` runs the windows
+  idle-before, prefill, generation, idle-after around the work it is handed;
+* a request scenario: :class:`SteadyEnergy` takes one idle-before window before the
+  run, then hands out a "steady" :class:`Window` that the load generator opens and
+  closes from whichever request thread sees the load come up and start to drain.
+
+Both return a :class:`harness.records.EnergyRecord` of :class:`MeterEnergy` entries,
+and the power samples behind it for the cell's timeline CSV.
 
 Why this shape:
 
-* Idle before and after, with the model loaded and the device quiet, because
-  an accelerator board draws tens to hundreds of watts doing nothing (70 W on
-  an idle H100); net energy = gross - idle_w x duration separates what the
-  workload cost from what merely being switched on costs. Both are reported:
-  a procurement team pays for gross, an engineer optimizes net.
-* Separate prefill and generation windows, because prefill is compute-bound
-  and decode memory-bound; one figure for both hides which one a claim is
-  about. A meter cannot see inside a request, so decode energy is derived:
-  generation (prefill + decode) minus prefill, per repetition.
-* Windows long enough for every meter: a counter that updates every 100 ms
-  cannot measure a 30 ms prefill. Work is repeated until the window lasts at
-  least ``min_window_s`` and holds ``min_updates`` updates of each meter (at
-  its observed period), or, with ``lengthen=False``, the reading is flagged
-  "short-window". A short window is never reported silently.
-* Meter trouble never raises out of here: a meter that fails is reported
-  unavailable with its reason, and the other meters' figures stand. Errors of
-  the workload itself (``run_prefill``/``run_generation``) do propagate, after
-  the meters' windows are closed.
+* Idle windows with the model loaded and the device quiet, because an accelerator
+  board draws tens to hundreds of watts doing nothing (an idle H100 draws about
+  70 W); net energy = gross - idle_w x duration separates what the workload cost from
+  what merely being switched on costs. Both are reported: a procurement team pays for
+  gross, an engineer optimizes net.
+* Separate prefill and generation windows, because prefill is compute-bound and
+  decode memory-bound; one figure for both hides which one a claim is about. A meter
+  cannot see inside a request, so decode energy is derived: generation (prefill +
+  decode) minus prefill, per repetition.
+* Windows long enough for every meter: a counter that updates every 100 ms cannot
+  measure a 30 ms prefill. Work is repeated until the window lasts at least
+  ``min_window_s`` and holds ``min_updates`` updates of each meter (at its observed
+  period), or, with ``lengthen=False``, the reading is flagged "short-window". A
+  steady window's length is set by the load, so it is judged, never lengthened. A
+  short window is never reported silently.
+* Meter trouble never raises out of here: a meter that fails is reported unavailable
+  with its reason, and the other meters' figures stand. Errors of the workload itself
+  (``run_prefill``/``run_generation``) do propagate, after the meters' windows are
+  closed.
 
-The backend is reached only through the two callables, so this module knows no
-backend, model or device by name.
+The backend is reached only through the callables, so this module knows no backend,
+model or device by name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from .meters.base import EnergyReading, Meter
 from .meters.nvml import counter_vs_sampled
+from .records import EnergyRecord, MeterEnergy
 
-PHASES = ("idle-before", "prefill", "generation", "idle-after")
+IDLE_BEFORE, PREFILL, GENERATION, IDLE_AFTER, STEADY = "idle-before", "prefill", "generation", "idle-after", "steady"
+PHASES = (IDLE_BEFORE, PREFILL, GENERATION, IDLE_AFTER)
+_IDLE = (IDLE_BEFORE, IDLE_AFTER)
 _QUALITY_RANK = {"ok": 0, "estimate": 1, "short-window": 2, "unavailable": 3}
 
 
@@ -66,6 +82,15 @@ class EnergySettings:
     cross_check_tolerance: float = 0.15
 
 
+@dataclass
+class EnergyMeasurement:
+    """A cell's energy record and every meter's samples over its windows (the timeline
+    CSV: one row per sample, labelled with the window it fell in)."""
+
+    record: EnergyRecord
+    timeline: list[dict] = field(default_factory=list)
+
+
 def _safe(fn: Callable, *args):
     """(value, None) or (None, "ExcType: message") - meters must not kill a cell."""
     try:
@@ -74,8 +99,16 @@ def _safe(fn: Callable, *args):
         return None, f"{type(e).__name__}: {e}"
 
 
-class _Window:
-    """Runs one named window over all meters and collects its readings."""
+# --- windows -----------------------------------------------------------------------------
+
+class Window:
+    """One named window over all meters, and the readings it collected.
+
+    Opened and closed either around work (:meth:`run`, which lengthens it) or by
+    :meth:`begin` / :meth:`end` from any thread: both are thread-safe and idempotent,
+    and only a window that was begun is ended (a load that never came up leaves its
+    steady window unopened).
+    """
 
     def __init__(self, phase: str, meters: list[Meter], settings: EnergySettings):
         self.phase = phase
@@ -86,6 +119,40 @@ class _Window:
         self.t_start = self.t_end = 0.0
         self.readings: dict[str, list[EnergyReading]] = {}   # meter name -> readings
         self.errors: dict[str, str] = {}                     # meter name -> why it failed
+        self._lock = threading.Lock()
+        self._state = "new"  # new -> open -> closed
+
+    @property
+    def closed(self) -> bool:
+        return self._state == "closed"
+
+    def begin(self) -> None:
+        with self._lock:
+            if self._state != "new":
+                return
+            self._state = "open"
+            self.t_start = time.time()
+            for m in self.meters:
+                _, err = _safe(m.begin_window, self.phase)
+                if err:
+                    self.errors[m.name] = f"begin_window failed: {err}"
+
+    def end(self) -> None:
+        with self._lock:
+            if self._state != "open":
+                return
+            self._state = "closed"
+            # meters whose end_window waits go last, so the wait pads no other meter's window
+            for m in sorted(self.meters, key=lambda m: bool(getattr(m, "ends_late", False))):
+                if m.name in self.errors:
+                    _safe(m.end_window, self.phase)  # tidy its bookkeeping; result unused
+                    continue
+                res, err = _safe(m.end_window, self.phase)
+                if err:
+                    self.errors[m.name] = f"end_window failed: {err}"
+                else:
+                    self.readings[m.name] = list(res or [])
+            self.t_end = time.time()
 
     def _plan(self, min_s: float) -> float:
         """Seconds this window should last so every meter sees enough updates."""
@@ -111,13 +178,10 @@ class _Window:
         return True
 
     def run(self, work: Optional[Callable[[], None]], min_s: float) -> None:
+        """Open the window, repeat `work` (None: stay idle) until it is long enough, close it."""
         s = self.settings
         self.target_s = self._plan(min_s)
-        self.t_start = time.time()
-        for m in self.meters:
-            _, err = _safe(m.begin_window, self.phase)
-            if err:
-                self.errors[m.name] = f"begin_window failed: {err}"
+        self.begin()
         try:
             while True:
                 elapsed = time.time() - self.t_start
@@ -135,25 +199,25 @@ class _Window:
                                                  or elapsed >= 2 * self.target_s + 1.0):
                     break
         finally:
-            self._close()
-
-    def _close(self) -> None:
-        # meters whose end_window waits go last, so the wait pads no other meter's window
-        for m in sorted(self.meters, key=lambda m: bool(getattr(m, "ends_late", False))):
-            if m.name in self.errors:
-                _safe(m.end_window, self.phase)  # tidy its bookkeeping; result unused
-                continue
-            res, err = _safe(m.end_window, self.phase)
-            if err:
-                self.errors[m.name] = f"end_window failed: {err}"
-            else:
-                self.readings[m.name] = list(res or [])
-        self.t_end = time.time()
+            self.end()
 
     def info(self) -> dict:
         return {"t_start": self.t_start, "t_end": self.t_end, "duration_s": self.t_end - self.t_start,
                 "repeats": self.repeats, "target_s": self.target_s}
 
+
+def _start(meters: list[Meter]) -> bool:
+    """Start the meters not yet started (the caller stops them at the end of the run);
+    whether any can measure."""
+    for m in meters:
+        if not m.started:
+            _, err = _safe(m.start)
+            if err:
+                m.available, m.reason = False, f"start failed: {err}"
+    return any(m.available for m in meters)
+
+
+# --- judging and summarizing readings -------------------------------------------------------
 
 def _judge(r: EnergyReading, s: EnergySettings, phase: str) -> EnergyReading:
     """Flag a reading whose window is too short for its meter.
@@ -164,7 +228,7 @@ def _judge(r: EnergyReading, s: EnergySettings, phase: str) -> EnergyReading:
     if r.quality != "ok" or r.joules is None:
         return r
     short = []
-    if r.duration_s < s.min_window_s and not phase.startswith("idle"):
+    if r.duration_s < s.min_window_s and phase not in _IDLE:
         short.append(f"{r.duration_s:.3f} s < min_window_s {s.min_window_s:g} s")
     if r.n_updates < s.min_updates:
         short.append(f"{r.n_updates} meter updates < min_updates {s.min_updates}")
@@ -183,165 +247,81 @@ def _fin(x: Optional[float]) -> Optional[float]:
     return x if x is None or math.isfinite(x) else None
 
 
-def _meter_summary(key: str, by_phase: dict[str, Optional[EnergyReading]], windows: dict[str, _Window],
-                   tokens: dict, settings: EnergySettings) -> dict:
-    ib, pf, gen, ia = (by_phase.get(p) for p in PHASES)
-    ref = next((r for r in (gen, pf, ib, ia) if r is not None and r.joules is not None),
-               next(r for r in (gen, pf, ib, ia) if r is not None))
+#: a work window's (gross J, net J) by phase -> (per-token figures as MeterEnergy fields, warnings)
+Figures = Callable[[dict[str, tuple[Optional[float], Optional[float]]]], tuple[dict, list[str]]]
+
+
+def _meter_energy(key: str, by_phase: dict[str, EnergyReading], windows: dict[str, Window],
+                  s: EnergySettings, work: tuple[str, ...], figures: Figures) -> MeterEnergy:
+    """One meter key's figures over the windows; `work` lists the work windows, the last
+    being the one power and the cross-check are reported for (generation, steady)."""
+    main = work[-1]
+    idle = [p for p in _IDLE if p in windows]
+    ordered = [by_phase[p] for p in (*reversed(work), *idle)]
+    ref = next((r for r in ordered if r.joules is not None), ordered[0])
     warnings: list[str] = []
 
-    idle_rates = {p: r.watts for p, r in (("before", ib), ("after", ia)) if r is not None and r.joules is not None}
+    idle_rates = {p: by_phase[p].watts for p in idle
+                  if by_phase[p].joules is not None and by_phase[p].watts is not None}
     idle_w = sum(idle_rates.values()) / len(idle_rates) if idle_rates else None
-    if settings.idle_s > 0 and len(idle_rates) == 1:
-        missing = "after" if "before" in idle_rates else "before"
-        warnings.append(f"idle {missing} unavailable: idle_w from idle {next(iter(idle_rates))} only")
-    for phase, r in (("idle-before", ib), ("idle-after", ia)):
-        if r is not None and r.quality not in ("ok", "estimate") and ref.method != "estimate":
-            warnings.append(f"{phase} {r.quality}: {r.reason}")
+    if len(idle) == 2 and len(idle_rates) == 1:  # both were taken, one gave nothing
+        have = next(iter(idle_rates)).split("-")[1]
+        missing = "after" if have == "before" else "before"
+        warnings.append(f"idle {missing} unavailable: idle_w from idle {have} only")
+    for p in idle:
+        r = by_phase[p]
+        if r.quality not in ("ok", "estimate") and ref.method != "estimate":
+            warnings.append(f"{p} {r.quality}: {r.reason}")
 
-    def gross(r: Optional[EnergyReading]) -> Optional[float]:
-        return r.joules if r is not None else None
-
-    def net(r: Optional[EnergyReading]) -> Optional[float]:
-        if r is None or r.joules is None or idle_w is None:
+    def net(r: EnergyReading) -> Optional[float]:
+        if r.joules is None or idle_w is None:
             return None
         return r.joules - idle_w * r.duration_s
 
-    reps_p, reps_g = windows["prefill"].repeats, windows["generation"].repeats
-    out: dict = {
-        "meter": key, "method": ref.method, "scope": ref.scope,
-        "update_period_s": ref.update_period_s,
-        "idle_w": idle_w, "idle_w_before": idle_rates.get("before"), "idle_w_after": idle_rates.get("after"),
-        "prefill_repeats": reps_p, "generation_repeats": reps_g,
-    }
-    per_rep: dict[str, dict[str, Optional[float]]] = {}
-    for phase, r, reps in (("prefill", pf, reps_p), ("generation", gen, reps_g)):
-        out[f"{phase}_gross_j"] = gross(r)
-        out[f"{phase}_net_j"] = net(r)
-        out[f"{phase}_duration_s"] = r.duration_s if r is not None else None
-        out[f"{phase}_avg_w"] = r.watts if r is not None else None
-        out[f"{phase}_n_updates"] = r.n_updates if r is not None else None
-        per_rep[phase] = {"gross": _div(gross(r), reps), "net": _div(net(r), reps)}
-        out[f"{phase}_gross_j_per_repeat"] = per_rep[phase]["gross"]
-        out[f"{phase}_net_j_per_repeat"] = per_rep[phase]["net"]
-
-    for kind in ("gross", "net"):
-        p, g = per_rep["prefill"][kind], per_rep["generation"][kind]
-        d = g - p if p is not None and g is not None else None
-        out[f"decode_{kind}_j_per_repeat"] = d
-        out[f"j_per_prompt_token_{kind}"] = _div(p, tokens["prompt_tokens"])
-        out[f"j_per_generated_token_{kind}"] = _div(d, tokens["decode_tokens"])
-        out[f"j_per_generated_token_e2e_{kind}"] = _div(g, tokens["generated_tokens"])
-        out[f"tokens_per_joule_{kind}"] = _div(tokens["generated_tokens"], g) if g and g > 0 else None
-        out[f"energy_per_request_{kind}_j"] = _div(g, tokens["sequences"])
-    if out["decode_gross_j_per_repeat"] is not None and out["decode_gross_j_per_repeat"] < 0:
-        warnings.append("decode energy came out negative: the generation window used less energy per "
-                        "repetition than the prefill window (meter noise exceeds decode energy; lengthen "
-                        "windows or raise min_updates)")
-    out["avg_w"] = out["generation_avg_w"]
+    values, more = figures({p: (by_phase[p].joules, net(by_phase[p])) for p in work})
+    warnings.extend(more)
 
     # quality: the worst of the work windows; idle trouble is a warning (net figures go None)
-    work = [r for r in (pf, gen)]
-    quals = [r.quality if r is not None else "unavailable" for r in work]
-    out["quality"] = max(quals, key=lambda q: _QUALITY_RANK.get(q, 2))
+    quality = max((by_phase[p].quality for p in work), key=lambda q: _QUALITY_RANK.get(q, 2))
     # reason: about the work windows (idle trouble is in warnings, and shows as net = None)
-    flagged = [(p, r.reason) for p, r in (("prefill", pf), ("generation", gen))
-               if r is not None and r.reason and r.quality != "ok"]
+    flagged = [(p, by_phase[p].reason) for p in work if by_phase[p].reason and by_phase[p].quality != "ok"]
     if ref.method == "estimate":
-        out["reason"] = ref.reason
-    elif len(flagged) == 2 and flagged[0][1] == flagged[1][1]:
-        out["reason"] = flagged[0][1]          # same trouble in both: say it once
+        reason = ref.reason
+    elif len(flagged) == len(work) and len({why for _, why in flagged}) == 1:
+        reason = flagged[0][1]          # the same trouble in every work window: say it once
     else:
-        out["reason"] = "; ".join(f"{p}: {why}" for p, why in flagged) or None
-    if out["quality"] == "unavailable" and all(r is not None and r.joules is None for r in (ib, pf, gen, ia)):
+        reason = "; ".join(f"{p}: {why}" for p, why in flagged) or None
+    if quality == "unavailable" and all(r.joules is None for r in by_phase.values()):
         warnings[:] = [w for w in warnings if not w.startswith("idle-")]   # one reason is enough
-    out["warnings"] = warnings
 
-    check = counter_vs_sampled(gen) if gen is not None else None
+    check = counter_vs_sampled(by_phase[main])
     if check is not None and check["rel_diff"] is not None:
-        check["tolerance"] = settings.cross_check_tolerance
-        check["agree"] = abs(check["rel_diff"]) <= settings.cross_check_tolerance
+        check["tolerance"] = s.cross_check_tolerance
+        check["agree"] = abs(check["rel_diff"]) <= s.cross_check_tolerance
         if not check["agree"]:
             warnings.append(f"counter and sampled power disagree by {100 * check['rel_diff']:+.1f} % "
-                            f"over the generation window")
-    out["cross_check"] = check
-    for k, v in list(out.items()):
-        if isinstance(v, float):
-            out[k] = _fin(v)
-    out["windows"] = {p: (dict(r.to_dict(), repeats=windows[p].repeats) if r is not None else None)
-                      for p, r in zip(PHASES, (ib, pf, gen, ia)) if p in windows}
-    return out
+                            f"over the {main} window")
+    return MeterEnergy(
+        meter=key, method=ref.method, scope=ref.scope, quality=quality, reason=reason, warnings=warnings,
+        update_period_s=_fin(ref.update_period_s), idle_w=_fin(idle_w),
+        idle_w_before=_fin(idle_rates.get(IDLE_BEFORE)), idle_w_after=_fin(idle_rates.get(IDLE_AFTER)),
+        avg_w=_fin(by_phase[main].watts), cross_check=check,
+        windows={p: dict(by_phase[p].to_dict(), gross_j=by_phase[p].joules, net_j=net(by_phase[p]),
+                         repeats=w.repeats) for p, w in windows.items()},
+        **{k: _fin(v) for k, v in values.items()})
 
 
-def _unavailable(meter: Meter, reason: str, phase: str, w: _Window) -> EnergyReading:
+def _unavailable(meter: Meter, reason: str, w: Window) -> EnergyReading:
     return EnergyReading(meter=meter.name, method=meter.method, scope=meter.scope, joules=None,
                          duration_s=w.t_end - w.t_start, n_updates=0, update_period_s=None,
                          quality="unavailable", reason=reason, t_start=w.t_start, t_end=w.t_end)
 
 
-def measure_cell_energy(meters: list[Meter], run_prefill: Callable[[], None],
-                        run_generation: Callable[[], None], prompt_tokens: int, generated_tokens: int,
-                        settings: Optional[EnergySettings] = None, *, sequences: int = 1) -> dict:
-    """Energy of one cell, per meter, with provenance and a phase-labelled timeline.
-
-    run_prefill: one synchronized prefill of the whole batch (``prompt_tokens``
-        tokens in total). run_generation: one synchronized full request batch,
-        prefill + decode (``generated_tokens`` tokens in total). sequences: the
-        batch size, for energy per request and for the decode token count
-        (prefill emits each sequence's first token, so decode produces
-        ``generated_tokens - sequences``, as in DESIGN.md's TPOT).
-
-    Meters not yet started are started (the caller stops them at the end of
-    the run). With no available meter the work is not run at all.
-    """
-    s = settings or EnergySettings()
-    decode_tokens = generated_tokens - sequences
-    tokens = {"prompt_tokens": prompt_tokens, "generated_tokens": generated_tokens,
-              "decode_tokens": decode_tokens if decode_tokens > 0 else None, "sequences": sequences}
-    notes = [
-        "decode energy = generation-window energy - prefill-window energy, per repetition "
-        "(each generation repetition includes one prefill)",
-        f"J per generated token (decode) uses decode tokens = generated_tokens - sequences = {decode_tokens} "
-        "(prefill emits each sequence's first token); *_e2e and tokens_per_joule use the whole request "
-        "(generation window) and all generated tokens",
-        "net = gross - idle_w x window duration; idle_w = mean power of the idle-before and idle-after "
-        "windows (model loaded, device quiet)" if s.idle_s > 0 else
-        "idle windows disabled (idle_s = 0): no idle baseline, net figures are None",
-        (f"windows lengthened by repeating the work to >= {s.min_window_s:g} s and >= {s.min_updates} "
-         f"updates of each meter" if s.lengthen else
-         f"windows not lengthened: readings with < {s.min_updates} updates or < {s.min_window_s:g} s "
-         f"are flagged short-window"),
-        "counter meters with a sampled alternative (nvml) are cross-checked against sampled power over "
-        "the generation window of every cell (it costs nothing: power is sampled anyway)",
-    ]
-    result: dict = {"notes": notes, "settings": dataclasses.asdict(s), "tokens": tokens,
-                    "windows": {}, "meters": [], "cross_checks": [], "timeline": []}
-    if not meters:
-        notes.append("no meters configured: nothing measured")
-        return result
-    for m in meters:
-        if not m.started:
-            _, err = _safe(m.start)
-            if err:
-                m.available, m.reason = False, f"start failed: {err}"
-    if not any(m.available for m in meters):
-        notes.append("no meter is available: work not run for energy")
-        for m in meters:
-            result["meters"].append({"meter": m.name, "method": m.method, "scope": m.scope,
-                                     "quality": "unavailable", "reason": m.reason, "warnings": []})
-        return result
-
-    windows: dict[str, _Window] = {}
-    plan = [("idle-before", None, s.idle_s), ("prefill", run_prefill, s.min_window_s),
-            ("generation", run_generation, s.min_window_s), ("idle-after", None, s.idle_s)]
-    for phase, work, min_s in plan:
-        if work is None and s.idle_s <= 0:
-            continue
-        w = _Window(phase, meters, s)
-        windows[phase] = w
-        w.run(work, min_s)
-
-    # readings keyed by the name each reading carries (RAPL gives one per zone), in meter order
+def _meter_entries(meters: list[Meter], windows: dict[str, Window], s: EnergySettings,
+                   work: tuple[str, ...], figures: Figures) -> list[MeterEnergy]:
+    """One entry per reading key (RAPL gives one per zone), in meter order; a window a
+    meter gave no reading for counts as unavailable, with the reason."""
+    out = []
     for m in meters:
         by_key: dict[str, dict[str, EnergyReading]] = {}
         for phase, w in windows.items():
@@ -353,18 +333,13 @@ def measure_cell_energy(meters: list[Meter], run_prefill: Callable[[], None],
             for phase, w in windows.items():
                 if phase not in phases:
                     why = w.errors.get(m.name) or m.reason or "meter gave no reading for this window"
-                    phases[phase] = dataclasses.replace(_unavailable(m, why, phase, w), meter=key)
-            entry = _meter_summary(key, phases, windows, tokens, s)
-            result["meters"].append(entry)
-            if entry.get("cross_check"):
-                result["cross_checks"].append(entry["cross_check"])
-    result["windows"] = {p: w.info() for p, w in windows.items()}
-    result["timeline"] = _timeline(meters, windows)
-    return result
+                    phases[phase] = dataclasses.replace(_unavailable(m, why, w), meter=key)
+            out.append(_meter_energy(key, phases, windows, s, work, figures))
+    return out
 
 
-def _timeline(meters: list[Meter], windows: dict[str, _Window]) -> list[dict]:
-    """Every meter's samples over the cell, each labelled with its phase."""
+def _timeline(meters: list[Meter], windows: dict[str, Window]) -> list[dict]:
+    """Every meter's samples over the cell, each labelled with its window."""
     if not windows:
         return []
     spans = [(w.t_start, w.t_end, p) for p, w in windows.items()]
@@ -380,3 +355,154 @@ def _timeline(meters: list[Meter], windows: dict[str, _Window]) -> list[dict]:
             rows.append(dict(row, phase=phase))
     rows.sort(key=lambda r: r["t"])
     return rows
+
+
+def _idle_note(s: EnergySettings, windows: str) -> str:
+    if s.idle_s <= 0:
+        return "idle windows disabled (idle_s = 0): no idle baseline, net figures are None"
+    return (f"net = gross - idle_w x window duration; idle_w = mean power of the {windows} "
+            "(model loaded, device quiet)")
+
+
+# --- a batch cell: idle, prefill, generation, idle ----------------------------------------
+
+def measure_cell_energy(meters: list[Meter], run_prefill: Callable[[], None],
+                        run_generation: Callable[[], None], prompt_tokens: int, generated_tokens: int,
+                        settings: Optional[EnergySettings] = None, *, sequences: int = 1) -> EnergyMeasurement:
+    """Energy of one batch cell, per meter, with provenance and a phase-labelled timeline.
+
+    run_prefill: one synchronized prefill of the whole batch (``prompt_tokens``
+        tokens in total). run_generation: one synchronized full request batch,
+        prefill + decode (``generated_tokens`` tokens in total). sequences: the
+        batch size, for energy per request and for the decode token count
+        (prefill emits each sequence's first token, so decode produces
+        ``generated_tokens - sequences``, the same count TPOT divides by).
+
+    Meters not yet started are started (the caller stops them at the end of
+    the run). With no available meter the work is not run at all.
+    """
+    s = settings or EnergySettings()
+    decode_tokens = generated_tokens - sequences
+    tokens = {"prompt_tokens": prompt_tokens, "generated_tokens": generated_tokens,
+              "decode_tokens": decode_tokens if decode_tokens > 0 else None, "sequences": sequences}
+    notes = [
+        "decode energy = generation-window energy - prefill-window energy, per repetition "
+        "(each generation repetition includes one prefill)",
+        f"J per generated token (decode) uses decode tokens = generated_tokens - sequences = {decode_tokens} "
+        "(prefill emits each sequence's first token); *_e2e and tokens_per_joule use the whole request "
+        "(generation window) and all generated tokens",
+        _idle_note(s, "idle-before and idle-after windows"),
+        (f"windows lengthened by repeating the work to >= {s.min_window_s:g} s and >= {s.min_updates} "
+         f"updates of each meter" if s.lengthen else
+         f"windows not lengthened: readings with < {s.min_updates} updates or < {s.min_window_s:g} s "
+         f"are flagged short-window"),
+        "counter meters with a sampled alternative (nvml) are cross-checked against sampled power over "
+        "the generation window of every cell (it costs nothing: power is sampled anyway)",
+    ]
+    record = EnergyRecord(window="phases", notes=notes, settings=dataclasses.asdict(s), tokens=tokens)
+    if not meters:
+        record.status, record.reason = "no meters", "no meters configured: nothing measured"
+        notes.append(record.reason)
+        return EnergyMeasurement(record)
+    if not _start(meters):
+        notes.append("no meter is available: work not run for energy")
+        record.meters = [MeterEnergy(meter=m.name, method=m.method, scope=m.scope, reason=m.reason)
+                         for m in meters]
+        return EnergyMeasurement(record)
+
+    windows: dict[str, Window] = {}
+    plan = [(IDLE_BEFORE, None, s.idle_s), (PREFILL, run_prefill, s.min_window_s),
+            (GENERATION, run_generation, s.min_window_s), (IDLE_AFTER, None, s.idle_s)]
+    for phase, work, min_s in plan:
+        if work is None and s.idle_s <= 0:
+            continue
+        w = Window(phase, meters, s)
+        windows[phase] = w
+        w.run(work, min_s)
+
+    def figures(energy):
+        """Per repetition: prefill, generation, and decode = generation - prefill."""
+        per_rep = {p: tuple(_div(j, windows[p].repeats) for j in energy[p]) for p in (PREFILL, GENERATION)}
+        out, decode_gross = {}, None
+        for i, kind in enumerate(("gross", "net")):
+            p, g = per_rep[PREFILL][i], per_rep[GENERATION][i]
+            d = g - p if p is not None and g is not None else None
+            decode_gross = d if kind == "gross" else decode_gross
+            out[f"j_per_prompt_token_{kind}"] = _div(p, tokens["prompt_tokens"])
+            out[f"j_per_generated_token_{kind}"] = _div(d, tokens["decode_tokens"])
+            out[f"j_per_generated_token_e2e_{kind}"] = _div(g, tokens["generated_tokens"])
+            out[f"tokens_per_joule_{kind}"] = _div(tokens["generated_tokens"], g) if g and g > 0 else None
+            out[f"energy_per_request_{kind}_j"] = _div(g, tokens["sequences"])
+        warnings = []
+        if decode_gross is not None and decode_gross < 0:
+            warnings.append("decode energy came out negative: the generation window used less energy per "
+                            "repetition than the prefill window (meter noise exceeds decode energy; lengthen "
+                            "windows or raise min_updates)")
+        return out, warnings
+
+    record.meters = _meter_entries(meters, windows, s, (PREFILL, GENERATION), figures)
+    record.windows = {p: w.info() for p, w in windows.items()}
+    return EnergyMeasurement(record, _timeline(meters, windows))
+
+
+# --- a request scenario: idle once, then a steady window per measured pass ---------------
+
+class SteadyEnergy:
+    """The energy of a request scenario's run.
+
+    :meth:`measure_idle` takes the idle baseline once, before the measured passes (an
+    idle-before window only: after the run there is no quiet moment that belongs to it).
+    :meth:`window` gives a fresh steady window for one pass; the load generator begins
+    and ends it. :meth:`measure` turns its readings into the record: the window's
+    gross and net joules over the output tokens streamed inside it, over the requests
+    completed inside it, and per joule.
+    """
+
+    def __init__(self, meters: list[Meter], settings: Optional[EnergySettings] = None):
+        self.meters = list(meters)
+        self.settings = settings or EnergySettings()
+        self.available = _start(self.meters)
+        self.idle: Optional[Window] = None
+
+    def measure_idle(self) -> None:
+        s = self.settings
+        if self.available and s.idle_s > 0:
+            w = Window(IDLE_BEFORE, self.meters, s)
+            w.run(None, s.idle_s)
+            self.idle = w
+
+    def window(self) -> Window:
+        return Window(STEADY, self.meters, self.settings)
+
+    def measure(self, window: Window, output_tokens: float, requests_completed: int,
+                no_window: Optional[str] = None) -> EnergyMeasurement:
+        """The record of one pass. no_window: why the load had no steady state (then
+        there is nothing to divide by, and no figures)."""
+        s = self.settings
+        notes = [
+            "steady window: from when the offered load is fully up to when it starts draining; "
+            "J per generated token = window energy / output tokens streamed inside the window; "
+            "energy per request = window energy / requests completed inside it",
+            _idle_note(s, "idle-before window taken once before the run"),
+            f"the steady window is set by the load, not lengthened: readings with < {s.min_updates} updates "
+            f"or < {s.min_window_s:g} s are flagged short-window",
+        ]
+        record = EnergyRecord(window="steady", notes=notes, settings=dataclasses.asdict(s),
+                              tokens={"output_tokens": output_tokens, "requests_completed": requests_completed})
+        if no_window is not None or not window.closed:
+            record.status = "no steady window"
+            record.reason = no_window or "the steady window was never opened"
+            return EnergyMeasurement(record)
+        windows = {IDLE_BEFORE: self.idle, STEADY: window} if self.idle is not None else {STEADY: window}
+
+        def figures(energy):
+            out = {}
+            for kind, j in zip(("gross", "net"), energy[STEADY]):
+                out[f"j_per_generated_token_{kind}"] = _div(j, output_tokens)
+                out[f"tokens_per_joule_{kind}"] = _div(output_tokens, j) if j and j > 0 else None
+                out[f"energy_per_request_{kind}_j"] = _div(j, requests_completed)
+            return out, []
+
+        record.meters = _meter_entries(self.meters, windows, s, (STEADY,), figures)
+        record.windows = {p: w.info() for p, w in windows.items()}
+        return EnergyMeasurement(record, _timeline(self.meters, windows))

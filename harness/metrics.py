@@ -1,4 +1,4 @@
-"""Per-cell metrics from raw repetition samples (definitions: DESIGN.md, README).
+"""Per-cell metrics of a batch cell from raw repetition samples (definitions: README).
 
 prefill throughput = batch x prompt_len / TTFT
 decode throughput  = batch x (gen_len - 1) / (e2e - TTFT)
@@ -33,7 +33,9 @@ class Samples:
                 "step_times_s": [r.step_times_s for r in self.reps]}
 
 
-def summarize(values) -> dict:
+def sample_summary(values) -> dict:
+    """Plain descriptive statistics of per-repetition values, kept with the samples
+    (harness.stats.summarize adds the confidence intervals at report time)."""
     v = np.asarray(values, dtype=float)
     return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
             "median": float(np.median(v)), "min": float(v.min()), "max": float(v.max()), "n": int(len(v)),
@@ -46,11 +48,11 @@ def cell_metrics(s: Samples) -> dict[str, dict]:
     decode = e2e - ttft
     steps = s.gen_len - 1
     out = {
-        "prefill_tps": summarize(s.batch * s.prompt_len / ttft),
-        "decode_tps": summarize(s.batch * steps / decode),
-        "ttft_s": summarize(ttft),
-        "tpot_s": summarize(decode / steps),
-        "e2e_s": summarize(e2e),
+        "prefill_tps": sample_summary(s.batch * s.prompt_len / ttft),
+        "decode_tps": sample_summary(s.batch * steps / decode),
+        "ttft_s": sample_summary(ttft),
+        "tpot_s": sample_summary(decode / steps),
+        "e2e_s": sample_summary(e2e),
     }
     gaps = [np.diff([0.0] + r.step_times_s) for r in s.reps if r.step_times_s]
     if gaps:

@@ -217,7 +217,8 @@ class Checker:
             if key not in by_name:
                 close = difflib.get_close_matches(str(key), list(by_name), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(by_name)})"
-                self.fail(p, f"unknown key{hint}")
+                extra = getattr(cls, "unknown_key_hint", "")  # a schema's word on keys people expect it to take
+                self.fail(p, f"unknown key{hint}" + (f": {extra}" if extra else ""))
                 continue
             rng = by_name[key].metadata.get("range", RANGES.get(key))
             checked = self.value(hints[key], val, p, rng)

@@ -1,4 +1,5 @@
-"""`harness serve`: a reference OpenAI-compatible server over any in-process backend.
+"""`harness serve`: a reference OpenAI-compatible HTTP server over the in-process
+batching engine (harness.scenarios.engine) and any model backend.
 
     harness serve --backend torch --model tiny [--host 127.0.0.1] [--port 0] [--max-batch 8]
     python -m harness.serve ...            (the same, without the main CLI)
@@ -6,7 +7,8 @@
 What it is for: testing the ``openai-http`` client and the load generators for
 real (HTTP, SSE, sockets), and putting the harness's own backends behind the
 same API a vendor's serving stack exposes, so the two can be compared under
-the same scenarios.
+the same scenarios. The measurement path never imports this module: request
+scenarios drive the engine directly.
 
 API (the subset of OpenAI's that benchmarking needs):
 
@@ -23,30 +25,13 @@ API (the subset of OpenAI's that benchmarking needs):
   injection for tests: HTTP 500 for a fraction of requests; the connection
   closed mid-stream after ``drop-after`` tokens for a fraction of streams
   (``drop-after`` alone means every stream).
-
-Batching (:class:`BatchingEngine`): one scheduler thread owns the backend. It
-takes the oldest waiting request plus every other waiting request with the
-same prompt length (up to ``max_batch``), prefills them as one batch, then
-decodes one step at a time for the whole batch, streaming each token as its
-step returns; a request leaves the batch when it has its tokens. Requests
-with different prompt lengths are never padded together (padding would change
-what is computed), so they run in separate batches, in arrival order. Static
-batching: a request arriving while a batch decodes waits for it to finish.
-
-Token-by-token decoding needs the backend's state to expose ``next_token``
-([B, 1]) and ``pos`` (both shipped backends do). A backend whose state does
-not is decoded in one ``decode(state, n)`` call per batch, and its tokens
-reach the stream together at the end (the record then shows one burst).
 """
 from __future__ import annotations
 
 import argparse
-from collections import deque
 from dataclasses import dataclass, field
 import hmac
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-import inspect
-import itertools
 import json
 import os
 import queue
@@ -58,10 +43,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from harness.scenarios.loadgen import Request, RequestResult
+from backends.base import ModelBackend
+from harness.scenarios.engine import BatchingEngine, Job
 
 # --- tokenizer ------------------------------------------------------------------------------------
-
 
 def encode_text(text: str, vocab: int) -> list[int]:
     """Byte-level: one token per UTF-8 byte, id = byte mod vocab."""
@@ -71,329 +56,6 @@ def encode_text(text: str, vocab: int) -> list[int]:
 def token_text(token: int) -> str:
     """One printable ASCII character per token id (re-encodes to exactly one token)."""
     return chr(32 + int(token) % 95)
-
-
-# --- the batching engine ----------------------------------------------------------------------------
-
-@dataclass
-class _Job:
-    id: int
-    prompt: list[int]
-    max_tokens: int
-    ignore_eos: bool
-    min_tokens: int
-    sink: "queue.SimpleQueue"
-    t_submit: float
-    n_out: int = 0
-    finished: bool = False
-    cancelled: bool = False
-
-
-class BatchingEngine:
-    """One thread that owns a loaded backend and runs submitted requests in batches.
-
-    Events put on a job's sink: ("token", token_id, t, finish_reason or None) and
-    ("error", message, t). t is time.perf_counter() when the step returned.
-    """
-
-    def __init__(self, backend, vocab_size: int, max_batch: int = 8, max_seq: int = 512,
-                 batch_wait_s: float = 0.0, eos_token_id: int | None = None):
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        self.backend, self.vocab_size = backend, vocab_size
-        self.max_batch, self.max_seq = max_batch, max_seq
-        self.batch_wait_s, self.eos_token_id = batch_wait_s, eos_token_id
-        self._waiting: deque[_Job] = deque()
-        self._cond = threading.Condition()
-        self._stop = False
-        self._thread: threading.Thread | None = None
-        self._ids = itertools.count()
-        self._prepared: set[int] = set()
-        self.stats = {"batches": 0, "requests": 0, "tokens": 0, "batch_sizes": {}, "errors": 0,
-                      "step_mode": None, "prepare_s": 0.0}
-
-    # lifetime ------------------------------------------------------------------------------------
-    def start(self, prepare_all: bool = True) -> "BatchingEngine":
-        if prepare_all:  # caches / CUDA graphs for every batch size, outside any request
-            for b in range(1, self.max_batch + 1):
-                self._prepare(b)
-        self._thread = threading.Thread(target=self._loop, name="serve-engine", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=30)
-        with self._cond:
-            while self._waiting:
-                j = self._waiting.popleft()
-                j.sink.put(("error", "server stopping", time.perf_counter()))
-
-    def _prepare(self, batch: int) -> None:
-        if batch in self._prepared:
-            return
-        prep = getattr(self.backend, "prepare", None)
-        if prep is not None:
-            n_args = len(inspect.signature(prep).parameters)
-            t0 = time.perf_counter()
-            prep(batch, self.max_seq) if n_args >= 2 else prep(batch)
-            self.stats["prepare_s"] += time.perf_counter() - t0
-        self._prepared.add(batch)
-
-    # requests ------------------------------------------------------------------------------------
-    def submit(self, prompt: list[int], max_tokens: int, *, ignore_eos: bool = True, min_tokens: int = 0,
-               sink: "queue.SimpleQueue | None" = None) -> _Job:
-        """Queue one request; ValueError says what is wrong with it (a 400 for HTTP)."""
-        if not prompt:
-            raise ValueError("prompt is empty")
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-        bad = next((t for t in prompt if not (0 <= t < self.vocab_size)), None)
-        if bad is not None:
-            raise ValueError(f"token id {bad} outside the vocabulary [0, {self.vocab_size})")
-        if len(prompt) + max_tokens > self.max_seq:
-            raise ValueError(f"prompt ({len(prompt)} tokens) + max_tokens ({max_tokens}) exceeds the server's "
-                             f"context of {self.max_seq} positions (--max-seq)")
-        job = _Job(next(self._ids), list(prompt), int(max_tokens), bool(ignore_eos), int(min_tokens),
-                   sink or queue.SimpleQueue(), time.perf_counter())
-        with self._cond:
-            if self._stop:
-                raise RuntimeError("server stopping")
-            self._waiting.append(job)
-            self._cond.notify()
-        return job
-
-    @staticmethod
-    def cancel(job: _Job) -> None:
-        job.cancelled = True
-
-    # the scheduler -------------------------------------------------------------------------------
-    def _take_group(self) -> list[_Job] | None:
-        with self._cond:
-            while not self._stop and not self._waiting:
-                self._cond.wait(0.1)
-            if self._stop:
-                return None
-        if self.batch_wait_s > 0:
-            time.sleep(self.batch_wait_s)
-        with self._cond:
-            while self._waiting and self._waiting[0].cancelled:
-                self._waiting.popleft()
-            if not self._waiting:
-                return []
-            plen = len(self._waiting[0].prompt)
-            group = []
-            for j in list(self._waiting):
-                if len(group) >= self.max_batch:
-                    break
-                if not j.cancelled and len(j.prompt) == plen:
-                    group.append(j)
-            taken = {id(j) for j in group}
-            self._waiting = deque(j for j in self._waiting if id(j) not in taken and not j.cancelled)
-            return group
-
-    def _loop(self) -> None:
-        while True:
-            group = self._take_group()
-            if group is None:
-                return
-            if not group:
-                continue
-            try:
-                self._run(group)
-            except Exception as e:  # noqa: BLE001 - fail this batch, keep serving
-                self.stats["errors"] += 1
-                t = time.perf_counter()
-                for j in group:
-                    if not j.finished:
-                        j.finished = True
-                        j.sink.put(("error", f"{type(e).__name__}: {e}", t))
-
-    def _emit(self, j: _Job, token: int, t: float) -> None:
-        if j.finished:
-            return
-        j.n_out += 1
-        reason = None
-        if j.n_out >= j.max_tokens:
-            reason = "length"
-        elif (not j.ignore_eos and self.eos_token_id is not None and token == self.eos_token_id
-              and j.n_out >= j.min_tokens):
-            reason = "stop"
-        if reason or j.cancelled:
-            j.finished = True
-        if not j.cancelled:
-            j.sink.put(("token", int(token), t, reason))
-            self.stats["tokens"] += 1
-
-    def _run(self, group: list[_Job]) -> None:
-        B = len(group)
-        self._prepare(B)
-        self.stats["batches"] += 1
-        self.stats["requests"] += B
-        self.stats["batch_sizes"][B] = self.stats["batch_sizes"].get(B, 0) + 1
-        ids = np.asarray([j.prompt for j in group], dtype=np.int64)
-        state = self.backend.prefill(ids)
-        steppable = hasattr(state, "next_token") and hasattr(state, "pos")
-        self.stats["step_mode"] = "token" if steppable else "batch"
-        if not steppable:
-            self._run_whole(group, state)
-            return
-        first = _to_numpy(state.next_token).reshape(-1)
-        t = time.perf_counter()
-        for j, tok in zip(group, first):
-            self._emit(j, tok, t)
-        steps = max(j.max_tokens for j in group) - 1
-        for _ in range(steps):
-            if all(j.finished for j in group):
-                break
-            pos = state.pos
-            res = self.backend.decode(state, 1)
-            toks = np.asarray(res.tokens)[:, -1]
-            t = time.perf_counter()
-            if state.pos == pos:  # the backend did not advance its state itself (torch)
-                _set_next(state, toks)
-                state.pos = pos + 1
-            for j, tok in zip(group, toks):
-                self._emit(j, tok, t)
-
-    def _run_whole(self, group: list[_Job], state) -> None:
-        t = time.perf_counter()
-        for j in group:
-            self._emit(j, 0, t)  # the first token's id is inside the opaque state
-        steps = max(j.max_tokens for j in group) - 1
-        if steps > 0:
-            res = self.backend.decode(state, steps)
-            t = time.perf_counter()
-            toks = np.asarray(res.tokens)
-            for i in range(toks.shape[1]):
-                for j, row in zip(group, toks):
-                    self._emit(j, row[i], t)
-
-
-def _to_numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _set_next(state, toks: np.ndarray) -> None:
-    old = state.next_token
-    col = np.ascontiguousarray(toks.reshape(-1, 1).astype(np.int64))
-    if hasattr(old, "detach"):
-        import torch
-
-        state.next_token = torch.from_numpy(col).to(old.device)
-    else:
-        state.next_token = col
-
-
-# --- in-process SUT ---------------------------------------------------------------------------------
-
-class EngineSUT:
-    """An in-process backend as a system under test: requests go through the same
-    batching engine as `harness serve`, without HTTP. Token times are taken when
-    each decode step returns (after the device has finished: the tokens are on the host)."""
-
-    def __init__(self, engine: BatchingEngine, timeout_s: float = 600.0):
-        self.engine, self.timeout_s = engine, timeout_s
-
-    def issue(self, request: Request) -> RequestResult:
-        prompt = request.prompt_ids
-        if prompt is None:
-            rng = np.random.default_rng(request.id & 0x7FFFFFFF)
-            prompt = rng.integers(0, self.engine.vocab_size, size=request.prompt_len).tolist()
-        t_issue = time.perf_counter()
-        res = RequestResult(id=request.id, prompt_len=request.prompt_len, n_requested=request.max_tokens,
-                            t_issue=t_issue, n_prompt=len(prompt))
-        try:
-            job = self.engine.submit(prompt, request.max_tokens)
-        except (ValueError, RuntimeError) as e:
-            res.error, res.t_end = f"rejected: {e}", time.perf_counter()
-            return res
-        deadline = t_issue + self.timeout_s
-        while True:
-            try:
-                ev = job.sink.get(timeout=max(0.0, deadline - time.perf_counter()))
-            except queue.Empty:
-                self.engine.cancel(job)
-                res.error = f"timeout: no token within {self.timeout_s:g} s"
-                break
-            if ev[0] == "error":
-                res.error, res.t_end = f"engine error: {ev[1]}", ev[2]
-                break
-            _, tok, t, reason = ev
-            res.token_times.append(t)
-            if res.t_first_token is None:
-                res.t_first_token = t
-            res.t_end = t
-            if reason:
-                res.finish_reason = reason
-                break
-        res.n_generated = len(res.token_times)
-        if res.t_end is None:
-            res.t_end = time.perf_counter()
-        res.check_counts()
-        return res
-
-    def describe(self) -> dict:
-        return {"sut": "in-process", "max_batch": self.engine.max_batch, "max_seq": self.engine.max_seq}
-
-
-def sut_for_backend(backend, vocab_size: int, max_batch: int, max_seq: int,
-                    batch_wait_s: float = 0.0) -> tuple[Any, Any]:
-    """The SUT a worker drives for a non-offline cell, and a function that releases it.
-
-    A backend that is itself an endpoint (``sut()``, e.g. openai-http) is driven directly;
-    an in-process backend goes behind a BatchingEngine (already loaded for max_batch / max_seq)."""
-    if hasattr(backend, "sut"):
-        s = backend.sut()
-        return s, getattr(s, "close", lambda: None)
-    engine = BatchingEngine(backend, vocab_size, max_batch=max_batch, max_seq=max_seq,
-                            batch_wait_s=batch_wait_s).start()
-    return EngineSUT(engine), engine.stop
-
-
-def measure_scenario_cell(backend, scenario, *, vocab_size: int, batch: int, prompt_len: int, gen_len: int,
-                          seed: int = 0, rate: float | None = None, meters=None, energy_settings=None) -> dict:
-    """Record fields of one non-offline cell (what harness/worker.py calls instead of run_offline).
-
-    backend: loaded for max_batch >= batch and max_seq >= scenario_max_seq(scenario, prompt_len, gen_len)
-    (or an endpoint backend with ``sut()``). batch: the engine's largest batch, and the in-flight
-    count of a concurrency scenario that names none. rate: one rate of a server sweep (a cell
-    per rate); None runs every rate of ``scenario.rates`` (then ``runs`` has one entry per rate).
-    Returns {"status", "scenario", "metrics", "summary", "energy", "requests", "runs", "sut"}:
-    ``metrics``/``energy``/``requests`` are those of the first (or only) run.
-    """
-    import dataclasses as _dc
-
-    from harness.scenarios.loadgen import run_scenario, scenario_from_dict, scenario_max_seq
-
-    cfg = scenario_from_dict(scenario)
-    if rate is not None:
-        cfg = _dc.replace(cfg, rates=[float(rate)])
-    sut, release = sut_for_backend(backend, vocab_size, max_batch=batch,
-                                   max_seq=scenario_max_seq(cfg, prompt_len, gen_len))
-    try:
-        out = run_scenario(sut, cfg, seed=seed, prompt_len=prompt_len, gen_len=gen_len, concurrency=batch,
-                           meters=meters, energy_settings=energy_settings)
-        describe = sut.describe() if hasattr(sut, "describe") else {}
-        if hasattr(sut, "engine"):
-            describe["engine_stats"] = dict(sut.engine.stats, batch_sizes={str(k): v for k, v in
-                                                                           sut.engine.stats["batch_sizes"].items()})
-    finally:
-        release()
-    first = out["runs"][0]
-    failed = first["metrics"]["failed"]
-    return {"status": "ok" if first["metrics"]["ok"] else "failed",
-            "scenario": out["scenario"], "metrics": first["metrics"], "summary": out["summary"],
-            "energy": first["energy"], "requests": first["requests"], "steady_window": first["steady_window"],
-            "runs": out["runs"] if len(out["runs"]) > 1 else None, "sut": describe,
-            "warnings": ([f"{failed} of {first['metrics']['requests']} requests failed"] if failed else [])
-            + ([f"{first['metrics']['count_mismatch']} requests generated a different number of tokens "
-                f"than asked"] if first["metrics"]["count_mismatch"] else [])}
 
 
 # --- faults ---------------------------------------------------------------------------------------------
@@ -493,8 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path in ("/health", "/healthz"):
             self._json(200, {"status": "ok"})
         elif path == "/stats":
-            self._json(200, {k: (v if k != "batch_sizes" else {str(b): n for b, n in v.items()})
-                             for k, v in self.server.engine.stats.items()})
+            self._json(200, self.server.engine.stats_json())
         else:
             self._error(404, f"no route {path}")
 
@@ -574,7 +235,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise ValueError("batched prompts are not supported: send one prompt per request")
         raise ValueError("prompt must be a non-empty string or a non-empty list of token ids")
 
-    def _next(self, job: _Job):
+    def _next(self, job: Job):
         try:
             return job.sink.get(timeout=self.server.max_wait_s)
         except queue.Empty:
@@ -584,7 +245,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _usage(self, n_prompt: int, n_out: int) -> dict:
         return {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
 
-    def _complete(self, job: _Job, rid: str, n_prompt: int) -> None:
+    def _complete(self, job: Job, rid: str, n_prompt: int) -> None:
         toks, reason = [], None
         while True:
             ev = self._next(job)
@@ -601,7 +262,7 @@ class _Handler(BaseHTTPRequestHandler):
                                       "finish_reason": reason}],
                          "usage": self._usage(n_prompt, len(toks))})
 
-    def _stream(self, job: _Job, rid: str, n_prompt: int, drop_after: Optional[int]) -> None:
+    def _stream(self, job: Job, rid: str, n_prompt: int, drop_after: Optional[int]) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -654,9 +315,7 @@ class ServerHandle:
         self.server.server_close()
         if self._owns_engine:
             self.engine.stop()
-            close = getattr(self.engine.backend, "close", None)
-            if close:
-                close()
+            self.engine.backend.close()
 
     def __iter__(self):  # url, stop = start_server(...)
         return iter((self.url, self.stop))
@@ -672,12 +331,15 @@ def build_engine(backend: str = "torch", model: str = "tiny", *, dtype: str = "f
                  max_batch: int = 8, max_seq: int = 512, seed: int = 0, batch_wait_s: float = 0.0,
                  eos_token_id: int | None = None) -> BatchingEngine:
     """Load a registered backend with a zoo model and start a batching engine on it."""
-    from harness.config import options_from_dict
     from harness.registry import load_backend_class
+    from harness.schema import build
     from workloads.zoo import ModelSpec, get_model
 
     cls = load_backend_class(backend)
-    opts = options_from_dict(cls.Options, dict(options or {}), f"backend {backend} options")
+    if not issubclass(cls, ModelBackend):
+        raise ValueError(f"backend {backend!r} sends requests to a server of its own; harness serve runs a model "
+                         "backend (torch, onnxruntime, ...)")
+    opts = build(cls.Options, dict(options or {}), f"backend {backend} options")
     spec = ModelSpec(get_model(model), seed=seed)
     if max_seq > spec.args.max_seq_len:
         raise ValueError(f"--max-seq {max_seq} exceeds {model}'s {spec.args.max_seq_len} positions")
@@ -767,8 +429,8 @@ def cmd_serve(args) -> int:
                               served_model_name=args.served_model_name, batch_wait_s=args.batch_wait_ms / 1000,
                               eos_token_id=args.eos_token_id, verbose=args.verbose)
     except Exception as e:  # noqa: BLE001 - bad backend, model, option or port: one clear line
-        from harness.config import ConfigError
         from harness.registry import RegistryError
+        from harness.schema import ConfigError
 
         if not isinstance(e, (ValueError, KeyError, OSError, ConfigError, RegistryError)):
             raise

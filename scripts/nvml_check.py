@@ -19,6 +19,7 @@ there is no usable NVIDIA GPU (no driver, no CUDA torch).
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -192,17 +193,18 @@ def main() -> int:
             res = measure_cell_energy([meters["counter"]], lambda: burst(0.05), lambda: burst(0.15),
                                       prompt_tokens=4096, generated_tokens=256,
                                       settings=EnergySettings(idle_s=1.0, min_window_s=1.0), sequences=8)
-            e = res["meters"][0]
-            out["cell"] = {k: v for k, v in e.items() if k != "windows"}
+            e = res.record.meters[0]  # a harness.records.MeterEnergy
+            win = e.windows
+            out["cell"] = {k: v for k, v in dataclasses.asdict(e).items() if k != "windows"}
             row("cell: idle W / prefill W / generation W",
-                f"{e['idle_w']:.1f} / {e['prefill_avg_w']:.1f} / {e['generation_avg_w']:.1f}"
-                if e["quality"] == "ok" else f"{e['quality']}: {e['reason']}", e["quality"] == "ok")
-            if e["quality"] == "ok":
-                row("cell: repeats prefill / generation", f"{e['prefill_repeats']} / {e['generation_repeats']}")
+                f"{e.idle_w:.1f} / {win['prefill']['avg_w']:.1f} / {win['generation']['avg_w']:.1f}"
+                if e.quality == "ok" else f"{e.quality}: {e.reason}", e.quality == "ok")
+            if e.quality == "ok":
+                row("cell: repeats prefill / generation", f"{win['prefill']['repeats']} / {win['generation']['repeats']}")
                 row("cell: J/prompt-token, J/gen-token (net)",
-                    f"{e['j_per_prompt_token_net']:.4f}, {e['j_per_generated_token_net']:.4f}")
-                if e["cross_check"]:
-                    row("cell: counter vs sampled (generation)", f"{100 * e['cross_check']['rel_diff']:+.1f} %")
+                    f"{e.j_per_prompt_token_net:.4f}, {e.j_per_generated_token_net:.4f}")
+                if e.cross_check:
+                    row("cell: counter vs sampled (generation)", f"{100 * e.cross_check['rel_diff']:+.1f} %")
     finally:
         for m in meters.values():
             m.stop()

@@ -28,7 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backends.openai_http import OpenAIHttpClient, OpenAIHttpOptions  # noqa: E402
-from harness.scenarios.loadgen import format_table, run_scenario  # noqa: E402
+from harness.energy import EnergySettings, SteadyEnergy  # noqa: E402
+from harness.scenarios.request_metrics import format_table  # noqa: E402
+from harness.scenarios.server import ServerConfig, ServerScenario  # noqa: E402
+from harness.schema import build  # noqa: E402
 
 
 def start_server(args) -> tuple[subprocess.Popen, str]:
@@ -117,6 +120,7 @@ def main() -> int:
     cfg = {"type": "server", "rates": [float(r) for r in args.rates.split(",")], "requests": args.requests,
            "duration_s": args.duration_s, "warmup_requests": 3, "lengths": lengths,
            "limits": {"ttft_s": args.ttft_limit, "tpot_s": args.tpot_limit}, "cooldown_s": 0.5}
+    scenario = ServerScenario(build(ServerConfig, cfg, "serve_sweep scenario"))
     proc = None
     url = args.url
     if url is None:
@@ -133,9 +137,11 @@ def main() -> int:
         client.check()
 
         def progress(run):
-            print(f"  rate {run['rate']:g}/s: {run['metrics']['ok']}/{run['n_requests']} ok", flush=True)
+            print(f"  rate {run.rate:g}/s: {run.metrics['ok']}/{run.n_requests} ok", flush=True)
 
-        out = run_scenario(client, cfg, seed=args.seed, meters=meters, on_result=progress)
+        # no idle baseline (the server runs in another process): gross figures only
+        energy = SteadyEnergy(meters, EnergySettings(idle_s=0)) if meters else None
+        runs = scenario.measure(client, seed=args.seed, energy=energy, on_run=progress)
         stats = None
         if proc is not None:
             stats = json.loads(urllib.request.urlopen(url + "/stats", timeout=10).read())
@@ -145,7 +151,7 @@ def main() -> int:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
-    rows = out["summary"]
+    rows = [r.summary_row() for r in runs]
     lens = (f"prompt {args.prompt_len} / output {args.output_len} tokens" if not args.lengths
             else f"{args.lengths} (clipped {args.max_prompt_len}/{args.max_output_len})")
     title = (f"harness serve --backend {args.backend} --model {args.model} --max-batch {args.max_batch} "
@@ -161,7 +167,9 @@ def main() -> int:
     plot(rows, args.plot, title)
     print(f"plot: {args.plot}")
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(out, server_stats=stats), indent=1, default=str))
+        out = {"scenario": scenario.config_json(None), "runs": [r.to_json() for r in runs], "summary": rows,
+               "server_stats": stats}
+        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
     return 0
 
 

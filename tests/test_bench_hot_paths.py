@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from backends.torch_backend import TorchBackend, TorchOptions
+from harness.records import CellRecord
 from harness.results import append_record, read_records
 from workloads.zoo import ZOO, ModelSpec
 
@@ -19,13 +20,16 @@ def tiny_backend():
 
 def test_decode_step_tiny(benchmark, tiny_backend):
     prompts = np.zeros((1, 16), dtype=np.int64)
-    state = tiny_backend.prefill(prompts)
-    result = benchmark.pedantic(tiny_backend.decode, args=(state, 8), rounds=10, iterations=1)
+    # decode advances its state: each round starts from a fresh prefill (not timed)
+    result = benchmark.pedantic(tiny_backend.decode, setup=lambda: ((tiny_backend.prefill(prompts), 8), {}),
+                                rounds=10, iterations=1)
     assert result.tokens.shape == (1, 8)
 
 
 def test_result_writing(benchmark, tmp_path):
-    record = {"cell_id": "x", "metrics": {"decode_tps": {"samples": list(range(100))}}, "samples": {"e2e_s": [0.1] * 100}}
+    record = CellRecord(cell_id="x", backend="b", backend_type="torch", model="tiny", dtype="fp32", batch=1,
+                        prompt_len=16, gen_len=8, scenario="offline", status="ok", valid=True,
+                        metrics={"decode_tps": {"samples": list(range(100))}}, samples={"e2e_s": [0.1] * 100})
     path = tmp_path / "results.jsonl"
     benchmark(append_record, path, record)
-    assert read_records(path)[0]["cell_id"] == "x"
+    assert read_records(path)[0] == record

@@ -1,5 +1,6 @@
-"""The per-cell energy procedure: idle baseline, prefill/generation windows,
-lengthening, decode split, failures that must not raise, timeline phases."""
+"""The energy window engine: idle baseline, prefill/generation windows, lengthening,
+decode split, failures that must not raise, timeline phases; the steady window of the
+request scenarios and its record, the same shape as a batch cell's."""
 
 import json
 import os
@@ -8,7 +9,7 @@ import time
 
 import pytest
 
-from harness.energy import EnergySettings, measure_cell_energy
+from harness.energy import EnergySettings, SteadyEnergy, measure_cell_energy
 from harness.meters import CsvLogMeter, EstimateMeter, Meter, NvmlMeter, RaplMeter
 from harness.meters.base import EnergyReading
 from tests.test_meters_nvml import FakeGpu
@@ -55,7 +56,13 @@ FAST = EnergySettings(idle_s=0.15, min_window_s=0.2, min_updates=10)
 
 
 def entry(result, name):
-    return next(m for m in result["meters"] if m["meter"] == name)
+    return next(m for m in result.record.meters if m.meter == name)
+
+
+def per_rep(e, phase, kind="gross"):
+    """J per repetition of a work window."""
+    w = e.windows[phase]
+    return w[f"{kind}_j"] / w["repeats"]
 
 
 def test_full_procedure_with_counter_meter():
@@ -68,49 +75,54 @@ def test_full_procedure_with_counter_meter():
     finally:
         m.stop()
     e = entry(res, "nvml:0")
-    w = res["windows"]
+    w = res.record.windows
+    assert res.record.window == "phases" and res.record.status == "ok"
     assert list(w) == ["idle-before", "prefill", "generation", "idle-after"]
     # lengthened: one prefill is 20 ms, the window must reach 0.2 s
-    assert w["prefill"]["repeats"] == e["prefill_repeats"] == wl.calls["prefill"] >= 8
-    assert w["generation"]["repeats"] == wl.calls["generation"] >= 3
+    assert w["prefill"]["repeats"] == e.windows["prefill"]["repeats"] == wl.calls["prefill"] >= 8
+    assert w["generation"]["repeats"] == e.windows["generation"]["repeats"] == wl.calls["generation"] >= 3
     assert w["prefill"]["duration_s"] >= 0.2 and w["idle-before"]["duration_s"] >= 0.15
     # provenance
-    assert (e["method"], e["scope"], e["quality"]) == ("counter", "gpu-board", "ok")
-    assert 0.001 <= e["update_period_s"] < 0.2       # counter 1 ms, seen through a 5 ms poll
-    assert e["windows"]["prefill"]["n_updates"] >= 10 and e["windows"]["prefill"]["repeats"] == e["prefill_repeats"]
+    assert (e.method, e.scope, e.quality) == ("counter", "gpu-board", "ok")
+    assert 0.001 <= e.update_period_s < 0.2       # counter 1 ms, seen through a 5 ms poll
+    assert e.windows["prefill"]["n_updates"] >= 10
     # baseline
-    assert e["idle_w"] == pytest.approx(IDLE_W, rel=0.02)
-    assert e["idle_w_before"] == pytest.approx(IDLE_W, rel=0.02)
+    assert e.idle_w == pytest.approx(IDLE_W, rel=0.02)
+    assert e.idle_w_before == pytest.approx(IDLE_W, rel=0.02)
     # the arithmetic, against what the workload actually did
-    n_pf, n_gen = e["prefill_repeats"], e["generation_repeats"]
+    n_pf, n_gen = e.windows["prefill"]["repeats"], e.windows["generation"]["repeats"]
     pf_hi = sum(wl.hi["prefill"][:n_pf]) / n_pf
     gen_pf_hi = sum(wl.hi["prefill"][n_pf:]) / n_gen
     dec_hi = sum(wl.hi["decode"]) / n_gen
     exp_pf_net = (PREFILL_W - IDLE_W) * pf_hi
     exp_dec_net = (PREFILL_W - IDLE_W) * (gen_pf_hi - pf_hi) + (DECODE_W - IDLE_W) * dec_hi
-    assert e["prefill_net_j_per_repeat"] == pytest.approx(exp_pf_net, rel=0.1)
-    assert e["decode_net_j_per_repeat"] == pytest.approx(exp_dec_net, rel=0.1)
-    assert e["prefill_net_j"] == pytest.approx(e["prefill_gross_j"] - e["idle_w"] * e["prefill_duration_s"])
-    assert e["decode_gross_j_per_repeat"] == pytest.approx(
-        e["generation_gross_j_per_repeat"] - e["prefill_gross_j_per_repeat"])
-    assert e["j_per_prompt_token_net"] == pytest.approx(e["prefill_net_j_per_repeat"] / PROMPT_TOKENS)
-    assert e["j_per_generated_token_net"] == pytest.approx(e["decode_net_j_per_repeat"] / (GEN_TOKENS - SEQS))
-    assert e["j_per_generated_token_e2e_gross"] == pytest.approx(e["generation_gross_j_per_repeat"] / GEN_TOKENS)
-    assert e["tokens_per_joule_gross"] == pytest.approx(GEN_TOKENS / e["generation_gross_j_per_repeat"])
-    assert e["energy_per_request_gross_j"] == pytest.approx(e["generation_gross_j_per_repeat"] / SEQS)
-    assert e["avg_w"] == pytest.approx(e["generation_gross_j"] / e["generation_duration_s"])
+    decode_net = per_rep(e, "generation", "net") - per_rep(e, "prefill", "net")
+    decode_gross = per_rep(e, "generation") - per_rep(e, "prefill")
+    assert per_rep(e, "prefill", "net") == pytest.approx(exp_pf_net, rel=0.1)
+    assert decode_net == pytest.approx(exp_dec_net, rel=0.1)
+    pf = e.windows["prefill"]
+    assert pf["net_j"] == pytest.approx(pf["gross_j"] - e.idle_w * pf["duration_s"])
+    assert e.j_per_generated_token_gross == pytest.approx(decode_gross / (GEN_TOKENS - SEQS))
+    assert e.j_per_prompt_token_net == pytest.approx(per_rep(e, "prefill", "net") / PROMPT_TOKENS)
+    assert e.j_per_generated_token_net == pytest.approx(decode_net / (GEN_TOKENS - SEQS))
+    assert e.j_per_generated_token_e2e_gross == pytest.approx(per_rep(e, "generation") / GEN_TOKENS)
+    assert e.tokens_per_joule_gross == pytest.approx(GEN_TOKENS / per_rep(e, "generation"))
+    assert e.energy_per_request_gross_j == pytest.approx(per_rep(e, "generation") / SEQS)
+    gen = e.windows["generation"]
+    assert e.avg_w == pytest.approx(gen["gross_j"] / gen["duration_s"])
     # counter vs sampled, recorded
-    (chk,) = res["cross_checks"]
-    assert chk["meter"] == "nvml:0" and chk["agree"] and e["cross_check"] == chk
+    (chk,) = [m.cross_check for m in res.record.meters if m.cross_check]
+    assert chk["meter"] == "nvml:0" and chk["agree"] and e.cross_check == chk
     # timeline, phase-labelled
-    phases = {r["phase"] for r in res["timeline"]}
+    phases = {r["phase"] for r in res.timeline}
     assert {"idle-before", "prefill", "generation", "idle-after"} <= phases
-    ts = [r["t"] for r in res["timeline"]]
-    assert ts == sorted(ts) and all(r["meter"] == "nvml:0" for r in res["timeline"])
-    assert any("decode energy = generation" in n for n in res["notes"])
-    assert res["tokens"] == {"prompt_tokens": PROMPT_TOKENS, "generated_tokens": GEN_TOKENS,
-                             "decode_tokens": GEN_TOKENS - SEQS, "sequences": SEQS}
-    json.dumps(res, allow_nan=False)      # results.jsonl must be able to carry it as is
+    ts = [r["t"] for r in res.timeline]
+    assert ts == sorted(ts) and all(r["meter"] == "nvml:0" for r in res.timeline)
+    assert any("decode energy = generation" in n for n in res.record.notes)
+    assert res.record.tokens == {"prompt_tokens": PROMPT_TOKENS, "generated_tokens": GEN_TOKENS,
+                                 "decode_tokens": GEN_TOKENS - SEQS, "sequences": SEQS}
+    json.dumps(res.record.to_json(), allow_nan=False)      # results.jsonl must be able to carry it as is
+    json.dumps(res.timeline, allow_nan=False)
 
 
 class RaplWriter:
@@ -156,20 +168,20 @@ def test_files_on_disk_rapl_and_wall_log_and_estimate(tmp_path):
             m.stop()
         rapl.stop.set()
     r, wall, est = entry(res, "rapl:package-0"), entry(res, "csv-log:wall.csv"), entry(res, "estimate")
-    assert (r["scope"], r["method"], r["quality"]) == ("cpu-package", "counter", "ok")
+    assert (r.scope, r.method, r.quality) == ("cpu-package", "counter", "ok")
     # the writer thread plays the kernel and lags under CPU load: loose here; the RAPL
     # arithmetic itself is checked exactly in test_meters_rapl
-    assert r["idle_w"] == pytest.approx(50.0, rel=0.5)
-    assert r["prefill_avg_w"] == pytest.approx(50.0, rel=0.5)
-    assert (wall["scope"], wall["method"], wall["quality"]) == ("wall", "external", "ok")
-    assert wall["prefill_gross_j"] == pytest.approx(500 * wall["prefill_duration_s"], rel=1e-3)
-    assert wall["idle_w"] == pytest.approx(500, rel=1e-3) and abs(wall["generation_net_j"]) < 0.5
-    assert wall["update_period_s"] == pytest.approx(0.05, rel=0.01)
+    assert r.idle_w == pytest.approx(50.0, rel=0.5)
+    assert r.windows["prefill"]["avg_w"] == pytest.approx(50.0, rel=0.5)
+    assert (wall.scope, wall.method, wall.quality) == ("wall", "external", "ok")
+    assert wall.windows["prefill"]["gross_j"] == pytest.approx(500 * wall.windows["prefill"]["duration_s"], rel=1e-3)
+    assert wall.idle_w == pytest.approx(500, rel=1e-3) and abs(wall.windows["generation"]["net_j"]) < 0.5
+    assert wall.update_period_s == pytest.approx(0.05, rel=0.01)
     # an estimate stays labelled as one
-    assert (est["method"], est["quality"]) == ("estimate", "estimate")
-    assert "not a measurement" in est["reason"] and "TDP" in est["reason"]
-    assert est["generation_gross_j"] == pytest.approx(350 * est["generation_duration_s"])
-    assert {row["meter"] for row in res["timeline"]} >= {"rapl:package-0", "csv-log:wall.csv"}
+    assert (est.method, est.quality) == ("estimate", "estimate")
+    assert "not a measurement" in est.reason and "TDP" in est.reason
+    assert est.windows["generation"]["gross_j"] == pytest.approx(350 * est.windows["generation"]["duration_s"])
+    assert {row["meter"] for row in res.timeline} >= {"rapl:package-0", "csv-log:wall.csv"}
 
 
 def test_no_lengthening_flags_short_windows():
@@ -182,12 +194,12 @@ def test_no_lengthening_flags_short_windows():
     finally:
         m.stop()
     e = entry(res, "nvml:0")
-    assert e["prefill_repeats"] == 1 and e["generation_repeats"] == 1
-    assert e["quality"] == "short-window"
-    assert "min_updates 10" in e["windows"]["prefill"]["reason"] and "min_window_s" in e["reason"]
-    assert e["prefill_gross_j"] is not None        # reported, but flagged
-    assert any(w.startswith("idle-before short-window") for w in e["warnings"])
-    assert any("not lengthened" in n for n in res["notes"])
+    assert e.windows["prefill"]["repeats"] == 1 and e.windows["generation"]["repeats"] == 1
+    assert e.quality == "short-window"
+    assert "min_updates 10" in e.windows["prefill"]["reason"] and "min_window_s" in e.reason
+    assert e.windows["prefill"]["gross_j"] is not None        # reported, but flagged
+    assert any(w.startswith("idle-before short-window") for w in e.warnings)
+    assert any("not lengthened" in n for n in res.record.notes)
 
 
 def test_lengthening_is_bounded_for_a_meter_that_never_updates():
@@ -201,10 +213,10 @@ def test_lengthening_is_bounded_for_a_meter_that_never_updates():
     finally:
         m.stop()
     e = entry(res, "nvml:0")
-    assert e["prefill_repeats"] == 7 and e["quality"] == "short-window"
-    assert e["idle_w"] is None and e["prefill_net_j"] is None
-    assert list(res["windows"]) == ["prefill", "generation"]
-    assert any("idle windows disabled" in n for n in res["notes"])
+    assert e.windows["prefill"]["repeats"] == 7 and e.quality == "short-window"
+    assert e.idle_w is None and e.windows["prefill"]["net_j"] is None
+    assert list(res.record.windows) == ["prefill", "generation"]
+    assert any("idle windows disabled" in n for n in res.record.notes)
 
 
 class ExplodingMeter(Meter):
@@ -245,12 +257,12 @@ def test_meter_failures_do_not_raise():
     finally:
         m.stop()
     g, boom, est = entry(res, "nvml:0"), entry(res, "boom"), entry(res, "estimate")
-    assert g["quality"] == "unavailable" and "GPU is lost" in g["reason"]
-    assert g["prefill_gross_j"] is not None and g["generation_gross_j"] is None
-    assert g["j_per_prompt_token_gross"] is not None and g["j_per_generated_token_gross"] is None
-    assert boom["quality"] == "unavailable" and "driver went away" in boom["reason"]
-    assert boom["prefill_gross_j"] == 1.0
-    assert est["generation_gross_j"] is not None
+    assert g.quality == "unavailable" and "GPU is lost" in g.reason
+    assert g.windows["prefill"]["gross_j"] is not None and g.windows["generation"]["gross_j"] is None
+    assert g.j_per_prompt_token_gross is not None and g.j_per_generated_token_gross is None
+    assert boom.quality == "unavailable" and "driver went away" in boom.reason
+    assert boom.windows["prefill"]["gross_j"] == 1.0
+    assert est.windows["generation"]["gross_j"] is not None
 
 
 def test_workload_error_closes_windows_and_propagates():
@@ -273,10 +285,137 @@ def test_workload_error_closes_windows_and_propagates():
 def test_no_meter_available_runs_no_work(tmp_path):
     calls = []
     res = measure_cell_energy([], lambda: calls.append(1), lambda: calls.append(2), 1, 1)
-    assert res["meters"] == [] and not calls
+    assert res.record.meters == [] and not calls and res.record.status == "no meters"
     rapl = RaplMeter({"root": str(tmp_path / "none")})
     res = measure_cell_energy([rapl], lambda: calls.append(1), lambda: calls.append(2), 1, 1)
     assert not calls
-    (e,) = res["meters"]
-    assert e["quality"] == "unavailable" and "powercap" in e["reason"]
-    assert res["timeline"] == [] and res["windows"] == {}
+    (e,) = res.record.meters
+    assert e.quality == "unavailable" and "powercap" in e.reason
+    assert res.timeline == [] and res.record.windows == {}
+
+
+# --- the steady window of the request scenarios ---------------------------------------------
+
+class KnownMeter(Meter):
+    """Hands back known joules for each window, whatever its real length: the figures
+    can then be checked against arithmetic done by hand. Counts window calls."""
+
+    type = "known"
+
+    class Options:
+        pass
+
+    def __init__(self, readings, n_updates=50):
+        self.options, self.name, self.method, self.scope = None, "known", "counter", "npu-module"
+        self.available, self.reason, self.started, self._open, self._sampler = True, None, True, {}, None
+        self.readings, self.n_updates = readings, n_updates   # window -> (joules, seconds)
+        self.calls = {"begin": 0, "end": 0}
+
+    def begin_window(self, name):
+        self.calls["begin"] += 1
+        super().begin_window(name)
+
+    def end_window(self, name):
+        self.calls["end"] += 1
+        t0, t1 = self._close_window(name)
+        joules, seconds = self.readings[name]
+        return [EnergyReading(self.name, "counter", "npu-module", joules, seconds, self.n_updates, 0.01, "ok",
+                              t_start=t0, t_end=t1)]
+
+
+KNOWN = {"idle-before": (100.0, 2.0), "prefill": (60.0, 1.0), "generation": (400.0, 2.0),
+         "idle-after": (60.0, 1.0), "steady": (300.0, 2.0)}
+QUICK = EnergySettings(idle_s=0.01, min_window_s=0.5, min_updates=10, lengthen=False)
+
+
+def steady_record(meter, settings=QUICK, tokens=120.0, done=6):
+    energy = SteadyEnergy([meter], settings)
+    energy.measure_idle()
+    w = energy.window()
+    w.begin()
+    w.end()
+    return energy.measure(w, tokens, done)
+
+
+def test_steady_window_figures_from_known_readings():
+    res = steady_record(KnownMeter(KNOWN))
+    rec = res.record
+    assert (rec.window, rec.status) == ("steady", "ok") and list(rec.windows) == ["idle-before", "steady"]
+    assert rec.tokens == {"output_tokens": 120.0, "requests_completed": 6}
+    (e,) = rec.meters
+    idle_w = 100.0 / 2.0
+    gross, net = 300.0, 300.0 - idle_w * 2.0
+    assert (e.quality, e.reason, e.warnings) == ("ok", None, [])  # no "idle after unavailable": none is taken
+    assert (e.idle_w, e.idle_w_before, e.idle_w_after, e.avg_w) == (idle_w, idle_w, None, 150.0)
+    assert e.j_per_generated_token_gross == gross / 120 and e.j_per_generated_token_net == net / 120
+    assert e.tokens_per_joule_gross == 120 / gross and e.tokens_per_joule_net == 120 / net
+    assert e.energy_per_request_gross_j == gross / 6 and e.energy_per_request_net_j == net / 6
+    assert e.j_per_prompt_token_gross is None and e.j_per_generated_token_e2e_gross is None
+    assert (e.windows["steady"]["gross_j"], e.windows["steady"]["net_j"]) == (gross, net)
+    json.dumps(rec.to_json(), allow_nan=False)
+
+
+def test_steady_and_batch_records_have_one_shape():
+    batch = measure_cell_energy([KnownMeter(KNOWN)], lambda: None, lambda: None, 40, 24, QUICK,
+                                sequences=4).record
+    steady = steady_record(KnownMeter(KNOWN)).record
+    b, s = batch.meters[0], steady.meters[0]
+    assert type(b) is type(s)
+    # the figures a table reads are filled in both
+    for name in ("avg_w", "idle_w", "j_per_generated_token_gross", "j_per_generated_token_net",
+                 "tokens_per_joule_gross", "tokens_per_joule_net", "energy_per_request_gross_j",
+                 "energy_per_request_net_j"):
+        assert getattr(b, name) is not None and getattr(s, name) is not None, name
+    assert set(s.windows["steady"]) == set(b.windows["generation"])
+    # batch, by hand: idle_w = mean of the two idle rates; decode = generation - prefill per repetition
+    idle_w = (100.0 / 2.0 + 60.0 / 1.0) / 2
+    gen_net, pf_net = 400.0 - idle_w * 2.0, 60.0 - idle_w * 1.0
+    assert b.idle_w == idle_w and b.avg_w == 200.0
+    assert b.j_per_generated_token_gross == (400.0 - 60.0) / (24 - 4)
+    assert b.j_per_generated_token_net == pytest.approx((gen_net - pf_net) / (24 - 4))
+    assert b.j_per_prompt_token_net == pytest.approx(pf_net / 40)
+    assert b.tokens_per_joule_gross == 24 / 400.0 and b.energy_per_request_gross_j == 400.0 / 4
+
+
+def test_steady_window_is_judged_not_lengthened():
+    res = steady_record(KnownMeter(KNOWN, n_updates=3))
+    (e,) = res.record.meters
+    assert e.quality == "short-window" and e.reason == "3 meter updates < min_updates 10"
+    assert e.j_per_generated_token_gross == 300.0 / 120  # flagged, still reported
+    assert any(w.startswith("idle-before short-window") for w in e.warnings)
+
+
+def test_steady_window_opens_and_closes_once_from_many_threads():
+    meter = KnownMeter(KNOWN)
+    energy = SteadyEnergy([meter], EnergySettings(idle_s=0))
+    w = energy.window()
+    w.end()  # never begun: nothing to close
+    threads = [threading.Thread(target=f) for _ in range(8) for f in (w.begin, w.end)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    w.end()
+    assert w.closed and meter.calls == {"begin": 1, "end": 1}
+    (e,) = energy.measure(w, 10.0, 1).record.meters
+    assert e.idle_w is None and e.j_per_generated_token_net is None and e.j_per_generated_token_gross == 30.0
+
+
+def test_steady_window_that_never_came_up():
+    energy = SteadyEnergy([KnownMeter(KNOWN)], QUICK)
+    w = energy.window()
+    res = energy.measure(w, 0.0, 0, no_window="no request completed before the last arrival: no steady state")
+    assert res.record.status == "no steady window" and "no request completed" in res.record.reason
+    assert res.record.meters == [] and res.timeline == []
+
+
+def test_steady_energy_of_an_estimate_meter():
+    est = EstimateMeter({"watts": 50.0, "scope": "cpu-package"})
+    est.start()
+    res = steady_record(est, EnergySettings(idle_s=0.05, min_window_s=0.5, min_updates=10))
+    (e,) = res.record.meters
+    assert (e.method, e.quality) == ("estimate", "estimate") and "not a measurement" in e.reason
+    steady = e.windows["steady"]
+    assert steady["gross_j"] == pytest.approx(50.0 * steady["duration_s"])
+    assert e.j_per_generated_token_gross == pytest.approx(steady["gross_j"] / 120)
+    assert e.idle_w == pytest.approx(50.0) and e.warnings == []

@@ -20,15 +20,30 @@ import urllib.request
 import numpy as np
 import pytest
 
-from backends.base import BackendError
-from backends.openai_http import OpenAIHttpBackend, OpenAIHttpClient, OpenAIHttpOptions, StreamResult
-from harness.scenarios import loadgen
-from harness.scenarios.loadgen import (LengthsConfig, LengthSampler, Request, RequestResult, build_requests, drive,
-                                       poisson_schedule, run_scenario, scenario_from_dict)
-from harness.serve import FaultSpec, start_server, sut_for_backend
+from backends.base import BackendError, ModelBackend, Request, RequestBackend, RequestResult
+from backends.openai_http import OpenAIHttpBackend, OpenAIHttpClient, OpenAIHttpOptions
+from harness.energy import EnergySettings, SteadyEnergy
+from harness.records import PlannedCell
+from harness.registry import load_scenario_class
+from harness.scenarios.base import CellContext
+from harness.scenarios.lengths import LengthsConfig, LengthSampler, make_sharegpt_like
+from harness.scenarios.loadgen import build_requests, drive, poisson_schedule
+from harness.schema import ConfigError, build
+from harness.serve import FaultSpec, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXED = {"type": "fixed", "prompt_len": 8, "output_len": 6}
+
+
+def scenario(mapping: dict):
+    """A registered scenario with its config checked, as the suite loader builds it."""
+    cls = load_scenario_class(mapping["type"])
+    return cls(build(cls.Config, mapping, "scenario"))
+
+
+def run_scenario(sut, mapping: dict, seed: int = 0, **kw):
+    """Every pass of a request scenario against `sut` (every rate of a server sweep)."""
+    return scenario(mapping).measure(sut, seed=seed, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +71,8 @@ def req(i: int, p: int, n: int) -> Request:
 def test_stream_token_counts_exact_and_times_monotonic(server):
     c = client(server.url)
     for i, (p, n) in enumerate([(5, 1), (17, 7), (3, 20)]):
-        r = loadgen.as_result(c.issue(req(i, p, n)))
-        assert r.ok, r.error
+        r = c.issue(req(i, p, n))
+        assert isinstance(r, RequestResult) and r.ok, r.error
         assert (r.n_generated, r.n_prompt, r.n_chunks) == (n, p, n)
         assert not r.count_mismatch and not r.prompt_mismatch
         assert r.finish_reason == "length"
@@ -113,12 +128,12 @@ def test_count_mismatch_flagged_and_ignore_eos_honoured(server):
         eng.eos_token_id = None
 
 
-def _collect(job) -> list[int]:
+def _collect(job, with_times: bool = False) -> list:
     toks = []
     while True:
         ev = job.sink.get(timeout=30)
         assert ev[0] == "token", ev
-        toks.append(ev[1])
+        toks.append((ev[1], ev[2]) if with_times else ev[1])
         if ev[3]:
             return toks
 
@@ -137,7 +152,7 @@ def test_dropped_stream_and_http_error_are_failed_requests(server):
     err = start_server(engine=server.engine, fault="error-rate=1")
     try:
         c = OpenAIHttpClient(OpenAIHttpOptions(url=drop.url, model="tiny", timeout_s=30, probe=False))
-        r = loadgen.as_result(c.issue(req(1, 8, 10)))
+        r = c.issue(req(1, 8, 10))
         assert not r.ok and r.n_chunks == 3 and r.t_end >= r.token_times[-1]
         e = OpenAIHttpClient(OpenAIHttpOptions(url=err.url, model="tiny", timeout_s=30, probe=False)).issue(req(2, 8, 4))
         assert not e.ok and e.error.startswith("HTTP 500")
@@ -153,16 +168,15 @@ def test_scenario_with_faults_records_failures_and_goes_on(server):
     flaky = start_server(engine=server.engine, fault="error-rate=0.3,drop-rate=0.5,drop-after=2,seed=3")
     try:
         c = OpenAIHttpClient(OpenAIHttpOptions(url=flaky.url, model="tiny", timeout_s=30, probe=False))
-        out = run_scenario(c, {"type": "concurrency", "concurrency": 3, "requests": 16, "warmup_requests": 0,
-                               "lengths": FIXED}, seed=0)
+        (run,) = run_scenario(c, {"type": "concurrency", "concurrency": 3, "requests": 16, "warmup_requests": 0,
+                                  "lengths": FIXED}, seed=0)
     finally:
         flaky.stop()
-    run = out["runs"][0]
-    m = run["metrics"]
+    m = run.metrics
     assert m["requests"] == 16 and m["failed"] > 0 and m["ok"] > 0 and m["ok"] + m["failed"] == 16
     kinds = set(m["errors"])
     assert "HTTP 500" in kinds and any(k.startswith(("stream ended", "IncompleteRead")) for k in kinds), kinds
-    for row in run["requests"]:
+    for row in run.requests:
         if row["error"] is None:
             assert row["n_generated"] == 6 and not row["count_mismatch"]
         else:
@@ -186,21 +200,20 @@ def test_poisson_schedule_statistics():
 def test_server_scenario_against_server(server):
     c = client(server.url)
     rate, n = 25.0, 40
-    out = run_scenario(c, {"type": "server", "rates": [rate], "requests": n, "warmup_requests": 1,
-                           "lengths": {"type": "uniform", "prompt_len": [4, 12], "output_len": [2, 6]},
-                           "limits": {"ttft_s": 5.0, "tpot_s": 5.0}}, seed=11)
-    run = out["runs"][0]
-    m = run["metrics"]
+    (run,) = run_scenario(c, {"type": "server", "rates": [rate], "requests": n, "warmup_requests": 1,
+                              "lengths": {"type": "uniform", "prompt_len": [4, 12], "output_len": [2, 6]},
+                              "limits": {"ttft_s": 5.0, "tpot_s": 5.0}}, seed=11)
+    m = run.metrics
     assert m["failed"] == 0 and m["count_mismatch"] == 0 and m["prompt_mismatch"] == 0
-    arrivals = np.array([r["arrival_s"] for r in run["requests"]])
+    arrivals = np.array([r["arrival_s"] for r in run.requests])
     gaps = np.diff(np.concatenate([[0.0], arrivals]))
     assert abs(gaps.mean() - 1 / rate) < 4 * gaps.std(ddof=1) / math.sqrt(n)
     # the generator kept to its schedule, so the arrivals the server saw are the Poisson ones
     assert m["issue_lag_s"]["p90"] < 0.05
-    for row in run["requests"]:
+    for row in run.requests:
         assert row["ttft_s"] < row["e2e_s"] or row["n_generated"] == 1
-    assert m["goodput"]["requests"] == n and run["steady_window"]["valid"]
-    assert out["summary"][0]["rate"] == rate and out["summary"][0]["achieved_rps"] > 0
+    assert m["goodput"]["requests"] == n and run.steady_window["valid"]
+    assert run.summary_row()["rate"] == rate and run.summary_row()["achieved_rps"] > 0
 
 
 # --- API key ------------------------------------------------------------------------------------------
@@ -217,11 +230,11 @@ def test_api_key_from_env_never_written(tmp_path, monkeypatch):
                                  headers={"X-Team": "bench"})
         be = OpenAIHttpBackend(opts)
         info = be.load(None, "fp32", 2, 64)
-        out = run_scenario(be.sut(), {"type": "single-stream", "requests": 3, "lengths": FIXED,
-                                      "record_token_times": True}, seed=0)
-        assert out["runs"][0]["metrics"]["ok"] == 3
+        runs = run_scenario(be, {"type": "single-stream", "requests": 3, "lengths": FIXED,
+                                 "record_token_times": True}, seed=0)
+        assert runs[0].metrics["ok"] == 3
         record = {"describe": be.describe(), "load": dataclasses.asdict(info), "options": dataclasses.asdict(opts),
-                  "result": out, "denied": dataclasses.asdict(denied)}
+                  "result": [r.to_json() for r in runs], "denied": dataclasses.asdict(denied)}
         (tmp_path / "results.jsonl").write_text(json.dumps(record, default=str) + "\n")
         (tmp_path / "run.json").write_text(json.dumps({"describe": be.describe(), "repr": repr(opts)}))
         be.close()
@@ -243,17 +256,13 @@ def test_openai_backend_is_not_a_device_backend(server):
     be = OpenAIHttpBackend(OpenAIHttpOptions(url=server.url + "/v1", timeout_s=30))
     be.load(None, "fp32", 1, 64)
     assert be.describe()["model"] == "tiny"
-    with pytest.raises(BackendError):
-        be.prefill(np.zeros((1, 4), dtype=np.int64))
-    with pytest.raises(BackendError):
-        be.logits(np.zeros((1, 4), dtype=np.int64), 2)
+    # a request backend: no prefill or logits to call (the accuracy gate cannot see inside a server)
+    assert isinstance(be, RequestBackend) and not isinstance(be, ModelBackend)
+    assert not hasattr(be, "prefill") and not hasattr(be, "logits")
+    assert be.issue(req(1, 4, 2)).n_generated == 2
     with pytest.raises(BackendError, match="cannot reach"):
         OpenAIHttpBackend(OpenAIHttpOptions(url="http://127.0.0.1:9", timeout_s=2)).load(None, "fp32", 1, 8)
     be.close()
-
-
-def test_stream_result_matches_request_result():
-    assert [f.name for f in dataclasses.fields(StreamResult)] == [f.name for f in dataclasses.fields(RequestResult)]
 
 
 # --- in-process backends under single-stream and fixed concurrency ----------------------------------------
@@ -261,60 +270,117 @@ def test_stream_result_matches_request_result():
 def test_torch_backend_in_process_single_stream_and_concurrency():
     from backends.torch_backend import TorchBackend, TorchOptions
     from harness.meters import EstimateMeter
+    from harness.scenarios.engine import BatchingEngine, EngineSUT
     from workloads.zoo import ModelSpec, get_model
 
     be = TorchBackend(TorchOptions(device="cpu", threads=1))
     spec = ModelSpec(get_model("tiny"), seed=0)
     cfg = {"type": "single-stream", "requests": 4, "lengths": {"type": "uniform", "prompt_len": [4, 9],
                                                                 "output_len": [3, 7]}}
-    max_seq = loadgen.scenario_max_seq(scenario_from_dict(cfg))
+    max_seq = scenario(cfg).max_seq(64, 32)  # the scenario's lengths, not the cell's
+    assert max_seq == 9 + 7
     be.load(spec, "fp32", 3, max_seq)
-    sut, release = sut_for_backend(be, spec.args.vocab_size, max_batch=3, max_seq=max_seq, batch_wait_s=0.005)
+    engine = BatchingEngine(be, spec.args.vocab_size, max_batch=3, max_seq=max_seq, batch_wait_s=0.005).start()
+    sut = EngineSUT(engine)
     meter = EstimateMeter({"watts": 50.0, "scope": "cpu-package"})
     meter.start()
     try:
-        single = run_scenario(sut, cfg, seed=2, meters=[meter])["runs"][0]
+        (single,) = run_scenario(sut, cfg, seed=2, energy=SteadyEnergy([meter], EnergySettings(idle_s=0)))
         fixed = {"type": "fixed", "prompt_len": 6, "output_len": 5}  # equal prompts: batchable
-        conc = run_scenario(sut, dict(cfg, type="concurrency", requests=9, lengths=fixed), concurrency=3,
-                            seed=2)["runs"][0]
+        (conc,) = run_scenario(sut, dict(cfg, type="concurrency", requests=9, lengths=fixed), batch=3, seed=2)
     finally:
-        release()
+        engine.stop()
         be.close()
     for run in (single, conc):
-        m = run["metrics"]
-        assert m["failed"] == 0 and m["count_mismatch"] == 0 and m["ok"] == run["n_requests"]
-        assert all(r["ttft_s"] < r["e2e_s"] for r in run["requests"])
+        m = run.metrics
+        assert m["failed"] == 0 and m["count_mismatch"] == 0 and m["ok"] == run.n_requests
+        assert all(r["ttft_s"] < r["e2e_s"] for r in run.requests)
         assert m["itl_s"]["n"] > 0 and m["steady"]["valid"]
-    assert conc["concurrency"] == 3 and max(sut.engine.stats["batch_sizes"]) >= 2  # batched
-    e = single["energy"]
-    assert e["status"] == "ok"
-    est = e["meters"][0]
-    assert est["method"] == "estimate" and est["quality"] == "estimate"
-    assert est["gross_j"] == pytest.approx(50.0 * est["duration_s"])
-    assert est["j_per_output_token_gross"] == pytest.approx(est["gross_j"] / e["tokens"])
+    assert conc.concurrency == 3 and max(engine.stats["batch_sizes"]) >= 2  # batched
+    e = single.energy
+    assert e.status == "ok" and e.window == "steady"
+    est = e.meters[0]
+    assert est.method == "estimate" and est.quality == "estimate"
+    steady = est.windows["steady"]
+    assert steady["gross_j"] == pytest.approx(50.0 * steady["duration_s"])
+    assert est.j_per_generated_token_gross == pytest.approx(steady["gross_j"] / e.tokens["output_tokens"])
+    assert e.tokens["output_tokens"] == pytest.approx(single.metrics["steady"]["output_tokens"])
+    assert conc.energy is None  # no meters: no energy record
 
 
-def test_engine_streams_the_same_greedy_tokens_as_offline_decode():
+class OpaqueState:
+    """A decode state nobody but its backend may look into: reading or writing any
+    attribute of it raises."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner):
+        object.__setattr__(self, "_inner", inner)
+
+    def __getattr__(self, name):
+        raise AttributeError(f"the engine read the backend's state: .{name}")
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"the engine wrote into the backend's state: .{name}")
+
+
+class SealedBackend(ModelBackend):
+    """A real backend whose states are opaque to whoever drives it."""
+
+    name = "sealed"
+
+    def __init__(self, inner):
+        self.inner, self.prepared = inner, []
+
+    def describe(self):
+        return self.inner.describe()
+
+    def load(self, spec, dtype, max_batch, max_seq):
+        return self.inner.load(spec, dtype, max_batch, max_seq)
+
+    def prepare(self, batch, seq_len):
+        self.prepared.append((batch, seq_len))
+        return self.inner.prepare(batch, seq_len)
+
+    def prefill(self, token_ids):
+        return OpaqueState(self.inner.prefill(token_ids))
+
+    def first_tokens(self, state):
+        return self.inner.first_tokens(object.__getattribute__(state, "_inner"))
+
+    def decode(self, state, n):
+        return self.inner.decode(object.__getattribute__(state, "_inner"), n)
+
+    def logits(self, token_ids, n_prefill):
+        return self.inner.logits(token_ids, n_prefill)
+
+
+def test_engine_streams_the_same_greedy_tokens_as_offline_decode_without_touching_the_state():
     from backends.torch_backend import TorchBackend, TorchOptions
-    from harness.serve import BatchingEngine
+    from harness.scenarios.engine import BatchingEngine
     from workloads.zoo import ModelSpec, get_model
 
-    be = TorchBackend(TorchOptions(device="cpu", threads=1))
+    torch_be = TorchBackend(TorchOptions(device="cpu", threads=1))
     spec = ModelSpec(get_model("tiny"), seed=0)
-    be.load(spec, "fp32", 2, 32)
+    torch_be.load(spec, "fp32", 2, 32)
     prompts = np.array([[5, 6, 7, 8, 9], [50, 60, 70, 80, 90]], dtype=np.int64)
-    be.prepare(2, 32)
-    state = be.prefill(prompts)
-    first = state.next_token.numpy()
-    ref = np.concatenate([first, be.decode(state, 7).tokens], axis=1)  # 8 tokens per row
+    torch_be.prepare(2, 32)
+    state = torch_be.prefill(prompts)
+    first = torch_be.first_tokens(state).reshape(-1, 1)
+    ref = np.concatenate([first, torch_be.decode(state, 7).tokens], axis=1)  # 8 tokens per row, in one call
+    be = SealedBackend(torch_be)
     eng = BatchingEngine(be, spec.args.vocab_size, max_batch=2, max_seq=32, batch_wait_s=0.01).start()
     try:
         jobs = [eng.submit(p.tolist(), n) for p, n in zip(prompts, (8, 5))]  # one batch; rows stop apart
-        got = [_collect(j) for j in jobs]
+        got = [_collect(j, with_times=True) for j in jobs]
     finally:
         eng.stop()
-    assert got[0] == ref[0].tolist() and got[1] == ref[1, :5].tolist()
-    assert eng.stats["batch_sizes"] == {2: 1}
+    assert eng.stats["errors"] == 0 and eng.stats["batch_sizes"] == {2: 1}
+    # token by token (decode(state, 1) advancing the state itself) gives what one decode(state, 7) gives
+    assert [t for t, _ in got[0]] == ref[0].tolist() and [t for t, _ in got[1]] == ref[1, :5].tolist()
+    times = [t for _, t in got[0]]
+    assert all(b > a for a, b in zip(times, times[1:]))  # streamed one step at a time, not in one burst
+    assert be.prepared == [(1, 32), (2, 32)]  # every batch size, at the engine's length, before any request
 
 
 # --- the load generators' own logic (a fake SUT, no model) ------------------------------------------------
@@ -341,35 +407,35 @@ class SleepySUT:
 def test_steady_window_boundaries():
     reqs = [Request(i, 4, 2 + 2 * i) for i in range(6)]  # ends ~20 ms apart: the order is unambiguous
     sut = SleepySUT(per_token=0.01)
-    res, w, t0 = drive(sut, reqs, kind="offline")
+    res, w, t0 = drive(sut, reqs, in_flight=len(reqs))  # all at once
     ends = sorted(r.t_end for r in res)
     # offline: up when all 6 are in flight, draining from the first completion
     assert w.valid and w.t_begin <= max(r.t_issue for r in res) and ends[0] <= w.t_end < ends[1]
-    res, w, t0 = drive(sut, reqs, kind="single-stream")
+    res, w, t0 = drive(sut, reqs, in_flight=1)  # single-stream
     assert w.t_begin <= min(r.t_issue for r in res) and w.t_end >= max(r.t_end for r in res)  # the whole run
-    res, w, t0 = drive(sut, list(reversed(reqs)), kind="concurrency", concurrency=2)
+    res, w, t0 = drive(sut, list(reversed(reqs)), in_flight=2)  # concurrency 2
     last_issue = max(r.t_issue for r in res)
     after = sorted(r.t_end for r in res if r.t_end > last_issue)
     assert w.valid and after[0] <= w.t_end < after[-1]  # the first completion after the last issue
     sched = np.arange(1, 7) * 0.03
-    res, w, t0 = drive(sut, reqs, kind="server", schedule=sched)
+    res, w, t0 = drive(sut, reqs, in_flight=1024, schedule=sched)  # server
     assert w.valid and w.t_begin >= min(r.t_end for r in res)  # the first completion
     assert t0 + sched[-1] <= w.t_end < t0 + sched[-1] + 0.05  # the last arrival
 
 
 def test_failed_requests_do_not_stop_the_run():
-    out = run_scenario(SleepySUT(fail_ids={1, 3}), {"type": "concurrency", "concurrency": 2, "requests": 6,
-                                                    "warmup_requests": 0, "lengths": FIXED,
-                                                    "limits": {"ttft_s": 1.0}}, seed=0)
-    m = out["runs"][0]["metrics"]
+    (run,) = run_scenario(SleepySUT(fail_ids={1, 3}), {"type": "concurrency", "concurrency": 2, "requests": 6,
+                                                       "warmup_requests": 0, "lengths": FIXED,
+                                                       "limits": {"ttft_s": 1.0}}, seed=0)
+    m = run.metrics
     assert m["failed"] == 2 and m["ok"] == 4 and m["errors"] == {"ConnectionResetError": 2}
     assert m["goodput"]["requests"] == 4 and m["goodput"]["fraction"] == pytest.approx(4 / 6)
 
 
 def test_goodput_limits():
-    out = run_scenario(SleepySUT(per_token=0.004), {"type": "single-stream", "requests": 3, "warmup_requests": 0,
-                                                    "lengths": FIXED, "limits": {"tpot_s": 0.001}}, seed=0)
-    assert out["runs"][0]["metrics"]["goodput"]["requests"] == 0
+    (run,) = run_scenario(SleepySUT(per_token=0.004), {"type": "single-stream", "requests": 3, "warmup_requests": 0,
+                                                       "lengths": FIXED, "limits": {"tpot_s": 0.001}}, seed=0)
+    assert run.metrics["goodput"]["requests"] == 0
 
 
 # --- lengths ------------------------------------------------------------------------------------------------
@@ -381,19 +447,20 @@ def test_lengths_distributions():
     f = LengthSampler(LengthsConfig(type="file", path="sharegpt_like", max_prompt_len=64, max_output_len=32))
     pairs = f.sample(200, rng)
     assert max(p for p, _ in pairs) <= 64 and max(o for _, o in pairs) <= 32 and f.max_total() == 96
-    cfg = scenario_from_dict({"requests": 5, "lengths": {"type": "file", "path": "sharegpt_like"}})
-    a, b = build_requests(cfg, 5, seed=1), build_requests(cfg, 5, seed=1)
+    lengths = LengthsConfig(type="file", path="sharegpt_like")
+    a, b = build_requests(lengths, 5, seed=1, token_range=[10, 1000]), build_requests(lengths, 5, 1, [10, 1000])
     assert a == b and all(len(r.prompt_ids) == r.prompt_len for r in a)
-    with pytest.raises(ValueError, match="rates"):
-        scenario_from_dict({"type": "server"})
-    with pytest.raises(ValueError, match="not found"):
-        scenario_from_dict({"lengths": {"type": "file", "path": "no_such_lengths"}})
+    assert all(10 <= t < 1000 for r in a for t in r.prompt_ids)
+    with pytest.raises(ConfigError, match="rates"):
+        scenario({"type": "server"})
+    with pytest.raises(ConfigError, match="lengths: lengths file 'no_such_lengths' not found"):
+        scenario({"type": "single-stream", "lengths": {"type": "file", "path": "no_such_lengths"}})
 
 
 def test_shipped_sharegpt_like_file_is_reproducible():
     shipped = json.loads((ROOT / "workloads" / "lengths" / "sharegpt_like.json").read_text())
     assert "SYNTHETIC" in shipped["description"]
-    assert shipped["pairs"] == loadgen.make_sharegpt_like()["pairs"]
+    assert shipped["pairs"] == make_sharegpt_like()["pairs"]
 
 
 def test_fault_spec_parsing():
@@ -430,15 +497,20 @@ def test_serve_command_subprocess(tmp_path):
     assert proc.returncode == 0
 
 
-def test_measure_scenario_cell_for_the_worker(server):
-    from harness.serve import measure_scenario_cell
-
+def test_server_point_for_the_worker(server):
+    """A server sweep is one cell per rate: run(ctx) measures the cell's rate only."""
     be = OpenAIHttpBackend(OpenAIHttpOptions(url=server.url, timeout_s=30))
     be.load(None, "fp32", 4, 64)
-    rec = measure_scenario_cell(be, {"type": "server", "rates": [50.0, 100.0], "requests": 6, "warmup_requests": 0},
-                                vocab_size=2048, batch=4, prompt_len=8, gen_len=4, seed=0, rate=50.0)
-    be.close()
-    assert rec["status"] == "ok" and rec["runs"] is None and rec["scenario"]["rates"] == [50.0]
-    assert rec["metrics"]["ok"] == 6 and rec["summary"][0]["rate"] == 50.0
-    assert all(r["n_generated"] == 4 and r["n_prompt"] == 8 for r in rec["requests"])
-    json.dumps(rec)  # a record must serialize as is
+    sc = scenario({"type": "server", "rates": [50.0, 100.0], "requests": 6, "warmup_requests": 0})
+    point = sc.points()[0]
+    cell = PlannedCell("http", "openai-http", "tiny", "fp32", 4, 8, 4, point.label, point.rate)
+    try:
+        out = sc.run(CellContext(backend=be, cell=cell, vocab_size=2048, seed=0, warmup=0, repetitions=1,
+                                 meters=[], energy_settings=EnergySettings()))
+    finally:
+        be.close()
+    assert out.status == "ok" and out.runs is None and out.scenario_config["rates"] == [50.0]
+    assert out.metrics["ok"] == 6 and out.summary[0]["rate"] == 50.0 and len(out.summary) == 1
+    assert all(r["n_generated"] == 4 and r["n_prompt"] == 8 for r in out.requests)
+    assert out.energy is None and out.warnings == [] and out.sut["model"] == "tiny"  # the endpoint itself
+    json.dumps(dataclasses.asdict(out))  # what becomes the record must serialize as is

@@ -1,42 +1,96 @@
-"""Offline scenario: every request of the batch issued at once, as fast as possible.
+"""offline: the batch path. Each cell is one batch of `batch` synthetic prompts of
+prompt_len tokens, prefilled together and decoded gen_len - 1 steps, as fast as
+possible: warm-up repetitions, then timed ones, then the energy windows.
 
-Knows nothing of models: it drives anything with prefill / decode / synchronize and
-times around those calls after the device has finished (synchronize), so a backend
-that returns early cannot look fast.
+Times are taken around the backend's calls after the device has finished
+(synchronize), so a backend that returns early cannot look fast.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 import time
-from typing import Callable
+from typing import Callable, ClassVar, Literal
 
 import numpy as np
 
-from harness.metrics import RepSample, Samples
+from backends.base import ModelBackend
+from harness.energy import measure_cell_energy
+from harness.metrics import RepSample, Samples, cell_metrics
+from harness.scenarios.base import CellContext, Scenario, ScenarioOutcome
 
 
-def run_one(sut, prompts: np.ndarray, gen_len: int) -> tuple[RepSample, np.ndarray]:
+@dataclass
+class OfflineConfig:
+    """`scenario: offline`: no key but `type`. What a cell runs comes from the suite's
+    workloads (batch_sizes, prompt_lens, gen_lens) and its warmup / repetitions."""
+
+    type: Literal["offline"] = "offline"
+
+    #: why a request scenario's key (requests, lengths, rates...) is refused here
+    unknown_key_hint: ClassVar[str] = (
+        "the offline scenario takes no key but `type`: it runs each workload's batch_sizes x prompt_lens x "
+        "gen_lens with the suite's warmup and repetitions; requests, lengths, limits... belong to the request "
+        "scenarios (single-stream, concurrency, server)")
+
+
+def prompt_tokens(vocab: int, batch: int, prompt_len: int, seed: int) -> np.ndarray:
+    """Synthetic prompts: performance depends on shapes, not on which tokens."""
+    return np.random.default_rng(seed).integers(0, vocab, size=(batch, prompt_len), dtype=np.int64)
+
+
+def run_one(backend: ModelBackend, prompts: np.ndarray, gen_len: int) -> tuple[RepSample, np.ndarray]:
     """One batch of requests: prefill, then gen_len - 1 decode steps."""
-    sut.synchronize()
+    backend.synchronize()
     t0 = time.perf_counter()
-    state = sut.prefill(prompts)
-    sut.synchronize()
+    state = backend.prefill(prompts)
+    backend.synchronize()
     t1 = time.perf_counter()
-    result = sut.decode(state, gen_len - 1)
-    sut.synchronize()
+    result = backend.decode(state, gen_len - 1)
+    backend.synchronize()
     t2 = time.perf_counter()
     return RepSample(ttft_s=t1 - t0, e2e_s=t2 - t0, step_times_s=result.step_times), result.tokens
 
 
-def run_offline(sut, prompts: np.ndarray, gen_len: int, warmup: int, repetitions: int,
+def run_offline(backend: ModelBackend, prompts: np.ndarray, gen_len: int, warmup: int, repetitions: int,
                 on_rep: Callable[[int], None] | None = None) -> tuple[Samples, np.ndarray]:
     batch, prompt_len = prompts.shape
     for _ in range(warmup):
-        run_one(sut, prompts, gen_len)
+        run_one(backend, prompts, gen_len)
     samples = Samples(batch, prompt_len, gen_len)
     tokens = None
     for i in range(repetitions):
-        rep, tokens = run_one(sut, prompts, gen_len)
+        rep, tokens = run_one(backend, prompts, gen_len)
         samples.reps.append(rep)
         if on_rep:
             on_rep(i)
     return samples, tokens
+
+
+class OfflineScenario(Scenario):
+    name = "offline"
+    Config = OfflineConfig
+    backend_kinds = ("model",)
+
+    def run(self, ctx: CellContext) -> ScenarioOutcome:
+        backend, cell = ctx.backend, ctx.cell
+        batch, plen, glen = cell.batch, cell.prompt_len, cell.gen_len
+        prepare_s = backend.prepare(batch, plen + glen)
+        # the seed formula is part of every recorded figure: changing it changes the prompts
+        prompts = prompt_tokens(ctx.vocab_size, batch, plen, ctx.seed + 7919 * plen + batch)
+        samples, tokens = run_offline(backend, prompts, glen, ctx.warmup, ctx.repetitions)
+        if tokens.shape != (batch, glen - 1):
+            raise RuntimeError(f"backend returned {tokens.shape[0]}x{tokens.shape[1]} decode tokens, "
+                               f"expected {batch}x{glen - 1}")
+        out = ScenarioOutcome(
+            status="ok", metrics=cell_metrics(samples), samples=samples.to_dict(), prepare_s=prepare_s,
+            tokens={"prompt_per_rep": batch * plen, "generated_per_rep": batch * glen,
+                    "repetitions": len(samples.reps), "warmup": ctx.warmup})
+        if ctx.meters:
+            measured = measure_cell_energy(
+                ctx.meters,
+                run_prefill=lambda: (backend.prefill(prompts), backend.synchronize()),
+                run_generation=lambda: run_one(backend, prompts, glen),
+                prompt_tokens=batch * plen, generated_tokens=batch * glen, settings=ctx.energy_settings,
+                sequences=batch)
+            out.energy, out.timeline = measured.record, measured.timeline
+        return out
