@@ -1,15 +1,17 @@
 """Roofline %: the work model per precision, and the SUSPECT flag."""
 import pytest
 
+from harness.records import CellRecord
 from harness.roofline import decode_limit_tps, roofline
 from workloads.zoo import ZOO
 
 CAL = {"device": "cpu", "host": "h", "memory_bandwidth_Bps": 20e9, "matmul_flops": {"fp32": 1e12, "fp16": 2e12}}
 
 
-def record(precision, tps, dtype="fp32", ttft=1.0):
-    return {"model": "smollm2-135m", "dtype": dtype, "precision": precision, "batch": 1, "prompt_len": 64,
-            "gen_len": 64, "metrics": {"decode_tps": {"median": tps}, "ttft_s": {"median": ttft}}}
+def record(precision, tps, dtype="fp32", ttft=1.0, model="smollm2-135m"):
+    return CellRecord(cell_id="c", backend="b", backend_type="torch", model=model, dtype=dtype, batch=1,
+                      prompt_len=64, gen_len=64, scenario="offline", status="ok", valid=True, precision=precision,
+                      metrics={"decode_tps": {"median": tps}, "ttft_s": {"median": ttft}})
 
 
 def test_decode_limit_is_weight_bytes_over_bandwidth_at_batch_1():
@@ -34,4 +36,4 @@ def test_faster_than_physics_is_suspect():
 
 def test_unknown_without_calibration_or_model():
     assert roofline(record("fp32", 20.0), None) == {}
-    assert roofline(dict(record("fp32", 20.0), model="custom"), CAL) == {}
+    assert roofline(record("fp32", 20.0, model="custom"), CAL) == {}
