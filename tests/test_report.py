@@ -312,3 +312,23 @@ def test_version_1_runs_still_render(tmp_path):
     assert "| torch-cpu fp32 [before-server] p32/g32 | 4 | pp32+tg32 | - | 1.234 - (estimate) |" in md
     assert "0 (steady) | 10.9 (steady) | 100 | 100 | 0.8105 est. |" in md
     assert "## Methods and definitions" in md and "<table>" in html
+
+
+def test_compare_same_backend_pairs_each_backend_with_itself(tmp_path):
+    """A before / after comparison: each backend of the later run against the same backend of the
+    first, not everything against the first configuration."""
+    from harness.cells import load_cells
+    from harness.report.compare import build_compare
+
+    src = Path(__file__).parent / "data" / "v1_runs" / "before-smoke-est"
+    for name in ("before", "after"):
+        shutil.copytree(src, tmp_path / name)
+        meta = json.loads((tmp_path / name / "run.json").read_text())
+        (tmp_path / name / "run.json").write_text(json.dumps(dict(meta, run_id=name)))
+    cells = load_cells([tmp_path / "before", tmp_path / "after"])
+    paired = build_compare(cells, ("decode_tps",), same_backend=True)
+    assert {(o[1], r[1]) for o, r in paired.refs.items()} == {(b, b) for b in ("torch-cpu", "onnx-cpu", "llamacpp-cpu")}
+    assert len(paired.rows) == 6 and all(r.ratio.ratio == pytest.approx(1.0) for r in paired.rows)
+    everything = build_compare(cells, ("decode_tps",))
+    assert set(everything.refs.values()) == {("before", "torch-cpu", "cpu")}  # the first configuration
+    assert len(everything.refs) == 5

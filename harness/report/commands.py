@@ -6,7 +6,7 @@ harness.results.ResultsError (a run folder, an output path) or harness.schema.Co
 prints without a traceback, with exit status 2.
 
   harness report RUN... [--out DIR] [--prices FILE] [--timeline CELL_ID] [--claims FILE]
-  harness compare RUN_A RUN_B [...] [--markdown FILE] [--metric NAME ...]
+  harness compare RUN_A RUN_B [...] [--markdown FILE] [--metric NAME ...] [--same-backend]
   harness verify CLAIMS.yaml RUN... [--markdown FILE] [--strict]
 
 verify exits 1 when a claim marked `required: true` is REFUTED (with --strict: when it is
@@ -43,6 +43,9 @@ def add_commands(subparsers) -> None:
                     "length, scenario).")
     cmp.add_argument("runs", nargs="+", metavar="RUN", help="run folders (one is enough if it holds two backends)")
     cmp.add_argument("--markdown", metavar="FILE", help="also write the comparison as Markdown")
+    cmp.add_argument("--same-backend", action="store_true",
+                     help="compare each backend of the later runs with the same backend label in the first run "
+                          "(before / after a software change) instead of everything with the first configuration")
     cmp.add_argument("--metric", action="append", metavar="NAME",
                      help="metric(s) to compare (default: decode_tps prefill_tps ttft_s tpot_s tokens_per_joule "
                           "j_per_token)")
@@ -107,7 +110,7 @@ def cmd_compare(args) -> int:
         bad = [m for m in metrics if m not in METRICS]
         if bad:
             raise ResultsError(f"--metric {bad[0]}: expected one of {', '.join(METRICS)}")
-    cmp = build_compare(load_cells(args.runs), metrics)
+    cmp = build_compare(load_cells(args.runs), metrics, same_backend=args.same_backend)
     print_compare(cmp)
     if args.markdown:
         _write(Path(args.markdown), compare_markdown(cmp))

@@ -32,7 +32,8 @@ class CompareRow:
 
 @dataclass
 class RunComparison:
-    configs: list[tuple]  # ResultCell.config_key; the first is the reference
+    configs: list[tuple]  # ResultCell.config_key, in the order the runs were given
+    refs: dict[tuple, tuple]  # each compared configuration -> its reference (A)
     config_labels: dict[tuple, str]
     rows: list[CompareRow]
     overall: dict[tuple, stats.Ratio]  # (other config, metric) -> geometric mean over workloads (paired)
@@ -56,27 +57,37 @@ def _judge(metric: str, r: stats.Ratio, ref: ResultCell, other: ResultCell) -> s
     return "no clear difference"
 
 
-def build_compare(cells: list[ResultCell], metrics=COMPARE_METRICS) -> RunComparison:
+def build_compare(cells: list[ResultCell], metrics=COMPARE_METRICS, same_backend: bool = False) -> RunComparison:
     """Configurations (run, backend, device) side by side on the workloads they share.
 
-    The first configuration (in the order the runs were given) is the reference; each other
-    one is compared with it on every matching cell (same model, precision, batch, prompt
-    length, generation length and scenario). Ratios are other / reference of the metric as
-    measured, with their bootstrap interval, and a judgement of which side is better.
+    By default the first configuration (in the order the runs were given) is the reference;
+    each other one is compared with it. same_backend: each configuration of a later run is
+    compared with the configuration of the same backend label in the first run (a before /
+    after comparison of the same software on the same hardware). Comparisons are made on
+    every matching cell (same model, precision, batch, prompt length, generation length and
+    scenario). Ratios are other / reference of the metric as measured, with their bootstrap
+    interval, and a judgement of which side is better.
     """
     configs = list(dict.fromkeys(c.config_key for c in cells))
     if len(configs) < 2:
         raise ResultsError("compare needs at least two configurations (run, backend, device); these runs hold "
                            f"{len(configs)}: give another run folder")
+    if same_backend:
+        first_run = configs[0][0]
+        firsts = {k[1]: k for k in configs if k[0] == first_run}
+        refs = {k: firsts[k[1]] for k in configs if k[0] != first_run and k[1] in firsts}
+        if not refs:
+            raise ResultsError(f"--same-backend: no backend label of {first_run} appears in the other runs")
+    else:
+        refs = {k: configs[0] for k in configs[1:]}
     labels = {}
     for k in configs:
         c = next(c for c in cells if c.config_key == k)
         labels[k] = f"{k[0]}: {k[1]} @ {c.device_label}"
     by = {(c.config_key, c.workload_key): c for c in cells}
-    ref = configs[0]
     rows: list[CompareRow] = []
     matched: set[int] = set()
-    for other in configs[1:]:
+    for other, ref in refs.items():
         for (cfg, wk), rc in by.items():
             if cfg != ref or (other, wk) not in by:
                 continue
@@ -90,14 +101,14 @@ def build_compare(cells: list[ResultCell], metrics=COMPARE_METRICS) -> RunCompar
                 rows.append(CompareRow(wk, m, rc, oc, rv.summary(), ov.summary(), r, _judge(m, r, rc, oc),
                                        rv.meter, ov.meter))
     overall = {}
-    for other in configs[1:]:
+    for other in refs:
         for m in metrics:
             rs = [r for r in rows if r.other.config_key == other and r.metric == m and r.ref.ok and r.other.ok]
             if len(rs) >= 2:
                 overall[(other, m)] = stats.paired_ratio([r.other_summary.median for r in rs],
                                                          [r.ref_summary.median for r in rs])
     unmatched = [c for c in cells if id(c) not in matched]
-    return RunComparison(configs, labels, rows, overall, unmatched)
+    return RunComparison(configs, refs, labels, rows, overall, unmatched)
 
 
 def workload_text(wk: tuple) -> str:
@@ -119,10 +130,13 @@ def ratio_text(r: stats.Ratio) -> str:
 
 
 def compare_markdown(cmp: RunComparison) -> str:
-    ref = cmp.configs[0]
-    out = ["# Comparison", "", f"Reference (A): **{cmp.config_labels[ref]}**", ""]
-    for other in cmp.configs[1:]:
-        out += [f"## {cmp.config_labels[other]} (B) against A", ""]
+    out = ["# Comparison", ""]
+    refs = set(cmp.refs.values())
+    if len(refs) == 1:
+        out += [f"Reference (A): **{cmp.config_labels[next(iter(refs))]}**", ""]
+    for other, ref in cmp.refs.items():
+        out += [f"## {cmp.config_labels[other]} (B) against A"
+                + ("" if len(refs) == 1 else f": {cmp.config_labels[ref]}"), ""]
         rows = [r for r in cmp.rows if r.other.config_key == other]
         if not rows:
             out += ["No matching cells (same model, precision, batch, prompt and generation length, scenario).", ""]
@@ -154,12 +168,14 @@ def print_compare(cmp: RunComparison) -> None:
     from rich.table import Table
 
     console = Console(width=max(170, Console().width))
-    ref = cmp.configs[0]
-    console.print(f"[bold]A (reference):[/bold] {escape(cmp.config_labels[ref])}")
+    refs = set(cmp.refs.values())
+    if len(refs) == 1:
+        console.print(f"[bold]A (reference):[/bold] {escape(cmp.config_labels[next(iter(refs))])}")
     styles = {"better": "green", "worse": "red", "no clear difference": "yellow"}
-    for other in cmp.configs[1:]:
+    for other, ref in cmp.refs.items():
         rows = [r for r in cmp.rows if r.other.config_key == other]
-        t = Table(title=escape(f"B: {cmp.config_labels[other]}  vs  A"), title_justify="left")
+        versus = "A" if len(refs) == 1 else f"A: {cmp.config_labels[ref]}"
+        t = Table(title=escape(f"B: {cmp.config_labels[other]}  vs  {versus}"), title_justify="left")
         for col, just in (("workload", "left"), ("metric", "left"), ("A median [95% CI]", "right"),
                           ("B median [95% CI]", "right"), ("B / A [95% CI]", "right"), ("B is", "left")):
             t.add_column(col, justify=just)
