@@ -133,6 +133,12 @@ class Backend(ABC):
         drives, used when the suite does not name meters itself."""
         return []
 
+    @classmethod
+    def installed_here(cls) -> str:
+        """What this backend can use on this machine, for `harness list` (ONNX Runtime:
+        the execution providers installed); empty when there is nothing to say."""
+        return ""
+
     # optional capabilities: the defaults say "not available"; the harness never probes
     # a backend with hasattr.
     def memory(self) -> dict[str, int]:

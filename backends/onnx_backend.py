@@ -321,6 +321,10 @@ class OnnxBackend(ModelBackend):
 
     available_providers = staticmethod(available_providers)
 
+    @classmethod
+    def installed_here(cls) -> str:
+        return f"providers here: {', '.join(available_providers())}"
+
     # --- inventory ----------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:

@@ -181,10 +181,8 @@ def cmd_list(args) -> int:
     for name, target in sorted(backend_entry_points().items()):
         try:
             cls = load_backend_class(name)
-            extra = ""
-            if hasattr(cls, "available_providers"):
-                extra = f"; providers here: {', '.join(cls.available_providers())}"
-            print(f"  {name:<15} {target}  dtypes: {', '.join(cls.dtypes)}{extra}")
+            extra = f"; {cls.installed_here()}" if cls.installed_here() else ""
+            print(f"  {name:<15} {target}  {cls.kind} backend; dtypes: {', '.join(cls.dtypes)}{extra}")
         except RegistryError as e:
             print(f"  {name:<15} {target}  (not usable here: {e})")
     from harness.registry import load_scenario_class, scenario_entry_points

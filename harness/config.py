@@ -13,7 +13,7 @@ from pathlib import Path
 
 from harness.records import PlannedCell
 from harness.scenarios.base import Scenario
-from harness.schema import Checker, ConfigError, build, read_yaml, short
+from harness.schema import Checker, ConfigError, read_yaml, short
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "workloads" / "suites"
 
@@ -273,8 +273,3 @@ def _check_meters(meters: list[dict], chk: Checker) -> None:
             chk.fail(f"{p}.type", f"unknown meter type {m['type']!r}{hint}; expected one of {', '.join(METER_TYPES)}")
             continue
         chk.dataclass(cls.Options, {k: v for k, v in m.items() if k != "type"}, p)
-
-
-def options_from_dict(cls, data: dict, where: str = "options"):
-    """Build a backend's Options dataclass (already validated by load_plan)."""
-    return build(cls, data, where)

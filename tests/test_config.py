@@ -111,3 +111,31 @@ def test_scenario_errors(write_suite):
 def test_duplicate_keys_are_reported(write_suite):
     probs = errors(write_suite, GOOD + "warmup: 1\nwarmup: 2\n")
     assert len(probs) == 1 and "suite.yaml:12: warmup: key given twice" in probs[0]
+
+
+REQUEST_BACKEND = """\
+name: t
+backends:
+  - type: openai-http
+    name: npu
+    options: {url: "http://127.0.0.1:9"}
+workloads:
+  - model: tiny
+    batch_sizes: [1]
+    prompt_lens: [8]
+    gen_lens: [4]
+"""
+
+
+def test_a_request_backend_runs_under_request_scenarios_only(write_suite):
+    probs = errors(write_suite, REQUEST_BACKEND)  # the default scenario is offline, the batch path
+    assert len(probs) == 1 and "suite.yaml:3: backends[0].type: backend 'npu' is a request backend" in probs[0]
+    assert "use single-stream, concurrency or server" in probs[0]
+    plan = load_plan(write_suite(REQUEST_BACKEND + "scenario: {type: concurrency, concurrency: 4, requests: 8}\n"))
+    assert [c.scenario for c in plan.cells] == ["concurrency"] and plan.scenario.config.concurrency == 4
+
+
+def test_offline_refuses_request_keys_instead_of_ignoring_them(write_suite):
+    probs = errors(write_suite, GOOD + "scenario: {type: offline, requests: 64}\n")
+    assert len(probs) == 1 and "suite.yaml:11: scenario.requests: unknown key" in probs[0]
+    assert "belong to the request scenarios" in probs[0]
