@@ -16,6 +16,9 @@ from harness.cells import ResultCell
 from harness.records import CellRecord, MeterEnergy
 
 
+DECODE, PREFILL, BOTH = ("decode",), ("prefill",), ("decode", "prefill")
+
+
 @dataclass(frozen=True)
 class MetricDef:
     name: str
@@ -23,17 +26,21 @@ class MetricDef:
     unit: str
     higher_is_better: bool
     energy: bool = False
+    # the roofline(s) (harness.roofline) that bound this metric: which side of a cell
+    # must be physically possible for a figure of this metric to count
+    rooflines: tuple[str, ...] = DECODE
 
 
 METRICS: dict[str, MetricDef] = {m.name: m for m in (
     MetricDef("decode_tps", "decode throughput", "tok/s", True),
-    MetricDef("prefill_tps", "prefill throughput", "tok/s", True),
-    MetricDef("ttft_s", "time to first token", "s", False),
+    MetricDef("prefill_tps", "prefill throughput", "tok/s", True, rooflines=PREFILL),
+    MetricDef("ttft_s", "time to first token", "s", False, rooflines=PREFILL),
     MetricDef("tpot_s", "time per output token", "s", False),
-    MetricDef("e2e_s", "request latency", "s", False),
+    MetricDef("e2e_s", "request latency", "s", False, rooflines=BOTH),
     MetricDef("tokens_per_joule", "generated tokens per joule", "tok/J", True, energy=True),
     MetricDef("j_per_token", "joules per generated (decode) token", "J/tok", False, energy=True),
-    MetricDef("j_per_prompt_token", "joules per prompt (prefill) token", "J/tok", False, energy=True),
+    MetricDef("j_per_prompt_token", "joules per prompt (prefill) token", "J/tok", False, energy=True,
+              rooflines=PREFILL),
     MetricDef("j_per_1k_tokens", "joules per 1000 generated tokens", "J/1k tok", False, energy=True),
     MetricDef("tokens_per_s_per_watt", "decode tokens/s per watt", "tok/s/W", True, energy=True),
 )}

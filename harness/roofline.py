@@ -5,7 +5,10 @@ decode: each step must read every weight once (the embedding table only if it is
   tokens/s = batch / (bytes per step / bandwidth).
 prefill: flops = batch x prompt_len x flops per token at the mean context (prompt/2).
   Limit: time = flops / calibrated matmul rate.
-Over 100 % is physically impossible: flagged "suspect", never a win.
+Over 100 % is physically impossible: flagged "suspect", never a win. Each side is judged
+on its own ("decode_suspect", "prefill_suspect"): a prefill above its roofline says
+nothing about the decode figures of the same cell. "suspect" (either side) stays for
+readers of older records.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from harness.records import CellRecord
 from workloads.zoo import PRECISION_BYTES, ZOO, ModelArgs
 
 SUSPECT_ABOVE = 1.0
+SIDES = ("decode", "prefill")
 
 
 def decode_limit_tps(args: ModelArgs, dtype: str, batch: int, prompt_len: int, gen_len: int, bandwidth: float) -> float:
@@ -26,7 +30,8 @@ def prefill_limit_s(args: ModelArgs, batch: int, prompt_len: int, flops_per_s: f
 
 
 def roofline(record: CellRecord, calibration: dict | None) -> dict:
-    """{"decode_pct", "prefill_pct", "suspect", "basis"} for one ok batch record; {} when unknown."""
+    """{"decode_pct", "prefill_pct", "decode_suspect", "prefill_suspect", "suspect", "basis"} for one ok
+    batch record (a side without its calibrated peak has neither pct nor flag); {} when unknown."""
     args = ZOO.get(record.model)
     m = record.metrics
     if not calibration or args is None or not isinstance(m.get("decode_tps"), dict) \
@@ -47,5 +52,23 @@ def roofline(record: CellRecord, calibration: dict | None) -> dict:
     if peak:
         t_min = prefill_limit_s(args, record.batch, record.prompt_len, peak)
         out["prefill_pct"] = 100 * t_min / m["ttft_s"]["median"]
-    out["suspect"] = any(out.get(k, 0) > 100 * SUSPECT_ABOVE for k in ("decode_pct", "prefill_pct"))
+    for side in SIDES:
+        if f"{side}_pct" in out:
+            out[f"{side}_suspect"] = out[f"{side}_pct"] > 100 * SUSPECT_ABOVE
+    out["suspect"] = any(out.get(f"{side}_suspect", False) for side in SIDES)
     return out
+
+
+def side_suspect(roof: dict | None, side: str) -> bool:
+    """Is this side ("decode" or "prefill") of a record's roofline above 100 %?
+
+    Records written before the per-side flags carry only "suspect" (either side): the
+    side's own percentage decides where it is recorded; without it the old flag counts
+    for this side unless the other side's percentage explains it."""
+    roof = roof or {}
+    if roof.get(f"{side}_suspect") is not None:
+        return bool(roof[f"{side}_suspect"])
+    if roof.get(f"{side}_pct") is not None:
+        return roof[f"{side}_pct"] > 100 * SUSPECT_ABOVE
+    other = next(s for s in SIDES if s != side)
+    return bool(roof.get("suspect")) and not (roof.get(f"{other}_pct") or 0) > 100 * SUSPECT_ABOVE

@@ -13,9 +13,17 @@ Method (the same everywhere, so every interval in a report means the same thing)
   (all resamples equal).
 * A **ratio** of two configurations is median(A) / median(B). Repetitions of two
   different cells are not paired (repetition i of A has nothing to do with repetition
-  i of B), so its interval resamples A and B independently. Where samples do pair up
-  -- one value per workload, the same workloads on both sides -- ``paired_ratio``
-  resamples whole workloads and reports the geometric mean of the per-workload ratios.
+  i of B), so its interval resamples A and B independently.
+* **Across workloads** (``pooled_ratio``), the summary is the geometric mean of the
+  per-workload ratios, and its interval carries each workload's own uncertainty: a
+  replicate draws the workloads with replacement (they may disagree) and, for each,
+  a bootstrap replicate of its own ratio (A's and B's repetitions resampled). The
+  workloads' replicates are taken at one shared rank, as if their errors moved
+  together: they do, in part (every workload of run A shares that run's machine
+  state, which repetitions cannot see), so pooling does not make the interval narrower
+  (in relative terms) than the narrowest workload's own, up to resampling noise. The
+  interval is therefore conservative; with fewer than 3 workloads the workload draw is
+  crude, which reports say.
 * With fewer than 2 samples there is no interval (``ci_low``/``ci_high`` None).
 
 How many repetitions: 3 repetitions cover the true median only ~78 % of the time for a
@@ -76,7 +84,7 @@ class Ratio:
     n_a: int
     n_b: int
     confidence: float
-    method: str  # "independent" or "paired"
+    method: str  # "independent" (two cells) or "pooled" (over workloads)
     statistic: str
 
     def to_dict(self) -> dict:
@@ -168,30 +176,41 @@ def ratio(a: Sequence[float], b: Sequence[float], *, statistic: str = "median", 
     return Ratio(point, lo, hi, len(xa), len(xb), confidence, "independent", statistic)
 
 
-def paired_ratio(a: Sequence[float], b: Sequence[float], *, confidence: float = CONFIDENCE,
-                 n_resamples: int = N_RESAMPLES, method: str = METHOD, seed: int = SEED) -> Ratio:
-    """Geometric mean of a_i / b_i over paired items (workloads), resampling pairs together.
+def pooled_ratio(pairs: Sequence[tuple[Sequence[float], Sequence[float]]], *, statistic: str = "median",
+                 confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES, seed: int = SEED) -> Ratio:
+    """Geometric mean over workloads of statistic(a_i) / statistic(b_i), pairs[i] = (a_i, b_i)
+    being workload i's repetition samples of A and of B; percentile interval (module doc).
 
-    a and b must have the same length, item i of each being the same workload; pairs
-    where either side is missing or not positive are dropped.
+    Samples must be positive (a ratio is pooled in logs); a workload with an empty side is
+    left out and n_a = n_b counts the workloads pooled. No interval when some workload
+    has fewer than 2 samples on both sides: its own uncertainty is unknown.
     """
-    if len(a) != len(b):
-        raise ValueError(f"paired samples need equal lengths, got {len(a)} and {len(b)}")
-    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None and x > 0 and y > 0
-             and math.isfinite(x) and math.isfinite(y)]
-    n = len(pairs)
+    fn = _stat_fn(statistic)
+    items = []
+    for a, b in pairs:
+        xa, xb = _clean(a), _clean(b)
+        xa, xb = xa[xa > 0], xb[xb > 0]
+        if len(xa) and len(xb):
+            items.append((xa, xb))
+    n = len(items)
     if n == 0:
-        return Ratio(None, None, None, 0, 0, confidence, "paired", "geomean")
-    logr = np.log(np.array([x for x, _ in pairs]) / np.array([y for _, y in pairs]))
-    point = float(np.exp(logr.mean()))
-    if n < 2:
-        return Ratio(point, None, None, n, n, confidence, "paired", "geomean")
-    if np.ptp(logr) == 0:
-        return Ratio(point, point, point, n, n, confidence, "paired", "geomean")
-    lo, hi, used = _bootstrap((logr,), lambda v, axis=-1: np.mean(v, axis=axis), paired=False,
-                              confidence=confidence, n_resamples=n_resamples, method=method, seed=seed)
-    return Ratio(point, None if lo is None else math.exp(lo), None if hi is None else math.exp(hi), n, n,
-                 confidence, "paired", "geomean")
+        return Ratio(None, None, None, 0, 0, confidence, "pooled", "geomean")
+    point = float(np.exp(np.mean([np.log(fn(a) / fn(b)) for a, b in items])))
+    if any(len(a) < 2 and len(b) < 2 for a, b in items):
+        return Ratio(point, None, None, n, n, confidence, "pooled", "geomean")
+    rng = np.random.default_rng(seed)
+
+    def replicates(x: np.ndarray) -> np.ndarray:  # statistic of n_resamples resamples of x
+        return fn(x[rng.integers(0, len(x), (n_resamples, len(x)))], axis=1)
+
+    # each workload's sorted bootstrap replicates of its log ratio: row i, column = rank
+    ranked = np.stack([np.sort(np.log(replicates(a) / replicates(b))) for a, b in items])
+    drawn = rng.integers(0, n, (n_resamples, n))  # workloads drawn with replacement
+    rank = rng.integers(0, n_resamples, (n_resamples, 1))  # one shared rank per replicate
+    pooled = ranked[drawn, rank].mean(axis=1)
+    tail = 100 * (1 - confidence) / 2
+    lo, hi = np.percentile(pooled, [tail, 100 - tail])
+    return Ratio(point, float(np.exp(lo)), float(np.exp(hi)), n, n, confidence, "pooled", "geomean")
 
 
 def stability(summary: Summary, *, target_rel_half_width: float = STABLE_REL_HALF_WIDTH,

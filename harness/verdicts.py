@@ -9,11 +9,17 @@ Verdict, from the bootstrap interval of that ratio (harness.stats):
   SUPPORTED     the interval's lower bound >= factor
   REFUTED       the interval's upper bound <  factor
   INCONCLUSIVE  otherwise, and whenever a side is missing, failed or invalid (accuracy
-                gate), has no interval, or its energy figure is an estimate (an estimate
-                can neither support nor refute a measured claim; the would-be verdict is
-                shown as a caveat).
+                gate), above 100 % of the roofline that bounds the claim's metric (faster
+                than the hardware allows: a measurement error, never a win), has no
+                interval, or its energy figure is an estimate (an estimate can neither
+                support nor refute a measured claim; the would-be verdict is shown as a
+                caveat). A failed, invalid or above-roofline side gets no ratio verdict at
+                all, not even against the baseline's best configuration.
+The roofline of a metric is the decode one for decode figures (decode_tps, tpot_s,
+j_per_token, tokens_per_joule ...), the prefill one for prefill_tps, ttft_s and
+j_per_prompt_token, both for e2e_s (harness.figures.MetricDef.rooflines).
 Every verdict lists its caveats: energy scopes that differ, precisions or accuracy that
-differ, a baseline under 50 % of its decode roofline (or with no roofline at all),
+differ, a baseline under 50 % of the metric's roofline (or with no roofline at all),
 meter windows too short, estimates, fewer than 5 repetitions, invalid cells. It also
 reports the baseline's best measured configuration (the batch at which it does best on
 the claim's metric) and the ratio against that, since a claim against batch 1 is not a
@@ -29,9 +35,10 @@ from harness import stats
 from harness.cells import ResultCell
 from harness.claims import Claim, Selector, Workload
 from harness.figures import METRICS, MetricValue, improvement, is_estimate, metric_value, samples
+from harness.roofline import SIDES, side_suspect
 
 SUPPORTED, REFUTED, INCONCLUSIVE = "SUPPORTED", "REFUTED", "INCONCLUSIVE"
-ROOFLINE_FLOOR_PCT = 50.0  # a baseline under this share of its decode roofline is "far under" it
+ROOFLINE_FLOOR_PCT = 50.0  # a baseline under this share of its roofline is "far under" it
 
 
 @dataclass
@@ -54,6 +61,10 @@ class Verdict:
     best_baseline_verdict: Optional[str] = None
     caveats: list[str] = field(default_factory=list)
     reason: str = ""
+    # why the comparison (or the one against the best baseline) gets no ratio verdict: a side
+    # that failed, failed the accuracy gate, or is above the metric's roofline; None when judged
+    blocked: Optional[str] = None
+    best_baseline_blocked: Optional[str] = None
 
     @property
     def failed_required(self) -> bool:
@@ -112,10 +123,44 @@ def _verdict_of(r: stats.Ratio, factor: float) -> str:
     return INCONCLUSIVE
 
 
+def _roofline_at(roof: dict, side: str) -> str:
+    pct = roof.get(f"{side}_pct")
+    return f"at {pct:.0f} %" if pct is not None else "above 100 %"
+
+
+def _blocker(metric: str, subject: ResultCell, baseline: ResultCell) -> Optional[str]:
+    """Why no ratio of these two cells can be judged (None when it can): a side that failed,
+    failed the accuracy gate, or is faster than the roofline bounding the metric allows."""
+    why = []
+    for label, c in (("subject", subject), ("baseline", baseline)):
+        if not c.ok:
+            why.append(f"{label} cell {c.short} is {c.status_label}"
+                       + (" (failed the accuracy gate)" if c.invalid else "")
+                       + ": its figures can neither support nor refute a claim")
+            continue
+        roof = c.record.roofline or {}
+        for side in METRICS[metric].rooflines:
+            if side_suspect(roof, side):
+                why.append(f"{label} {_roofline_at(roof, side)} of its {side} roofline: faster than the "
+                           "hardware allows; check the measurement")
+    return "; ".join(why) or None
+
+
+def _no_verdict(why: Optional[str], main_why: Optional[str]) -> str:
+    """Why the ratio against the best baseline gets no verdict, said once per verdict."""
+    return "no verdict, for the verdict's reason" if why == main_why else f"no verdict: {why}"
+
+
 def fmt_ratio(r: Optional[stats.Ratio]) -> str:
     if r is None or r.ratio is None:
         return "-"
     return f"{stats.fmt_num(r.ratio, 3)}x {stats.fmt_ci(r.ci_low, r.ci_high)}"
+
+
+def shown_ratio(v: "Verdict") -> str:
+    """A verdict's ratio as a summary table shows it: flagged when a side blocks its judgement."""
+    text = fmt_ratio(v.comparison.ratio if v.comparison else None)
+    return f"{text} (not judged)" if v.blocked and text != "-" else text
 
 
 def _compare(metric: str, s: ResultCell, b: ResultCell, kind: str, scope: Optional[str]) -> ClaimComparison:
@@ -173,16 +218,20 @@ def evaluate(claim: Claim, cells: list[ResultCell]) -> Verdict:
     best_b = best_cell(b_pool, metric, kind, scope)
     if best_b is not None:
         v.best_baseline = comp if best_b is b_cell else _compare(metric, s_cell, best_b, kind, scope)
-        v.best_baseline_verdict = _verdict_of(v.best_baseline.ratio, claim.at_least)
+        v.best_baseline_blocked = _blocker(metric, s_cell, best_b)
+        if v.best_baseline_blocked is None:
+            v.best_baseline_verdict = _verdict_of(v.best_baseline.ratio, claim.at_least)
         if best_b is not b_cell:
             caveats.append(
                 f"the baseline does best at batch {best_b.record.batch} ({best_b.short}), not batch "
-                f"{b_cell.record.batch}: against that configuration the ratio is "
-                f"{fmt_ratio(v.best_baseline.ratio)}, which would be {v.best_baseline_verdict}")
+                f"{b_cell.record.batch}: against that configuration the ratio is {fmt_ratio(v.best_baseline.ratio)}"
+                + (f", which would be {v.best_baseline_verdict}" if v.best_baseline_verdict else
+                   f" ({_no_verdict(v.best_baseline_blocked, v.blocked)})"))
 
     measured = _verdict_of(comp.ratio, claim.at_least)
-    if not (s_cell.ok and b_cell.ok):
-        v.reason = "a compared cell is invalid or failed"
+    v.blocked = _blocker(metric, s_cell, b_cell)
+    if v.blocked:
+        v.reason = v.blocked
     elif comp.ratio.ratio is None:
         v.reason = "no ratio could be computed"
     elif comp.ratio.ci_low is None:
@@ -229,22 +278,43 @@ def _caveats(claim: Claim, comp: ClaimComparison) -> list[str]:
     elif sa.get("rel_err") and ba.get("rel_err") and max(sa["rel_err"], ba["rel_err"]) > 10 * min(
             sa["rel_err"], ba["rel_err"]) and max(sa["rel_err"], ba["rel_err"]) > 1e-4:
         out.append(f"accuracy differs: subject {_acc(sa)}, baseline {_acc(ba)}")
-    broof, sroof = b.record.roofline or {}, s.record.roofline or {}
-    if broof.get("decode_pct") is None:
-        out.append(f"baseline roofline unknown (no calibration for {b.record.device} on {b.host}: run "
-                   "`harness calibrate` there): cannot tell whether the baseline is tuned")
-    elif broof["decode_pct"] < ROOFLINE_FLOOR_PCT:
-        out.append(f"baseline reaches only {broof['decode_pct']:.0f} % of its decode roofline (< "
-                   f"{ROOFLINE_FLOOR_PCT:.0f} %): an untuned baseline inflates any ratio")
-    for label, roof in (("subject", sroof), ("baseline", broof)):
-        if roof.get("suspect"):
-            out.append(f"{label} is above 100 % of its roofline (SUSPECT): the measurement or the work model is wrong")
+    out += _roofline_caveats(claim.metric, s, b)
     for label, c, val in (("subject", s, comp.subject_value), ("baseline", b, comp.baseline_value)):
         # an energy figure has one sample per repetition of the request time it is spread over
         n = len(samples(c.record, "e2e_s")) if mdef.energy else val.n
         if n < stats.MIN_REPETITIONS:
             out.append(f"{label} has {n} repetition(s) (< {stats.MIN_REPETITIONS}): its interval does not hold its "
                        f"coverage; run at least {stats.DEFAULT_REPETITIONS}")
+    return out
+
+
+def _roofline_caveats(metric: str, s: ResultCell, b: ResultCell) -> list[str]:
+    """Each roofline named by its side: the baseline's share of the roofline(s) bounding the
+    metric, and any side of either cell above 100 % (the metric's own side blocks the verdict;
+    the other side is named so that the reader knows the cell has a suspect figure)."""
+    out: list[str] = []
+    sides = METRICS[metric].rooflines
+    broof, sroof = b.record.roofline or {}, s.record.roofline or {}
+    unknown = [side for side in sides if broof.get(f"{side}_pct") is None]
+    if unknown:
+        out.append(f"baseline {' and '.join(unknown)} roofline unknown (no calibration for {b.record.device} on "
+                   f"{b.host} gives it: run `harness calibrate` there): cannot tell whether the baseline is tuned")
+    for side in sides:
+        pct = broof.get(f"{side}_pct")
+        if pct is not None and pct < ROOFLINE_FLOOR_PCT:
+            out.append(f"baseline reaches only {pct:.0f} % of its {side} roofline (< {ROOFLINE_FLOOR_PCT:.0f} %): "
+                       "an untuned baseline inflates any ratio")
+    for label, roof in (("subject", sroof), ("baseline", broof)):
+        for side in SIDES:
+            if not side_suspect(roof, side):
+                continue
+            if side in sides:
+                out.append(f"{label} is {_roofline_at(roof, side)} of its {side} roofline (SUSPECT): the "
+                           "measurement or the work model is wrong")
+            else:
+                out.append(f"{label}'s {side} is {_roofline_at(roof, side)} of its {side} roofline (SUSPECT): "
+                           f"{metric} is bounded by the {' and '.join(sides)} roofline, so it is still judged, "
+                           f"but that cell's {side} measurement is wrong")
     return out
 
 
@@ -276,7 +346,7 @@ def verdicts_markdown(verdicts: list[Verdict], heading: str = "#") -> str:
     out.append("|---:|---|---|---:|---:|---|---|")
     for i, v in enumerate(verdicts, 1):
         r = v.comparison.ratio if v.comparison else None
-        out.append(f"| {i} | {_md(v.claim.name)} | {v.claim.metric} | >= {v.claim.at_least:g}x | {fmt_ratio(r)} | "
+        out.append(f"| {i} | {_md(v.claim.name)} | {v.claim.metric} | >= {v.claim.at_least:g}x | {shown_ratio(v)} | "
                    f"**{v.verdict}** | {'yes' if v.claim.required else 'no'} |")
     for i, v in enumerate(verdicts, 1):
         out += ["", f"{heading}# {i}. {_md(v.claim.name)}: {v.verdict}", ""]
@@ -302,12 +372,14 @@ def verdict_lines(v: Verdict) -> list[str]:
                        f"{_g(s.median)} {m.unit} {stats.fmt_ci(s.ci_low, s.ci_high)}, n={s.n}{src}")
         direction = "subject / baseline" if m.higher_is_better else "baseline / subject"
         out.append(f"- Measured improvement ({direction}): {fmt_ratio(comp.ratio)}; claimed at least "
-                   f"{c.at_least:g}x")
+                   f"{c.at_least:g}x" + ("; not judged (see the verdict's reason)" if v.blocked else ""))
     if v.best_baseline:
         bb = v.best_baseline
+        judged = (f"-> {v.best_baseline_verdict}" if v.best_baseline_verdict else
+                  f"({_md(_no_verdict(v.best_baseline_blocked, v.blocked))})")
         out.append(f"- Best baseline configuration measured: {bb.baseline.short} ({c.metric} median "
                    f"{_g(bb.baseline_value.summary().median)} {m.unit}); ratio against it "
-                   f"{fmt_ratio(bb.ratio)} -> {v.best_baseline_verdict}")
+                   f"{fmt_ratio(bb.ratio)} {judged}")
     out.append("- Caveats:" if v.caveats else "- Caveats: none found")
     out += [f"  - {_md(x)}" for x in v.caveats]
     return out

@@ -17,8 +17,9 @@ from harness.verdicts import INCONCLUSIVE, REFUTED, SUPPORTED, evaluate, exit_co
 
 def record(backend="npu", device="npu:0", batch=1, decode=100.0, spread=0.01, n=6, tpj=None, scope="gpu-board",
            method="counter", quality="ok", precision="fp32", accuracy=True, decode_pct=80.0, status="ok",
-           model="m", prompt_len=64, gen_len=32, seed=0, energy=None):
-    """One cell record shaped like the runner's, with lognormal repetition noise."""
+           model="m", prompt_len=64, gen_len=32, seed=0, energy=None, prefill_pct=None, roofline=None):
+    """One cell record shaped like the runner's, with lognormal repetition noise. Its roofline has
+    the shape records had before per-side flags ("suspect": either side) unless `roofline` is given."""
     rng = np.random.default_rng(seed)
     dec = list(decode * np.exp(rng.normal(0, spread, n)))
     ttft = [0.01 * float(np.exp(rng.normal(0, spread))) for _ in range(n)]
@@ -35,8 +36,10 @@ def record(backend="npu", device="npu:0", batch=1, decode=100.0, spread=0.01, n=
          "status": status, "valid": status == "ok",
          "metrics": {"decode_tps": m(dec), "prefill_tps": m([batch * prompt_len / t for t in ttft]), "ttft_s": m(ttft),
                      "tpot_s": m(tpot), "e2e_s": m(e2e)},
-         "roofline": {"decode_pct": decode_pct, "suspect": decode_pct is not None and decode_pct > 100,
-                      "basis": "test"} if decode_pct is not None else {},
+         "roofline": roofline if roofline is not None else {
+             "decode_pct": decode_pct, "basis": "test",
+             "suspect": any(p is not None and p > 100 for p in (decode_pct, prefill_pct)),
+             **({} if prefill_pct is None else {"prefill_pct": prefill_pct})} if decode_pct is not None else {},
          "accuracy": ({"status": "pass", "passed": True, "rel_err": 1e-6, "tolerance": 1e-4} if accuracy is True else
                       {"status": "fail", "passed": False, "rel_err": 0.5, "tolerance": 1e-4} if accuracy is False else
                       {"status": "not checked", "passed": None})}
@@ -194,6 +197,87 @@ def test_caveat_baseline_roofline(tmp_path):
     assert "roofline unknown" in text and "harness calibrate" in text
     _, text = _caveats(tmp_path / "c", record(decode=1000, decode_pct=140.0), gpu(decode=100))
     assert "SUSPECT" in text
+
+
+# --- the roofline of the claim's metric ---------------------------------------------------------
+
+ABOVE = "faster than the hardware allows; check the measurement"
+
+
+@pytest.mark.parametrize("at_least,would_be", [(5, SUPPORTED), (100, REFUTED)])
+def test_subject_above_its_decode_roofline_is_never_a_verdict(tmp_path, at_least, would_be):
+    cells = cells_of(tmp_path, [record(decode=1000, decode_pct=130.0)], [gpu(decode=100)])
+    v = evaluate(claim(at_least=at_least), cells)
+    assert _verdict_of_ratio(v, at_least) == would_be  # what the ratio alone says ...
+    assert v.verdict == INCONCLUSIVE  # ... never counts
+    assert v.reason == f"subject at 130 % of its decode roofline: {ABOVE}"
+    assert any("130 % of its decode roofline (SUSPECT)" in c for c in v.caveats)
+    text = verdicts_markdown([v])
+    assert f"-> {would_be}" not in text and f"**{would_be}**" not in text
+    assert "(not judged)" in text and "(no verdict, for the verdict's reason)" in text
+
+
+def _verdict_of_ratio(v, at_least):
+    r = v.comparison.ratio
+    return SUPPORTED if r.ci_low >= at_least else REFUTED if r.ci_high < at_least else INCONCLUSIVE
+
+
+def test_baseline_above_its_roofline_blocks_the_verdict_too(tmp_path):
+    cells = cells_of(tmp_path, [record(decode=1000)], [gpu(decode=100, decode_pct=250.0)])
+    v = evaluate(claim(at_least=5), cells)
+    assert v.verdict == INCONCLUSIVE and v.reason == f"baseline at 250 % of its decode roofline: {ABOVE}"
+
+
+def test_a_best_baseline_above_its_roofline_gets_no_verdict_of_its_own(tmp_path):
+    baseline = [gpu(batch=1, decode=100), gpu(batch=8, decode=900, seed=2, decode_pct=250.0)]
+    v = evaluate(claim(at_least=5), cells_of(tmp_path, [record(decode=1000)], baseline))
+    assert v.verdict == SUPPORTED and v.best_baseline.baseline.record.batch == 8
+    assert v.best_baseline_verdict is None
+    assert v.best_baseline_blocked == f"baseline at 250 % of its decode roofline: {ABOVE}"
+    assert f"(no verdict: baseline at 250 % of its decode roofline: {ABOVE})" in verdicts_markdown([v])
+
+
+@pytest.mark.parametrize("roof", [
+    {"decode_pct": 80.0, "prefill_pct": 150.0, "decode_suspect": False, "prefill_suspect": True, "suspect": True},
+    {"decode_pct": 80.0, "prefill_pct": 150.0, "suspect": True},  # a record from before the per-side flags
+], ids=["per-side", "old-shape"])
+def test_suspect_is_judged_per_metric(tmp_path, roof):
+    cells = cells_of(tmp_path, [record(decode=1000, roofline=roof)], [gpu(decode=100, prefill_pct=60.0)])
+    v = evaluate(claim(at_least=5), cells)  # decode: below its decode roofline, judged
+    assert v.verdict == SUPPORTED, v.reason
+    assert any("subject's prefill is at 150 % of its prefill roofline (SUSPECT)" in c and "still judged" in c
+               for c in v.caveats), v.caveats
+    for metric in ("ttft_s", "prefill_tps", "e2e_s"):  # bounded by the prefill roofline
+        v = evaluate(claim(metric=metric, at_least=0.5), cells)
+        assert v.verdict == INCONCLUSIVE and v.reason == f"subject at 150 % of its prefill roofline: {ABOVE}", metric
+
+
+def test_roofline_caveats_name_the_roofline_of_the_metric(tmp_path):
+    cells = cells_of(tmp_path, [record(decode=1000)], [gpu(decode=100, decode_pct=80.0, prefill_pct=8.0)])
+    text = " | ".join(evaluate(claim(metric="ttft_s", at_least=0.5), cells).caveats)
+    assert "baseline reaches only 8 % of its prefill roofline" in text and "decode roofline" not in text
+    text = " | ".join(evaluate(claim(metric="decode_tps", at_least=5), cells).caveats)
+    assert "roofline" not in text  # 80 % of the decode roofline: nothing to say
+    cells = cells_of(tmp_path / "b", [record(decode=1000)], [gpu(decode=100, decode_pct=8.0)])
+    text = " | ".join(evaluate(claim(metric="e2e_s", at_least=0.5), cells).caveats)
+    assert "only 8 % of its decode roofline" in text and "baseline prefill roofline unknown" in text
+    text = " | ".join(evaluate(claim(metric="j_per_prompt_token", at_least=0.5), cells).caveats)
+    assert "baseline prefill roofline unknown" in text and "decode roofline" not in text
+
+
+@pytest.mark.parametrize("status,accuracy,label", [("invalid", False, "INVALID (failed the accuracy gate)"),
+                                                   ("failed", True, "FAILED")])
+def test_invalid_or_failed_subject_prints_no_ratio_verdict(tmp_path, status, accuracy, label):
+    baseline = [gpu(batch=1, decode=100), gpu(batch=8, decode=150, seed=2)]
+    cells = cells_of(tmp_path, [record(decode=1000, status=status, accuracy=accuracy)], baseline)
+    v = evaluate(claim(at_least=2), cells)
+    assert v.verdict == INCONCLUSIVE and v.best_baseline_verdict is None
+    assert v.reason.startswith(f"subject cell npu fp32 b1 p64 g32 [npu-run] is {label}")
+    text = verdicts_markdown([v])
+    for verdict in (SUPPORTED, REFUTED):
+        assert f"-> {verdict}" not in text and f"would be {verdict}" not in text
+    assert "ratio against it" in text and "(no verdict, for the verdict's reason)" in text
+    assert "against that configuration the ratio is" in text
 
 
 def test_caveat_short_window(tmp_path):

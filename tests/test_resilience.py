@@ -72,6 +72,13 @@ def done_events(run_dir: Path) -> list[str]:
     return out
 
 
+def _sigint_default() -> None:
+    """As a terminal starts a command: SIGINT at its default, whatever this test process
+    inherited (a CI job started in the background has SIGINT ignored, and Python installs
+    its Ctrl-C handler only where SIGINT is not ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_run(site: Path, tmp_path: Path, text: str, name: str):
     """`harness run` in the background, in its own process group (as a shell would start it)."""
     (tmp_path / "suite.yaml").write_text(text)
@@ -79,7 +86,7 @@ def start_run(site: Path, tmp_path: Path, text: str, name: str):
     proc = subprocess.Popen(harness_cmd("run", str(tmp_path / "suite.yaml"), "--output", str(tmp_path / "out"),
                                         "--name", name, "--quiet"),
                             env=plugin_env(site), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_sigint_default)
     err.close()
     return proc, tmp_path / "out" / name
 

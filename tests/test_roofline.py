@@ -2,7 +2,7 @@
 import pytest
 
 from harness.records import CellRecord
-from harness.roofline import decode_limit_tps, roofline
+from harness.roofline import decode_limit_tps, roofline, side_suspect
 from workloads.zoo import ZOO
 
 CAL = {"device": "cpu", "host": "h", "memory_bandwidth_Bps": 20e9, "matmul_flops": {"fp32": 1e12, "fp16": 2e12}}
@@ -32,6 +32,30 @@ def test_a_quantized_cell_is_judged_by_the_bytes_it_really_moves(precision, byte
 def test_faster_than_physics_is_suspect():
     assert roofline(record("fp32", 500.0), CAL)["suspect"] is True
     assert roofline(record("fp32", 20.0), CAL)["suspect"] is False
+
+
+def test_each_side_is_judged_on_its_own():
+    fast_prefill = roofline(record("fp32", 20.0, ttft=1e-6), CAL)
+    assert fast_prefill["prefill_pct"] > 100 and fast_prefill["decode_pct"] < 100
+    assert fast_prefill["prefill_suspect"] is True and fast_prefill["decode_suspect"] is False
+    assert fast_prefill["suspect"] is True  # either side, for older readers
+    fast_decode = roofline(record("fp32", 500.0), CAL)
+    assert (fast_decode["decode_suspect"], fast_decode["prefill_suspect"]) == (True, False)
+    no_matmul = roofline(record("fp32", 500.0), dict(CAL, matmul_flops={}))
+    assert "prefill_pct" not in no_matmul and "prefill_suspect" not in no_matmul
+    assert side_suspect(no_matmul, "decode") and not side_suspect(no_matmul, "prefill")
+
+
+@pytest.mark.parametrize("roof,decode,prefill", [
+    ({"decode_pct": 80.0, "prefill_pct": 150.0, "suspect": True}, False, True),  # the pcts decide
+    ({"decode_pct": 140.0, "suspect": True}, True, False),  # the decode pct explains the old flag
+    ({"decode_pct": 80.0, "suspect": True}, False, True),  # only the prefill side can explain it
+    ({"suspect": True}, True, True),  # nothing says which side: both are suspect
+    ({"decode_pct": 80.0, "suspect": False}, False, False),
+    ({}, False, False),
+])
+def test_records_from_before_the_per_side_flags_stay_readable(roof, decode, prefill):
+    assert (side_suspect(roof, "decode"), side_suspect(roof, "prefill")) == (decode, prefill)
 
 
 def test_unknown_without_calibration_or_model():

@@ -90,16 +90,34 @@ def test_ratio_with_a_single_sample_side():
     assert stats.ratio([1.0, 2.0], [0.0, 0.0]).ratio is None
 
 
-def test_paired_ratio_by_workload():
+def test_pooled_ratio_by_workload():
     base = [10.0, 50.0, 200.0, 1000.0]
-    exact = stats.paired_ratio([3 * b for b in base], base)
-    assert exact.ratio == pytest.approx(3.0) and exact.ci_low == pytest.approx(3.0) and exact.method == "paired"
+    exact = stats.pooled_ratio([([3 * b] * 5, [b] * 5) for b in base])
+    assert exact.ratio == pytest.approx(3.0) and exact.ci_low == pytest.approx(3.0) and exact.method == "pooled"
+    assert exact.n_a == 4
     rng = np.random.default_rng(9)
     base = rng.uniform(1, 1000, 12)
-    noisy = stats.paired_ratio(3 * base * np.exp(rng.normal(0, 0.05, 12)), base)
-    assert noisy.ci_low < 3.0 < noisy.ci_high and noisy.ci_high / noisy.ci_low < 1.15
-    with pytest.raises(ValueError):
-        stats.paired_ratio([1.0], [1.0, 2.0])
+    noisy = stats.pooled_ratio([(3 * b * np.exp(rng.normal(0, 0.05, 10)), b * np.exp(rng.normal(0, 0.05, 10)))
+                                for b in base])
+    assert noisy.ci_low < 3.0 < noisy.ci_high and noisy.ci_high / noisy.ci_low < 1.25
+    assert stats.pooled_ratio([([2.0, 2.0], [])]).ratio is None  # a workload with an empty side is left out
+    assert stats.pooled_ratio([([2.0], [1.0]), ([3.0, 3.3], [1.0, 1.1])]).ci_low is None  # its spread is unknown
+
+
+def test_pooled_interval_carries_each_workloads_own_uncertainty():
+    """Two workloads whose own intervals are wide: the pooled interval is not the narrow range
+    of their two point ratios (what a resample of workloads alone gave: 1.19x [1.18, 1.21])."""
+    rng = np.random.default_rng(5)
+    pairs = [(118 * np.exp(rng.normal(0, 0.12, 10)), 100 * np.exp(rng.normal(0, 0.12, 10))),
+             (121 * np.exp(rng.normal(0, 0.15, 10)), 100 * np.exp(rng.normal(0, 0.15, 10)))]
+    own = [stats.ratio(a, b) for a, b in pairs]
+    pooled = stats.pooled_ratio(pairs)
+    assert pooled.ratio == pytest.approx(math.sqrt(own[0].ratio * own[1].ratio))
+    assert pooled.ci_low <= pooled.ratio <= pooled.ci_high
+    # widths of ratios compare in logs (relative widths): 1.1x-1.2x is as wide as 2.2x-2.4x
+    assert math.log(pooled.ci_high / pooled.ci_low) >= min(math.log(r.ci_high / r.ci_low) for r in own)
+    assert pooled.ci_low < min(r.ratio for r in own) and pooled.ci_high > max(r.ratio for r in own)
+    assert stats.pooled_ratio(pairs) == pooled  # seeded: the same samples give the same interval
 
 
 def test_bca_falls_back_where_undefined():

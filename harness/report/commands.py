@@ -144,7 +144,7 @@ def print_verdicts(verdicts) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from harness.verdicts import fmt_ratio, verdict_lines
+    from harness.verdicts import shown_ratio, verdict_lines
 
     console = Console(width=max(150, Console().width))
     colors = {"SUPPORTED": "green", "REFUTED": "red", "INCONCLUSIVE": "yellow"}
@@ -155,7 +155,7 @@ def print_verdicts(verdicts) -> None:
     for i, v in enumerate(verdicts, 1):
         c = colors[v.verdict]
         t.add_row(str(i), escape(v.claim.name), v.claim.metric, f">= {v.claim.at_least:g}x",
-                  escape(fmt_ratio(v.comparison.ratio if v.comparison else None)), f"[bold {c}]{v.verdict}[/bold {c}]",
+                  escape(shown_ratio(v)), f"[bold {c}]{v.verdict}[/bold {c}]",
                   "yes" if v.claim.required else "no")
     console.print(t)
     for i, v in enumerate(verdicts, 1):

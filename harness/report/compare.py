@@ -14,6 +14,7 @@ from harness.report.cell_summary import energy_tag, median_ci
 from harness.results import ResultsError
 
 COMPARE_METRICS = ("decode_tps", "prefill_tps", "ttft_s", "tpot_s", "tokens_per_joule", "j_per_token")
+FEW_WORKLOADS = 3  # below this, drawing workloads with replacement says little about how they vary
 
 
 @dataclass
@@ -26,6 +27,8 @@ class CompareRow:
     other_summary: stats.Summary
     ratio: stats.Ratio  # other / reference (raw metric)
     judgement: str
+    ref_samples: list[float]  # per repetition, what the pooled interval across workloads resamples
+    other_samples: list[float]
     ref_meter: Optional[MeterEnergy] = None
     other_meter: Optional[MeterEnergy] = None
 
@@ -36,7 +39,7 @@ class RunComparison:
     refs: dict[tuple, tuple]  # each compared configuration -> its reference (A)
     config_labels: dict[tuple, str]
     rows: list[CompareRow]
-    overall: dict[tuple, stats.Ratio]  # (other config, metric) -> geometric mean over workloads (paired)
+    overall: dict[tuple, stats.Ratio]  # (other config, metric) -> geometric mean over workloads (pooled)
     unmatched: list[ResultCell]
 
 
@@ -66,7 +69,8 @@ def build_compare(cells: list[ResultCell], metrics=COMPARE_METRICS, same_backend
     after comparison of the same software on the same hardware). Comparisons are made on
     every matching cell (same model, precision, batch, prompt length, generation length and
     scenario). Ratios are other / reference of the metric as measured, with their bootstrap
-    interval, and a judgement of which side is better.
+    interval, and a judgement of which side is better. Across workloads: the geometric mean
+    of the valid rows' ratios, its interval carrying each workload's own (stats.pooled_ratio).
     """
     configs = list(dict.fromkeys(c.config_key for c in cells))
     if len(configs) < 2:
@@ -99,14 +103,13 @@ def build_compare(cells: list[ResultCell], metrics=COMPARE_METRICS, same_backend
                     continue
                 r = stats.ratio(ov.samples, rv.samples)
                 rows.append(CompareRow(wk, m, rc, oc, rv.summary(), ov.summary(), r, _judge(m, r, rc, oc),
-                                       rv.meter, ov.meter))
+                                       rv.samples, ov.samples, rv.meter, ov.meter))
     overall = {}
     for other in refs:
         for m in metrics:
             rs = [r for r in rows if r.other.config_key == other and r.metric == m and r.ref.ok and r.other.ok]
             if len(rs) >= 2:
-                overall[(other, m)] = stats.paired_ratio([r.other_summary.median for r in rs],
-                                                         [r.ref_summary.median for r in rs])
+                overall[(other, m)] = stats.pooled_ratio([(r.other_samples, r.ref_samples) for r in rs])
     unmatched = [c for c in cells if id(c) not in matched]
     return RunComparison(configs, refs, labels, rows, overall, unmatched)
 
@@ -121,6 +124,13 @@ def compare_value(s: stats.Summary, cell: ResultCell, meter: Optional[MeterEnerg
         return "FAILED"
     text = median_ci(s, 3) + energy_tag(meter)
     return f"INVALID {text}" if cell.invalid else text
+
+
+def pooled_text(m: str, r: stats.Ratio) -> str:
+    """One metric's ratio across workloads, with the caveat when too few are pooled."""
+    few = (f"; caveat: fewer than {FEW_WORKLOADS} workloads pooled, how the ratio varies between them is "
+           "barely sampled") if r.n_a < FEW_WORKLOADS else ""
+    return f"across {r.n_a} workloads, {m}: B / A = {ratio_text(r)} (geometric mean){few}"
 
 
 def ratio_text(r: stats.Ratio) -> str:
@@ -151,8 +161,9 @@ def compare_markdown(cmp: RunComparison) -> str:
                        f"{ratio_text(r.ratio)} | {r.judgement} |")
         ov = [(m, cmp.overall[(other, m)]) for m in COMPARE_METRICS if (other, m) in cmp.overall]
         if ov:
-            out += ["", "Across matching workloads (geometric mean of B / A, workloads resampled in pairs):", ""]
-            out += [f"- {m}: {ratio_text(r)} over {r.n_a} workloads" for m, r in ov]
+            out += ["", "Across matching workloads (geometric mean of B / A; the interval resamples the workloads "
+                    "and each workload's own repetitions, so it is not narrower than the narrowest workload's own):", ""]
+            out += [f"- {pooled_text(m, r)}" for m, r in ov]
         out.append("")
     if cmp.unmatched:
         out += ["## Cells without a match", ""] + [f"- {c.short} on {c.device_label}" for c in cmp.unmatched] + [""]
@@ -192,7 +203,7 @@ def print_compare(cmp: RunComparison) -> None:
         for m in METRICS:
             if (other, m) in cmp.overall:
                 r = cmp.overall[(other, m)]
-                console.print(escape(f"  across {r.n_a} workloads, {m}: B / A = {ratio_text(r)} (geometric mean, paired)"))
+                console.print(escape(f"  {pooled_text(m, r)}"))
     if cmp.unmatched:
         console.print("[dim]without a match: " + escape(", ".join(c.short for c in cmp.unmatched)) + "[/dim]")
     console.print("[dim]B / A of the metric as measured; lower is better for ttft_s, tpot_s and j_per_token. "

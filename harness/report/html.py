@@ -7,7 +7,7 @@ from html import escape
 import re
 
 from harness.report.document import Bullets, Document, Figure, Heading, Paragraph, Table, Verdicts
-from harness.verdicts import Verdict, fmt_ratio, verdict_lines
+from harness.verdicts import Verdict, shown_ratio, verdict_lines
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Roboto, "DejaVu Sans", Arial, sans-serif; margin: 0; color: #1d1d1f;
@@ -110,7 +110,7 @@ def verdicts_html(verdicts: list[Verdict], used: set) -> str:
               right=("#", "factor", "measured ratio [95% CI]"))
     for i, v in enumerate(verdicts, 1):
         t.add([i, v.claim.name, v.claim.metric, f">= {v.claim.at_least:g}x",
-               fmt_ratio(v.comparison.ratio if v.comparison else None), v.verdict, "yes" if v.claim.required else "no"])
+               shown_ratio(v), v.verdict, "yes" if v.claim.required else "no"])
     out = [table_html(t)]
     for i, v in enumerate(verdicts, 1):
         title = f"{i}. {v.claim.name}"

@@ -28,7 +28,9 @@ def methods_section(doc: Document, prices: Optional[Prices]) -> None:
         "meter updates; an *estimate* (constant watts x time) is never a measurement and is labelled so everywhere.",
         "**Roofline %**: decode = measured tokens/s / (batch x calibrated bandwidth / bytes each step must move); "
         "prefill = minimum time at the calibrated matmul rate / measured TTFT. Above 100 % is physically impossible: "
-        "SUSPECT.",
+        "SUSPECT, judged per side: a claim on a decode metric (tokens/s, TPOT, J/token, tokens/J) looks at the decode "
+        "roofline, one on TTFT, prefill or J/prompt token at the prefill roofline; a compared cell above 100 % of "
+        "the roofline that matters makes the claim INCONCLUSIVE, never SUPPORTED or REFUTED.",
         "**INVALID**: the backend's logits disagreed with the fp32 reference beyond the dtype's tolerance; such a cell "
         "is shown but never ranked best, never on a Pareto front, and cannot support a claim.",
     ])
