@@ -209,6 +209,11 @@ class RequestBackend(Backend):
 
     kind: ClassVar[str] = "request"
 
+    def prepare_requests(self, requests: list[Request]) -> None:
+        """Work to do per request before any is timed (openai-http counts text prompts
+        with the server's tokenizer); called once with every request a scenario will
+        issue, warm-ups included, before the idle baseline. Default: nothing."""
+
     @abstractmethod
     def issue(self, request: Request) -> RequestResult:
         """Send one request and stream its tokens; blocking, thread-safe. Every failure is

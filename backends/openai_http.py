@@ -11,10 +11,20 @@ only (http.client): no new dependency.
   server's own (``usage.completion_tokens``); a count different from the one
   asked for is flagged ``count_mismatch`` on the request, never hidden.
 * Prompts as token-id lists (``send_token_ids: true``, exact counts) where the
-  server accepts them; else text, ``text_unit`` repeated, and the true prompt
-  count taken from ``usage.prompt_tokens`` (a difference is flagged
-  ``prompt_mismatch``). At load, a probe request checks that token-id prompts
-  are accepted and falls back to text if they are not.
+  server accepts them. At load, a probe request checks that they are accepted and
+  falls back to text on any rejection (an HTTP error of any status, or an error
+  in the stream: llama.cpp's server answers token ids with HTTP 500).
+* Text prompts are distinct per request, like the token-id ones: words drawn
+  from ``text_words`` by the request's own seeded token ids, so two requests
+  share no prefix beyond chance and a server's prefix cache (llama.cpp, vLLM)
+  cannot answer their first token (a shared prefix, when wanted, is the request
+  scenarios' ``shared_prefix_tokens``). How many words make N tokens is measured
+  at load on the server's own tokenizer (:meth:`OpenAIHttpClient.calibrate`).
+* Counts are the server's: ``usage`` in the stream; where the stream has none,
+  the prompt count comes from the server's ``/tokenize`` endpoint (llama.cpp's
+  server and vLLM have one; the request scenarios count every prompt before the
+  run, :meth:`OpenAIHttpClient.prepare`) and the output count from the chunks.
+  A prompt of a different length than asked is flagged ``prompt_mismatch``.
 * An API key only from the environment variable named by ``api_key_env``; the
   key is never stored in the options, records or logs, and is scrubbed from
   any error text a server echoes back. ``describe()`` lists header *names* only.
@@ -25,10 +35,10 @@ remote server), so only the request scenarios drive it, through ``issue()``.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 import http.client
 import json
-import math
 import os
 import socket
 import threading
@@ -43,6 +53,21 @@ from workloads.zoo import ModelSpec
 
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, http.client.CannotSendRequest)
 
+# Each word with its leading space is a single token in the Llama 2/3, Mistral and GPT
+# vocabularies; the calibration at load measures what they cost on any other.
+TEXT_WORDS = tuple(dict.fromkeys(f" {w}" for w in """
+the of and to in is that for it as was with be by on not he this are or his from at which but have an
+had they you were their one all we can her has there been if more when will would who so no she other its
+may these what them than some him time into only do could new about two first then out also any like my
+over such our made after did many most before must through back years where much your way well down should
+because each just those people how too little state good very make world still own see men work long get
+here between both life being under never day same another know while last might us great old year off come
+since against go came right used take three small house water number part place point hand high light music
+city river open green table paper window letter market winter garden story field road school family power
+game line name word book home night door car tree food land sea sun air fire friend horse ship stone glass
+bird dog king voice money color body war head face eye side week town street child woman man girl boy
+""".split()))
+
 
 @dataclass
 class OpenAIHttpOptions:
@@ -54,10 +79,23 @@ class OpenAIHttpOptions:
     send_token_ids: bool = True  # prompts as token-id lists (exact counts); false: text
     fixed_length_params: list = field(default_factory=lambda: ["ignore_eos", "min_tokens"])
     extra_body: dict = field(default_factory=dict)  # merged into every request body
-    text_unit: str = " the"  # text prompts: this string repeated ...
-    text_unit_tokens: int = 1  # ... counting as this many tokens each
+    # text prompts: words drawn by each request's token ids, concatenated as written
+    # (so each carries its own leading space); None: TEXT_WORDS, common English words
+    text_words: Optional[list] = None
+    # tokens one word makes on the server; None: measured at load (the server's /tokenize,
+    # else the usage of two non-streamed completions), with the tokens it adds (BOS)
+    text_tokens_per_word: Optional[float] = None
     include_usage: bool = True  # ask for `usage` in the stream (stream_options.include_usage)
     probe: bool = True  # one 1-token request at load(): checks the endpoint and the prompt format
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.text_words is not None and (not self.text_words or not all(isinstance(w, str) and w
+                                                                              for w in self.text_words)):
+            out.append(("text_words", f"expected a list of non-empty strings, got {self.text_words!r}"))
+        if self.text_tokens_per_word is not None and not self.text_tokens_per_word > 0:
+            out.append(("text_tokens_per_word", f"expected a number > 0, got {self.text_tokens_per_word!r}"))
+        return out
 
 
 class OpenAIHttpClient:
@@ -80,6 +118,12 @@ class OpenAIHttpClient:
         self.model = options.model
         self.send_token_ids = options.send_token_ids
         self.probe_notes: list[str] = []
+        self.words = tuple(options.text_words) if options.text_words else TEXT_WORDS
+        self.text = TextCalibration(tokens_per_word=options.text_tokens_per_word or 1.0,
+                                    source="option" if options.text_tokens_per_word else "not measured")
+        self.stream_usage: Optional[bool] = None  # did the probe's stream carry usage? None: no probe
+        self.tokenize_path: Optional[str] = None  # the server's tokenize endpoint, where it answered
+        self._counts: dict[str, int] = {}  # prompt text -> the server's token count
         self._pool: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
 
@@ -174,14 +218,100 @@ class OpenAIHttpClient:
     def models(self) -> list[str]:
         return [m.get("id") for m in self.get_json("/v1/models").get("data", [])]
 
+    def post_json(self, path: str, body: dict) -> dict:
+        conn, resp = self._send("POST", path, json.dumps(body).encode(), self._headers(stream=False))
+        data = resp.read()
+        self._finish(conn, resp)
+        if resp.status != 200:
+            raise BackendError(self._scrub(f"POST {self.endpoint}{path}: HTTP {resp.status}: {_message(data)}"))
+        return json.loads(data)
+
+    # prompts ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _ids(request: Request) -> list[int]:
+        ids = request.prompt_ids
+        if ids is None:
+            ids = np.random.default_rng(request.id & 0x7FFFFFFF).integers(10, 1000, request.prompt_len).tolist()
+        return [int(t) for t in ids]
+
+    def text_of(self, request: Request) -> str:
+        """The request's text prompt: its own ids pick the words, as many as make its
+        prompt_len tokens on this server (as calibrated)."""
+        return prompt_text(self._ids(request), self.text.words_for(request.prompt_len), self.words)
+
     def _prompt(self, request: Request) -> Any:
-        if self.send_token_ids:
-            ids = request.prompt_ids
-            if ids is None:
-                ids = np.random.default_rng(request.id & 0x7FFFFFFF).integers(10, 1000, request.prompt_len).tolist()
-            return [int(t) for t in ids]
-        units = max(1, math.ceil(request.prompt_len / max(1, self.options.text_unit_tokens)))
-        return self.options.text_unit * units
+        return self._ids(request) if self.send_token_ids else self.text_of(request)
+
+    def _tokenize(self, text: str) -> int:
+        """The server's token count of `text` as a prompt, special tokens (BOS) included as
+        a completion adds them. llama.cpp reads content/add_special, vLLM
+        prompt/add_special_tokens; each ignores the other's keys."""
+        body = {"content": text, "prompt": text, "add_special": True, "add_special_tokens": True}
+        if self.model is not None:
+            body["model"] = self.model
+        out = self.post_json(self.tokenize_path, body)
+        if isinstance(out.get("count"), int):
+            return out["count"]
+        if isinstance(out.get("tokens"), list):
+            return len(out["tokens"])
+        raise BackendError(f"POST {self.endpoint}{self.tokenize_path}: no tokens or count in the answer")
+
+    def count_tokens(self, text: str) -> Optional[int]:
+        """The server's token count of a prompt text (cached), or None where it has no
+        tokenize endpoint or the call failed."""
+        with self._lock:
+            if text in self._counts:
+                return self._counts[text]
+        if self.tokenize_path is None:
+            return None
+        try:
+            n = self._tokenize(text)
+        except (OSError, http.client.HTTPException, ValueError, BackendError):
+            return None
+        with self._lock:
+            self._counts[text] = n
+        return n
+
+    def _completion_prompt_tokens(self, text: str) -> Optional[int]:
+        """usage.prompt_tokens of a non-streamed 1-token completion of `text`, or None."""
+        body = dict(self.body(Request(id=-2000, prompt_len=1, max_tokens=1)), prompt=text, stream=False)
+        body.pop("stream_options", None)
+        try:
+            usage = self.post_json("/v1/completions", body).get("usage") or {}
+        except (OSError, http.client.HTTPException, ValueError, BackendError):
+            return None
+        n = usage.get("prompt_tokens")
+        return n if isinstance(n, int) else None
+
+    def calibrate(self) -> None:
+        """Measure what a word of text prompt costs on this server: two texts of 32 and 96
+        words (their own seeded words, so no measured prompt is sent early) counted by
+        /tokenize, else by the usage of a non-streamed completion; the difference gives
+        tokens per word, the rest the tokens the server adds (BOS). An option given
+        by the user is kept as is."""
+        if self.options.text_tokens_per_word:
+            return
+        rng = np.random.default_rng(0xCA1B)
+        texts = [prompt_text(rng.integers(0, len(self.words), k).tolist(), k, self.words) for k in (32, 96)]
+        for source, count in (("/tokenize", self.count_tokens), ("completion usage", self._completion_prompt_tokens)):
+            if source == "/tokenize" and self.tokenize_path is None:
+                continue
+            c1, c2 = count(texts[0]), count(texts[1])
+            if c1 is not None and c2 is not None and c2 > c1:
+                per_word = (c2 - c1) / 64
+                self.text = TextCalibration(tokens_per_word=per_word, extra_tokens=max(0, round(c1 - 32 * per_word)),
+                                            source=source)
+                return
+        self.probe_notes.append("text prompts: could not count tokens on this server (no /tokenize, no usage); "
+                                "assuming one token per word, prompt lengths unverified unless the stream has usage")
+
+    def prepare(self, requests: list[Request]) -> None:
+        """Count every text prompt with the server's tokenizer before anything is timed
+        (RequestBackend.prepare_requests), so a stream without usage still gets the true prompt count
+        with no extra call inside a measured run."""
+        if not self.send_token_ids and self.tokenize_path is not None:
+            for r in requests:
+                self.count_tokens(self.text_of(r))
 
     def body(self, request: Request) -> dict:
         o = self.options
@@ -200,13 +330,18 @@ class OpenAIHttpClient:
 
     def issue(self, request: Request) -> RequestResult:
         """Stream one completion; every failure becomes an error on the result, never an exception."""
+        return self._stream(request)[0]
+
+    def _stream(self, request: Request) -> tuple[RequestResult, Optional[dict]]:
+        """issue(), and the usage the stream carried (None: none)."""
         res = RequestResult(id=request.id, prompt_len=request.prompt_len, n_requested=request.max_tokens,
                              t_issue=time.perf_counter())
         conn = resp = None
         usage: Optional[dict] = None
         done = False
+        body = self.body(request)
         try:
-            payload = json.dumps(self.body(request)).encode()
+            payload = json.dumps(body).encode()
             headers = self._headers(stream=True)
             res.t_issue = time.perf_counter()
             conn, resp = self._send("POST", "/v1/completions", payload, headers)
@@ -215,7 +350,7 @@ class OpenAIHttpClient:
                 res.error = f"HTTP {resp.status}: {_message(data)}"
                 conn.close()
                 conn = None
-                return res
+                return res, None
             while True:
                 line = resp.readline()
                 t = time.perf_counter()
@@ -258,6 +393,7 @@ class OpenAIHttpClient:
                 res.error = self._scrub(res.error)
         if res.t_end is None or not res.ok:
             res.t_end = time.perf_counter() if not res.ok else res.t_end
+        text = body["prompt"] if isinstance(body.get("prompt"), str) else None
         if usage and usage.get("completion_tokens") is not None:
             res.n_generated = int(usage["completion_tokens"])
             res.n_prompt = usage.get("prompt_tokens")
@@ -265,11 +401,15 @@ class OpenAIHttpClient:
             res.n_generated = len(res.token_times)
             if res.ok:
                 res.notes.append("no usage in the stream: generated count is the number of chunks")
+                if text is not None:
+                    res.n_prompt = self.count_tokens(text)  # counted by prepare() before the run, if it ran
+                    res.notes.append("prompt count from the server's /tokenize" if res.n_prompt is not None
+                                     else "prompt count unverified: no usage and no /tokenize")
         if res.ok:
             res.check_counts()
-            if not self.send_token_ids:
+            if text is not None:
                 res.notes.append("text prompt")
-        return res
+        return res, usage
 
     def check(self) -> dict:
         """Reach the endpoint, pick the model, probe the prompt format; returns what was found."""
@@ -291,29 +431,71 @@ class OpenAIHttpClient:
         elif served and self.model not in served:
             raise BackendError(f"openai-http: model {self.model!r} is not served at {self.endpoint} "
                                f"(it serves: {', '.join(map(str, served))})")
+        self.tokenize_path = "/tokenize"
+        if self.count_tokens("hello") is None:
+            self.tokenize_path = None
+        if not self.send_token_ids:
+            self.calibrate()
         if self.options.probe:
             req = Request(id=-1000, prompt_len=4, max_tokens=2, prompt_ids=[11, 12, 13, 14])
-            r = self.issue(req)
-            if not r.ok and self.send_token_ids and r.error.startswith(("HTTP 400", "HTTP 422")):
+            r, usage = self._stream(req)
+            if not r.ok and self.send_token_ids:
+                # any rejection, not only 400/422: llama.cpp's server answers token ids with HTTP 500
+                refused = r.error
                 self.send_token_ids = False
-                self.probe_notes.append(f"token-id prompts refused ({r.error[:120]}); using text prompts")
-                r = self.issue(req)
+                self.probe_notes.append(f"token-id prompts refused ({refused[:120]}); using text prompts")
+                self.calibrate()
+                r, usage = self._stream(req)
+                if not r.ok:
+                    raise BackendError(f"openai-http: probe completion failed with token ids ({refused}) "
+                                       f"and with text ({r.error})")
             if not r.ok:
                 raise BackendError(f"openai-http: probe completion failed: {r.error}")
+            self.stream_usage = usage is not None
             if r.count_mismatch:
                 self.probe_notes.append(f"probe asked for 2 tokens and got {r.n_generated}: the server may not "
                                         f"honour {self.options.fixed_length_params}")
-        info["prompt_format"] = "token_ids" if self.send_token_ids else "text"
-        info["probe_notes"] = list(self.probe_notes)
+        info.update(self._found())
         return info
+
+    def _found(self) -> dict:
+        """What load found out about the server, for the cell's record."""
+        out: dict[str, Any] = {"prompt_format": "token_ids" if self.send_token_ids else "text",
+                               "stream_usage": self.stream_usage, "tokenize_endpoint": self.tokenize_path,
+                               "probe_notes": list(self.probe_notes)}
+        if not self.send_token_ids:
+            out["text_prompts"] = dataclasses.asdict(self.text)
+        return out
 
     def describe(self) -> dict:
         o = self.options
         return {"backend": "openai-http", "endpoint": self.endpoint, "model": self.model,
                 "header_names": sorted(map(str, o.headers)), "api_key_env": o.api_key_env,
-                "prompt_format": "token_ids" if self.send_token_ids else "text",
-                "fixed_length_params": list(o.fixed_length_params), "timeout_s": o.timeout_s,
-                "probe_notes": list(self.probe_notes)}
+                "fixed_length_params": list(o.fixed_length_params), "timeout_s": o.timeout_s, **self._found()}
+
+
+@dataclass
+class TextCalibration:
+    """How many words of text prompt make N tokens on the server: N = extra_tokens +
+    tokens_per_word x words (extra: what the server adds to every prompt, its BOS)."""
+
+    tokens_per_word: float = 1.0
+    extra_tokens: int = 0
+    source: str = "not measured"  # /tokenize | completion usage | option | not measured
+
+    def words_for(self, n_tokens: int) -> int:
+        return max(1, round((n_tokens - self.extra_tokens) / max(self.tokens_per_word, 1e-6)))
+
+
+def prompt_text(ids: list[int], n_words: int, words: tuple[str, ...]) -> str:
+    """n_words words picked by ids (word i is words[ids[i] mod len(words)]), concatenated:
+    prompts with different ids differ from their first word. Where a vocabulary packs
+    words into fewer tokens than ids (more words than ids needed), the rest is drawn from
+    a generator seeded by the ids."""
+    seq = [int(i) for i in ids[:n_words]]
+    if len(seq) < n_words:
+        seq += np.random.default_rng(seq[:16] or [0]).integers(0, len(words), n_words - len(seq)).tolist()
+    return "".join(words[i % len(words)] for i in seq)
 
 
 def _message(data: bytes) -> str:
@@ -350,6 +532,9 @@ class OpenAIHttpBackend(RequestBackend):
         t0 = time.perf_counter()
         self.info = self.client.check()
         return LoadInfo(load_s=time.perf_counter() - t0, details=dict(self.info, weights="whatever the server loaded"))
+
+    def prepare_requests(self, requests: list[Request]) -> None:
+        self.client.prepare(requests)
 
     def issue(self, request: Request) -> RequestResult:
         return self.client.issue(request)

@@ -29,10 +29,18 @@ Why this shape:
   period), or, with ``lengthen=False``, the reading is flagged "short-window". A
   steady window's length is set by the load, so it is judged, never lengthened. A
   short window is never reported silently.
+* One window, every meter: each window's edges are fixed once, as host instants, and
+  every meter is closed at them; a meter that waits for its log or its next poll waits
+  after the end instant (in parallel with the others), so no meter's window grows
+  because of another's wait.
 * Meter trouble never raises out of here: a meter that fails is reported unavailable
   with its reason, and the other meters' figures stand. Errors of the workload itself
   (``run_prefill``/``run_generation``) do propagate, after the meters' windows are
-  closed.
+  closed. A meter that cannot read at all (a strict log past a malformed line) plans
+  no window: windows are sized by the meters that can read.
+* Clocks: external logs are stamped by another machine's clock. The worker runs
+  :func:`harness.meters.clock.align_clocks` before the cells; a log whose clock is
+  off and not corrected has every figure flagged "clock-skew" by its meter.
 
 The backend is reached only through the callables, so this module knows no backend,
 model or device by name.
@@ -54,7 +62,8 @@ from .records import EnergyRecord, MeterEnergy
 IDLE_BEFORE, PREFILL, GENERATION, IDLE_AFTER, STEADY = "idle-before", "prefill", "generation", "idle-after", "steady"
 PHASES = (IDLE_BEFORE, PREFILL, GENERATION, IDLE_AFTER)
 _IDLE = (IDLE_BEFORE, IDLE_AFTER)
-_QUALITY_RANK = {"ok": 0, "estimate": 1, "short-window": 2, "unavailable": 3}
+#: worst wins: a figure read on a skewed log clock is worse than one from a short window
+_QUALITY_RANK = {"ok": 0, "estimate": 1, "short-window": 2, "clock-skew": 3, "unavailable": 4}
 
 
 @dataclass
@@ -132,27 +141,44 @@ class Window:
                 return
             self._state = "open"
             self.t_start = time.time()
-            for m in self.meters:
-                _, err = _safe(m.begin_window, self.phase)
+            for m in self._counters_first():
+                _, err = _safe(m.begin_window, self.phase, self.t_start)
                 if err:
                     self.errors[m.name] = f"begin_window failed: {err}"
 
+    def _counters_first(self) -> list[Meter]:
+        """Meters that read a counter when called go first, right at the instant."""
+        return sorted(self.meters, key=lambda m: bool(getattr(m, "ends_late", False)))
+
     def end(self) -> None:
+        """Fix the end instant once, then close every meter at it: counter meters
+        read now; meters that wait for their log or next poll wait in parallel,
+        each for samples up to the same instant (so no wait pads any window, and the
+        cell waits for the slowest meter only, not for the sum)."""
         with self._lock:
             if self._state != "open":
                 return
             self._state = "closed"
-            # meters whose end_window waits go last, so the wait pads no other meter's window
-            for m in sorted(self.meters, key=lambda m: bool(getattr(m, "ends_late", False))):
-                if m.name in self.errors:
-                    _safe(m.end_window, self.phase)  # tidy its bookkeeping; result unused
-                    continue
-                res, err = _safe(m.end_window, self.phase)
-                if err:
-                    self.errors[m.name] = f"end_window failed: {err}"
-                else:
-                    self.readings[m.name] = list(res or [])
             self.t_end = time.time()
+            late = [m for m in self.meters if getattr(m, "ends_late", False)]
+            for m in self.meters:
+                if m not in late:
+                    self._close(m)
+            threads = [threading.Thread(target=self._close, args=(m,), name=f"end-{m.name}", daemon=True)
+                       for m in late]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+    def _close(self, m: Meter) -> None:
+        res, err = _safe(m.end_window, self.phase, self.t_end)
+        if m.name in self.errors:
+            return  # begin failed: end only tidied its bookkeeping
+        if err:
+            self.errors[m.name] = f"end_window failed: {err}"
+        else:
+            self.readings[m.name] = list(res or [])
 
     def _plan(self, min_s: float) -> float:
         """Seconds this window should last so every meter sees enough updates."""

@@ -178,6 +178,9 @@ class EnergyRecord:
     settings: dict = field(default_factory=dict)
     tokens: dict = field(default_factory=dict)  # token counts the per-token figures divide by
     windows: dict[str, dict] = field(default_factory=dict)  # phase -> start, end, duration, repeats
+    # external meters' clocks against this host's, found from a power signature run before
+    # the group's cells (harness.meters.clock): one entry per log meter
+    clock_alignment: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -229,7 +232,9 @@ class CellRecord:
     memory: dict = field(default_factory=dict)
     energy: Optional[EnergyRecord] = None
     energy_timeline: Optional[str] = None  # timelines/<cell>.csv, relative to the run folder
-    accuracy: dict = field(default_factory=dict)  # status, passed, rel_error, tolerance, reference
+    # status, passed, reason, rel_err, tolerance, reference (the logits check), logits_passed, and
+    # timed_output: harness.accuracy.TimedCheck of the tokens the timed path produced
+    accuracy: dict = field(default_factory=dict)
     roofline: Optional[dict] = None
     warnings: list[str] = field(default_factory=list)
     # request scenarios only

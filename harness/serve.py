@@ -20,6 +20,9 @@ API (the subset of OpenAI's that benchmarking needs):
   chunks, one token each, over chunked HTTP/1.1, the last token's chunk
   carrying ``finish_reason`` and ``usage``, then ``data: [DONE]``. Generated
   text is one printable ASCII character per token (so it re-tokenizes 1:1).
+* ``POST /tokenize``: ``{"content": text}`` (llama.cpp's key) or ``{"prompt": text}``
+  (vLLM's) -> ``{"tokens": [...], "count": n}``, the ids a completion of that prompt
+  would see; the ``openai-http`` client counts text prompts with it.
 * ``--api-key-env NAME``: require ``Authorization: Bearer $NAME``.
 * ``--fault error-rate=0.2,drop-rate=0.5,drop-after=3,seed=0``: fault
   injection for tests: HTTP 500 for a fraction of requests; the connection
@@ -174,8 +177,8 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, OSError):
             self.close_connection = True
             return
-        if path != "/v1/completions":
-            self._error(404, f"no route {path} (this server has /v1/completions)")
+        if path not in ("/v1/completions", "/tokenize"):
+            self._error(404, f"no route {path} (this server has /v1/completions and /tokenize)")
             return
         if not self._authorized():
             self._error(401, "missing or wrong API key", "authentication_error")
@@ -186,6 +189,9 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ValueError("expected a JSON object")
         except ValueError as e:
             self._error(400, f"request body is not valid JSON: {e}")
+            return
+        if path == "/tokenize":
+            self._tokenize(body)
             return
         model = body.get("model")
         if model is not None and model != self.server.model_name:
@@ -220,6 +226,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._stream(job, rid, len(prompt), drop_after)
         else:
             self._complete(job, rid, len(prompt))
+
+    def _tokenize(self, body: dict) -> None:
+        text = body.get("content", body.get("prompt"))
+        if not isinstance(text, str):
+            self._error(400, "expected `content` (or `prompt`): the text to tokenize")
+            return
+        ids = encode_text(text, self.server.engine.vocab_size)
+        self._json(200, {"tokens": ids, "count": len(ids), "max_model_len": self.server.engine.max_seq})
 
     def _prompt_ids(self, prompt: Any) -> list[int]:
         vocab = self.server.engine.vocab_size

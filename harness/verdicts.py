@@ -238,6 +238,10 @@ def evaluate(claim: Claim, cells: list[ResultCell]) -> Verdict:
         v.reason = "no confidence interval (fewer than 2 repetitions on both sides)"
     elif METRICS[metric].energy and (is_estimate(comp.subject_value.meter) or is_estimate(comp.baseline_value.meter)):
         v.reason = f"energy is an estimate, not a measurement: the measured ratio alone would be {measured}"
+    elif METRICS[metric].energy and any(m is not None and m.quality == "clock-skew"
+                                        for m in (comp.subject_value.meter, comp.baseline_value.meter)):
+        v.reason = ("energy read on a meter whose clock is off this host's and was not corrected "
+                    f"(clock_offset_s: auto corrects it): the measured ratio alone would be {measured}")
     else:
         v.verdict = measured
         lo, hi = comp.ratio.ci_low, comp.ratio.ci_high
@@ -265,6 +269,8 @@ def _caveats(claim: Claim, comp: ClaimComparison) -> list[str]:
             elif m.quality == "short-window":
                 out.append(f"{label} energy window too short for its meter ({m.meter}: "
                            f"{m.reason or 'too few meter updates'})")
+            elif m.quality == "clock-skew":
+                out.append(f"{label} energy read on a meter clock that is off ({m.meter}: {m.reason})")
             for w in m.warnings:
                 out.append(f"{label} energy warning: {w}")
         out.append("energy intervals reflect repetition-to-repetition timing only (one meter window per cell), "
@@ -322,6 +328,8 @@ def _acc(a: dict) -> str:
     if a.get("passed") is True:
         return f"passed (rel err {a.get('rel_err', float('nan')):.1e})"
     if a.get("passed") is False:
+        if a.get("logits_passed") is not False and a.get("reason"):  # the timed output failed, not the logits
+            return f"FAILED ({a['reason']})"
         return f"FAILED (rel err {a.get('rel_err', float('nan')):.1e} > {a.get('tolerance', float('nan')):.0e})"
     return str(a.get("status") or "not checked")
 

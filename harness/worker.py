@@ -30,7 +30,8 @@ import numpy as np
 
 from backends.base import Backend, LoadInfo, ModelBackend
 from harness.records import CellJob, CellRecord, EnergyRecord, PlannedCell
-from harness.scenarios.base import CellContext, Scenario, ScenarioOutcome
+from harness.accuracy import TimedCheck
+from harness.scenarios.base import CellContext, Scenario, ScenarioOutcome, TimedOutput
 
 
 class Events:
@@ -155,9 +156,18 @@ def start_meters(job: CellJob, backend: Backend) -> tuple[list, str | None]:
 
 # --- one cell ------------------------------------------------------------------------------
 
+#: what a cell whose scenario kept no timed output says (not a pass: nobody looked)
+_UNCHECKED_TIMED = TimedCheck.unchecked("the scenario kept no timed output to re-score (request scenarios: the load "
+                                        "generator sees streamed text or ids only)")
+
+
 class AccuracyGate:
-    """Logits of the backend against the fp32 torch reference on fixed sequences; a cell
-    outside its precision's tolerance is invalid. The reference is computed once per group."""
+    """The cell's outputs against the fp32 torch reference on the same weights; a cell
+    that fails either check is invalid (harness.accuracy says what each check compares).
+
+    The logits check runs on fixed sequences, its reference computed once per group; the
+    timed-output check re-scores what this cell's timed runs produced. Both run after the
+    scenario, outside every timed and energy window."""
 
     def __init__(self, config: dict, group: LoadedGroup):
         from harness.config import AccuracyConfig
@@ -166,28 +176,87 @@ class AccuracyGate:
         self.group = group
         self._reference = None
 
-    def check(self) -> dict:
-        from harness.accuracy import compare, gate_tokens
-
+    def check(self, timed: TimedOutput | None) -> dict:
         backend = self.group.backend
         if not isinstance(backend, ModelBackend):  # an endpoint: its logits are not ours to read
-            return {"status": "not checkable (endpoint backend)", "passed": None}
+            return {"status": "not checkable (endpoint backend)", "passed": None,
+                    "timed_output": _UNCHECKED_TIMED.to_json()}
         if not self.cfg.enabled:
-            return {"status": "not checked", "passed": None}
-        cfg, spec = self.cfg, self.group.spec
-        ref_device = cfg.reference_device or backend.weights_device()
+            return {"status": "not checked", "passed": None,
+                    "timed_output": TimedCheck.unchecked("accuracy.enabled is false", "not checked").to_json()}
+        result = self._logits()
+        timed_check = self._timed(timed) if timed is not None else _UNCHECKED_TIMED
+        result["timed_output"] = timed_check.to_json()
+        result["logits_passed"] = result["passed"]
+        if timed_check.passed is False:
+            reasons = [r for r in (result.get("reason"), timed_check.reason) if r]
+            result.update(status="fail", passed=False, reason="; ".join(reasons))
+        return result
+
+    @property
+    def _ref_device(self) -> str:
+        return self.cfg.reference_device or self.group.backend.weights_device()
+
+    def _logits(self) -> dict:
+        from harness.accuracy import compare, gate_tokens
+
+        cfg, spec, backend = self.cfg, self.group.spec, self.group.backend
         tokens = gate_tokens(spec.args.vocab_size, cfg.batch, cfg.seq_len, cfg.seed)
         if self._reference is None:
             from workloads.models import reference_logits
 
-            self._reference = reference_logits(spec, tokens, ref_device)
+            self._reference = reference_logits(spec, tokens, self._ref_device)
         result = compare(backend.logits(tokens, cfg.prefill_len), self._reference, self.group.precision)
-        result["reference"] = f"torch fp32 full forward on {ref_device}"
+        result["reference"] = f"torch fp32 full forward on {self._ref_device}"
         return result
+
+    def _timed(self, timed: TimedOutput) -> TimedCheck:
+        """Teacher-forced reference over prompt + produced tokens: one full forward per
+        sequence gives the reference's logits at every position that produced a token."""
+        import torch
+
+        from harness.accuracy import TIMED_SEQUENCES, Disagreement, agreeing, judge, tolerance
+        from workloads.models import build_model, full_forward
+
+        device, tol = self._ref_device, tolerance(self.group.precision)
+        plen = timed.prompts.shape[1]
+        n_seq = min(timed.prompts.shape[0], TIMED_SEQUENCES)
+        flags: list[np.ndarray] = []
+        first = None
+        model = build_model(self.group.spec, "fp32", device)
+        with torch.inference_mode():
+            for k, out in enumerate(timed.outputs):
+                for i in range(n_seq):
+                    seq = np.concatenate([timed.prompts[i], out[i, :-1]])  # the last token feeds nothing
+                    logits = full_forward(model, torch.from_numpy(seq)[None].to(device))
+                    ref = logits[0, plen - 1:].cpu().numpy()  # [gen_len, vocab]: position p predicts p + 1
+                    ok = agreeing(ref, out[i], tol)
+                    flags.append(ok)
+                    if first is None and not ok.all():
+                        j = int(np.argmin(ok))
+                        first = Disagreement(sequence=i, position=j, token=int(out[i, j]),
+                                             reference_token=int(ref[j].argmax()), output=k)
+        return judge(flags, first, sequences=n_seq, outputs=len(timed.outputs), repetitions=timed.repetitions,
+                     precision=self.group.precision,
+                     reference=f"torch fp32 full forward on {device}, teacher-forced over prompt + produced tokens")
+
+
+def align_meter_clocks(meters: list) -> list[dict]:
+    """Run the power signature and align each external log meter's clock to this host's
+    (harness.meters.clock; nothing runs when no meter logs on its own clock). A meter
+    whose clock is off and not corrected flags its own figures; this is the record of why."""
+    from dataclasses import asdict
+
+    try:
+        from harness.meters import align_clocks
+
+        return [asdict(a) for a in align_clocks(meters)]
+    except Exception as e:  # noqa: BLE001 - alignment trouble costs the alignment, never the cells
+        return [{"found": False, "problem": "alignment failed", "reason": _message(e)}]
 
 
 def measure_cell(job: CellJob, cell: PlannedCell, group: LoadedGroup, meters: list, meter_error: str | None,
-                 gate: AccuracyGate) -> CellRecord:
+                 gate: AccuracyGate, clock_alignment: list[dict] | None = None) -> CellRecord:
     from harness.energy import EnergySettings
 
     e = job.energy
@@ -198,9 +267,11 @@ def measure_cell(job: CellJob, cell: PlannedCell, group: LoadedGroup, meters: li
     outcome = group.scenario.run(ctx)
     record = _record(job, cell, group, outcome)
     record.energy = outcome.energy or _no_energy(job, meter_error)
+    if record.energy.meters and clock_alignment:
+        record.energy.clock_alignment = clock_alignment
     if outcome.timeline:
         record.energy_timeline = _write_timeline(Path(job.run_dir), cell, outcome.timeline)
-    record.accuracy = gate.check()
+    record.accuracy = gate.check(outcome.timed_output)
     if record.accuracy.get("passed") is False:
         record.status, record.valid = "invalid", False
     else:
@@ -268,12 +339,13 @@ def main(job_path: str, events_path: str) -> int:
         return 0
     ev.emit(event="loaded", load_s=group.info.load_s, compile_s=group.info.compile_s)
     meters, meter_error = start_meters(job, group.backend)
+    clock_alignment = align_meter_clocks(meters)
     gate = AccuracyGate(job.accuracy, group)
     for cell in job.cells:
         ev.emit(event="start", cell_id=cell.id)
         t0 = time.time()
         try:
-            record = measure_cell(job, cell, group, meters, meter_error, gate)
+            record = measure_cell(job, cell, group, meters, meter_error, gate, clock_alignment)
         except Exception as e:  # noqa: BLE001 - a failed cell is a result, the next cell still runs
             record = CellRecord.failure(cell, "exception", _message(e), device=job.device, params=group.params,
                                         trace=traceback.format_exc())

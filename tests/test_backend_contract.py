@@ -149,6 +149,9 @@ class _Endpoint(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path != "/v1/completions":  # no /tokenize here: the client must do without
+            self.send_error(404)
+            return
         self.bodies.append(body)
         n = body["max_tokens"]
         events = [{"choices": [{"index": 0, "text": f" t{i}", "finish_reason": "length" if i == n - 1 else None}]}

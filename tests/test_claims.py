@@ -472,3 +472,32 @@ def test_shipped_example_files_parse():
 
     p = load_prices(root / "prices.example.yaml")
     assert p.electricity_per_kwh > 0 and 0 < p.utilisation <= 1 and p.hardware
+
+
+def test_an_energy_claim_on_a_skewed_meter_clock_is_inconclusive(tmp_path):
+    """A meter whose clock was found off and not corrected (quality clock-skew) cannot decide an
+    energy claim, whatever the ratio says; a timing claim on the same cells is still judged."""
+    from harness.cells import ResultCell
+    from harness.records import CellRecord, EnergyRecord, MeterEnergy
+
+    def cell(backend, tps, tpj, quality):
+        rec = CellRecord(cell_id=f"{backend}/tiny/fp32/b1/p8/g4/offline", backend=backend, backend_type="torch",
+                         model="tiny", dtype="fp32", batch=1, prompt_len=8, gen_len=4, scenario="offline",
+                         status="ok", valid=True, device="cpu",
+                         metrics={"decode_tps": {"samples": [tps * (1 + 0.01 * i) for i in range(5)], "median": tps},
+                                  "e2e_s": {"samples": [0.1] * 5, "median": 0.1}},
+                         accuracy={"passed": True, "rel_err": 1e-6},
+                         energy=EnergyRecord(meters=[MeterEnergy(meter="wall", method="external", scope="wall",
+                                                                 quality=quality, reason="log clock 2 s ahead",
+                                                                 tokens_per_joule_gross=tpj)]))
+        return ResultCell(run_id="r", run_dir=tmp_path, meta={}, record=rec)
+
+    cells = [cell("npu", 1000.0, 100.0, "clock-skew"), cell("gpu", 10.0, 1.0, "ok")]
+    wl = Workload(model="tiny", batch=1, prompt_len=8, gen_len=4)
+    energy = evaluate(Claim("npu 10x tokens/J", "tokens_per_joule", Selector(backend="npu"), Selector(backend="gpu"),
+                            wl, 10.0), cells)
+    assert energy.verdict == "INCONCLUSIVE" and "clock is off" in energy.reason and "would be SUPPORTED" in energy.reason
+    assert any("meter clock that is off (wall: log clock 2 s ahead)" in c for c in energy.caveats)
+    speed = evaluate(Claim("npu 10x faster", "decode_tps", Selector(backend="npu"), Selector(backend="gpu"), wl, 10.0),
+                     cells)
+    assert speed.verdict == "SUPPORTED"

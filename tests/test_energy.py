@@ -173,7 +173,7 @@ def test_files_on_disk_rapl_and_wall_log_and_estimate(tmp_path):
     # arithmetic itself is checked exactly in test_meters_rapl
     assert r.idle_w == pytest.approx(50.0, rel=0.5)
     assert r.windows["prefill"]["avg_w"] == pytest.approx(50.0, rel=0.5)
-    assert (wall.scope, wall.method, wall.quality) == ("wall", "external", "ok")
+    assert (wall.scope, wall.method, wall.quality) == ("wall", "external", "ok"), wall.reason
     assert wall.windows["prefill"]["gross_j"] == pytest.approx(500 * wall.windows["prefill"]["duration_s"], rel=1e-3)
     assert wall.idle_w == pytest.approx(500, rel=1e-3) and abs(wall.windows["generation"]["net_j"]) < 0.5
     assert wall.update_period_s == pytest.approx(0.05, rel=0.01)
@@ -231,8 +231,8 @@ class ExplodingMeter(Meter):
         self.options, self.name, self.method, self.scope = None, "boom", "counter", "npu-module"
         self.available, self.reason, self.started, self._open, self._sampler = True, None, True, {}, None
 
-    def end_window(self, name):
-        t0, t1 = self._close_window(name)
+    def end_window(self, name, at=None):
+        t0, t1 = self._close_window(name, at)
         if name == "generation":
             raise RuntimeError("driver went away")
         return [EnergyReading(self.name, "counter", "npu-module", 1.0, t1 - t0, 50, 0.001, "ok",
@@ -311,13 +311,13 @@ class KnownMeter(Meter):
         self.readings, self.n_updates = readings, n_updates   # window -> (joules, seconds)
         self.calls = {"begin": 0, "end": 0}
 
-    def begin_window(self, name):
+    def begin_window(self, name, at=None):
         self.calls["begin"] += 1
-        super().begin_window(name)
+        super().begin_window(name, at)
 
-    def end_window(self, name):
+    def end_window(self, name, at=None):
         self.calls["end"] += 1
-        t0, t1 = self._close_window(name)
+        t0, t1 = self._close_window(name, at)
         joules, seconds = self.readings[name]
         return [EnergyReading(self.name, "counter", "npu-module", joules, seconds, self.n_updates, 0.01, "ok",
                               t_start=t0, t_end=t1)]

@@ -85,13 +85,29 @@ def test_stream_token_counts_exact_and_times_monotonic(server):
 
 
 def test_text_prompts_counted_from_usage(server):
-    c = client(server.url, send_token_ids=False, text_unit="a")
+    c = client(server.url, send_token_ids=False, text_words=["a"], text_tokens_per_word=1)
     r = c.issue(req(1, 11, 4))
     assert r.ok and r.n_prompt == 11 and r.n_generated == 4 and not r.prompt_mismatch
-    c2 = client(server.url, send_token_ids=False, text_unit="ab")  # 2 tokens per unit, told 1
+    c2 = client(server.url, send_token_ids=False, text_words=["ab"], text_tokens_per_word=1)  # 2 tokens a word, told 1
     r2 = c2.issue(req(2, 6, 3))
     assert r2.ok and r2.n_prompt == 12 and r2.prompt_mismatch  # the true count, and the flag
     assert "text prompt" in r2.notes
+
+
+def test_text_prompts_calibrated_on_the_servers_tokenizer(server):
+    """harness serve tokenizes bytes: a word is ~5 tokens there, not the 1 the old text
+    unit assumed (a "64-token" prompt was 4 x 64 bytes); measured at load, it is about 64."""
+    c = client(server.url, send_token_ids=False)
+    d = c.describe()
+    assert d["tokenize_endpoint"] == "/tokenize" and d["stream_usage"] is True
+    assert d["text_prompts"]["source"] == "/tokenize" and 4 < d["text_prompts"]["tokens_per_word"] < 8
+    a, b = c.issue(req(1, 64, 2)), c.issue(Request(2, 64, 2, prompt_ids=list(range(30, 94))))
+    assert a.ok and b.ok and abs(a.n_prompt - 64) <= 10 and abs(b.n_prompt - 64) <= 10
+    assert a.prompt_mismatch == (a.n_prompt != 64)  # usage counts; any difference is flagged
+    assert c.count_tokens(c.text_of(req(1, 64, 2))) == a.n_prompt  # /tokenize agrees with usage
+    assert c.text_of(req(1, 64, 2))[:8] != c.text_of(Request(2, 64, 2, prompt_ids=list(range(30, 94))))[:8]
+    with pytest.raises(ConfigError, match="text_tokens_per_word"):
+        build(OpenAIHttpOptions, {"text_tokens_per_word": 0}, "options")
 
 
 def test_http_api_shape(server):

@@ -5,7 +5,7 @@
     meters:
       - {type: rapl}
       - {type: nvml, index: 0}
-      - {type: csv-log, path: wall.csv, columns: {timestamp: time, watts: W}, clock_offset_s: 0.4, tz: UTC}
+      - {type: csv-log, path: wall.csv, columns: {timestamp: time, watts: W}, clock_offset_s: auto, tz: UTC}
       - {type: ptdaemon-log, path: spl.txt}
       - {type: command, argv: [npu-smi, info], regex: 'Power: (\\d+\\.?\\d*) W', period_s: 0.1, scope: npu-module}
       - {type: estimate, watts: 350, scope: gpu-board}
@@ -16,6 +16,7 @@ from typing import Optional
 from harness.schema import build
 
 from .base import METHODS, SCOPES, EnergyReading, Meter, MeterError
+from .clock import ClockAlignment, ClockSignature, align_clocks
 from .command import CommandMeter
 from .estimate import EstimateMeter
 from .external_log import CsvLogMeter, PtdaemonLogMeter
@@ -58,5 +59,5 @@ def build_meters(configs: Optional[list[dict]], where: str = "meters") -> list[M
 __all__ = [
     "METER_TYPES", "METHODS", "SCOPES", "EnergyReading", "Meter", "MeterError", "build_meters",
     "NvmlMeter", "PynvmlDevice", "RaplMeter", "CsvLogMeter", "PtdaemonLogMeter", "CommandMeter",
-    "EstimateMeter", "counter_vs_sampled",
+    "EstimateMeter", "counter_vs_sampled", "ClockAlignment", "ClockSignature", "align_clocks",
 ]

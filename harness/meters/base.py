@@ -11,6 +11,14 @@ how trustworthy is that number. The answer is an :class:`EnergyReading` that
 carries its provenance, so that no figure ever reaches a table without its
 meter, method, scope, observed update period and update count.
 
+One window, every meter: the caller fixes each window's edges once, as host
+instants, and hands them to every meter (``begin_window(name, at=t)``,
+``end_window(name, at=t)``). A meter that reads a counter reads it when called
+(the caller calls those first, right at the instant); a meter that reads
+timestamped samples (a log, a polled CLI) uses ``at`` as the edge and may wait
+afterwards for samples to reach it, so its wait never lengthens another
+meter's window, nor its own.
+
 Meters never raise for "this machine cannot measure this" (no GPU, RAPL
 root-only, log missing): they say why in ``reason`` and return readings with
 ``joules=None``. They raise :class:`MeterError` only for configuration mistakes
@@ -146,8 +154,10 @@ class Meter(ABC):
     retain_s: ClassVar[float] = 3600.0
     trim_every: ClassVar[int] = 4096   # samples between two trims
     #: end_window may wait (for a log to catch up, for the next poll); such meters
-    #: are closed after the others, so their wait does not pad the others' windows
+    #: take the window's edges from ``at`` and are closed after the counter meters
     ends_late: ClassVar[bool] = False
+    #: timestamps come from another machine's clock: harness.meters.clock aligns them
+    aligns_clock: ClassVar[bool] = False
 
     def __init__(self, options: Any = None):
         self.options = build(type(self).Options, options, f"meter {self.type}", error=MeterError)
@@ -182,8 +192,9 @@ class Meter(ABC):
         warn_once((self.type, reason), f"energy meter {self.name}: unavailable: {reason}")
 
     # windows --------------------------------------------------------------
-    def begin_window(self, name: str) -> None:
-        self._open[name] = time.time()
+    def begin_window(self, name: str, at: Optional[float] = None) -> None:
+        """Open window ``name`` at host instant ``at`` (None: now)."""
+        self._open[name] = time.time() if at is None else at
 
     def history_cutoff(self) -> float:
         """Time before which samples may be dropped: retain_s back, never inside an open window."""
@@ -191,17 +202,17 @@ class Meter(ABC):
         opened = list(self._open.values())
         return min([cutoff] + opened)
 
-    def _close_window(self, name: str) -> tuple[float, float]:
-        """Pop an open window; (t_start, t_end) in unix seconds."""
+    def _close_window(self, name: str, at: Optional[float] = None) -> tuple[float, float]:
+        """Pop an open window; (t_start, t_end) in unix seconds, t_end = ``at`` or now."""
         try:
             t0 = self._open.pop(name)
         except KeyError:
             raise MeterError(f"meter {self.name}: end_window({name!r}) without begin_window") from None
-        return t0, time.time()
+        return t0, time.time() if at is None else at
 
     @abstractmethod
-    def end_window(self, name: str) -> list[EnergyReading]:
-        ...
+    def end_window(self, name: str, at: Optional[float] = None) -> list[EnergyReading]:
+        """Close window ``name`` at host instant ``at`` (None: now) and read it."""
 
     def timeline(self, since: Optional[float] = None) -> list[dict]:
         """Samples since start(): {"t", "meter", "watts", ...telemetry}."""

@@ -7,8 +7,9 @@ the watts out of its output with the configured regex (named group ``watts``
 or the first group), and integrate the samples trapezoidally.
 
 A sample's time is the midpoint of the command's run, since the tool read the
-sensor somewhere in between. ``end_window`` waits for the first sample taken
-after the window closed so both edges are interpolated, not extrapolated. A
+sensor somewhere in between. The samples are on this machine's clock, so the
+meter needs no clock alignment. ``end_window`` waits for the first sample taken
+after the window's end instant so both edges are interpolated, not extrapolated. A
 stretch without a successful sample longer than ``max_gap_s`` makes the window
 unavailable, with the tool's error as the reason.
 
@@ -141,8 +142,8 @@ class CommandMeter(Meter):
         self._samples.append((t, w))
         self.start_sampling(self._poll, self.options.period_s)
 
-    def end_window(self, name: str) -> list[EnergyReading]:
-        t0, t1 = self._close_window(name)
+    def end_window(self, name: str, at: Optional[float] = None) -> list[EnergyReading]:
+        t0, t1 = self._close_window(name, at)
         if not self.available:
             return [self.unavailable_reading(t0, t1, self.reason or "unavailable")]
         if self._sampler is None:

@@ -44,8 +44,8 @@ class EstimateMeter(Meter):
         self.method = "estimate"
         self.scope = self.options.scope
 
-    def end_window(self, name: str) -> list[EnergyReading]:
-        t0, t1 = self._close_window(name)
+    def end_window(self, name: str, at: Optional[float] = None) -> list[EnergyReading]:
+        t0, t1 = self._close_window(name, at)
         o = self.options
         why = f"constant {o.watts:g} W x window time" + (f" ({o.source})" if o.source else "") + \
             ": an estimate, not a measurement"

@@ -11,7 +11,10 @@ end), attributes samples to the window by timestamp.
 Time: a log timestamp is converted to this machine's clock as
 ``t = log_time - clock_offset_s``, where ``clock_offset_s`` is how far the
 meter host's clock is ahead of this one (measure it with NTP/chrony, or by a
-mark). Timestamps without a zone are read in ``tz`` (an IANA name, e.g.
+mark), or ``auto``: estimated from a power signature the harness produces
+before the cells (harness.meters.clock, which also flags every figure of a
+meter whose configured offset is off by more than half its sample period).
+Timestamps without a zone are read in ``tz`` (an IANA name, e.g.
 "UTC", "Europe/Berlin"; default: this machine's local zone). PTDaemon writes
 its host's local time.
 
@@ -23,9 +26,12 @@ in proportion to the overlap. A window the log does not cover, or that
 contains a gap longer than ``max_gap_s`` or an invalid sample (PTDaemon writes
 -1 for one), is unavailable, with the reason.
 
-Parsing is strict: a malformed line raises :class:`MeterError` naming the file,
-the line and what was expected (the meter reports it as the reason), unless
-``skip_malformed`` is set, in which case such lines are counted and skipped.
+Parsing is strict: a malformed line raises :class:`MalformedLog` naming the
+file, the line and what was expected, unless ``skip_malformed`` is set, in
+which case such lines are counted and skipped. A strict meter that met a
+malformed line can never read past it, so it is marked unavailable once, with
+that reason, and plans no window (a log that is merely missing may still
+appear, so that stays a per-window reason).
 """
 
 import csv
@@ -34,7 +40,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar, NamedTuple, Optional
+from typing import ClassVar, NamedTuple, Optional, Union
 from zoneinfo import ZoneInfo
 
 from .base import (EnergyReading, Meter, MeterError, check_positive, check_scope, log,
@@ -42,6 +48,10 @@ from .base import (EnergyReading, Meter, MeterError, check_positive, check_scope
 
 PTD_TIME_FORMATS = ("%m-%d-%Y %H:%M:%S.%f", "%m-%d-%Y %H:%M:%S")
 _EPOCH_MAX = 1e11  # seconds; beyond this a number is probably milliseconds
+
+
+class MalformedLog(MeterError):
+    """A line of the log is not what its format says: a strict meter cannot read past it."""
 
 
 class LogSample(NamedTuple):
@@ -86,8 +96,8 @@ class _LineParser:
         self.offset = float(clock_offset_s)
         self.last: Optional[tuple[float, int]] = None  # (t, line) of the previous sample
 
-    def fail(self, lineno: int, what: str) -> MeterError:
-        return MeterError(f"{self.path} line {lineno}: {what}")
+    def fail(self, lineno: int, what: str) -> MalformedLog:
+        return MalformedLog(f"{self.path} line {lineno}: {what}")
 
     def _ordered(self, t: float, lineno: int, raw_ts: str) -> float:
         if self.last is not None and t < self.last[0]:
@@ -324,7 +334,7 @@ class LogTail:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
-                err = MeterError(f"{self.path} line {lineno}: expected UTF-8 text")
+                err = MalformedLog(f"{self.path} line {lineno}: expected UTF-8 text")
                 if not self.skip_malformed:
                     raise err from None
                 self.skipped += 1
@@ -394,7 +404,8 @@ def apportion(samples: list[LogSample], t0: float, t1: float, covers: str, perio
 class _LogOptions:
     path: str
     tz: Optional[str] = None
-    clock_offset_s: float = 0.0
+    #: seconds the meter host's clock is ahead of this one (an int too: YAML reads 2 as one), or "auto"
+    clock_offset_s: Union[float, int, str] = 0.0
     scope: str = "wall"
     sample_covers: str = "preceding"
     period_s: Optional[float] = None
@@ -410,9 +421,24 @@ class _LogOptions:
         check_positive("period_s", self.period_s)
         check_positive("max_gap_s", self.max_gap_s)
         check_positive("settle_s", self.settle_s, allow_zero=True)
-        if not math.isfinite(self.clock_offset_s):
+        if isinstance(self.clock_offset_s, str):
+            if self.clock_offset_s != "auto":
+                raise MeterError(f"option 'clock_offset_s' must be a number of seconds or 'auto', "
+                                 f"got {self.clock_offset_s!r}")
+        elif not math.isfinite(self.clock_offset_s):
             raise MeterError("option 'clock_offset_s' must be a finite number of seconds")
+        else:
+            self.clock_offset_s = float(self.clock_offset_s)
         _zone(self.tz)
+
+    @property
+    def auto_offset(self) -> bool:
+        return self.clock_offset_s == "auto"
+
+    @property
+    def fixed_offset_s(self) -> float:
+        """The configured offset; 0 until the signature has measured an "auto" one."""
+        return 0.0 if self.auto_offset else self.clock_offset_s
 
 
 @dataclass
@@ -437,7 +463,7 @@ class CsvLogOptions(_LogOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        CsvLogParser(self.path, self.columns, self.tz, self.clock_offset_s, self.timestamp_format,
+        CsvLogParser(self.path, self.columns, self.tz, self.fixed_offset_s, self.timestamp_format,
                      self.delimiter, self.watts_scale)  # validates columns/delimiter
 
 
@@ -445,12 +471,15 @@ class ExternalLogMeter(Meter):
     """Shared window logic of the log importers."""
 
     ends_late: ClassVar[bool] = True  # end_window waits up to settle_s for the log
+    aligns_clock: ClassVar[bool] = True
 
     def __init__(self, options=None):
         super().__init__(options)
         self.method = "external"
         self.scope = self.options.scope
         self.name = self.options.name or f"{self.type}:{os.path.basename(self.options.path)}"
+        self.clock_offset_s = self.options.fixed_offset_s   # the one the parser applies
+        self.alignment = None   # harness.meters.clock.ClockAlignment, once measured
         self.tail = LogTail(self.options.path, self._make_parser, self.options.skip_malformed)
 
     def _make_parser(self) -> _LineParser:
@@ -463,29 +492,67 @@ class ExternalLogMeter(Meter):
             log.info("meter %s: %s does not exist yet; it is read at the end of each window",
                      self.name, self.options.path)
 
-    def _period(self, samples: list[LogSample]) -> float:
+    # the log ----------------------------------------------------------------
+    def _read(self) -> list[LogSample]:
+        """The samples so far; a malformed line (strict) marks the meter unavailable for good."""
+        try:
+            return self.tail.read()
+        except MalformedLog as e:
+            self.mark_unavailable(str(e))
+            raise
+
+    def sample_period(self, samples: list[LogSample]) -> float:
         p = median_interval([s.t for s in samples[-2000:]])
         return p or self.options.period_s or 1.0
 
-    def end_window(self, name: str) -> list[EnergyReading]:
-        t0, t1 = self._close_window(name)
+    def read_until(self, t: float) -> tuple[list[LogSample], Optional[str]]:
+        """(samples, None) once the log reaches host time ``t`` or settle_s has passed;
+        ([], reason) when the log cannot be read."""
         deadline = time.time() + self.options.settle_s
         while True:
             try:
-                samples = self.tail.read()
+                samples = self._read()
             except MeterError as e:
                 if time.time() < deadline and "not found" in str(e):
                     time.sleep(0.1)
                     continue
-                return [self.unavailable_reading(t0, t1, str(e))]
-            period = self._period(samples)
-            covered = bool(samples) and (samples[-1].t if self.options.sample_covers == "preceding"
-                                         else samples[-1].t + period) >= t1
-            if covered or time.time() >= deadline:
-                break
+                return [], str(e)
+            reached = bool(samples) and (samples[-1].t if self.options.sample_covers == "preceding"
+                                         else samples[-1].t + self.sample_period(samples)) >= t
+            if reached or time.time() >= deadline:
+                return samples, None
             time.sleep(min(0.1, max(0.0, deadline - time.time())))
+
+    # the clock --------------------------------------------------------------
+    def set_alignment(self, alignment) -> None:
+        """Record the signature's verdict on this log's clock; apply its offset when
+        the option says ``auto`` and the signature was found."""
+        self.alignment = alignment
+        if alignment.applied:
+            self.clock_offset_s = alignment.offset_s
+            self.tail = LogTail(self.options.path, self._make_parser, self.options.skip_malformed)
+
+    def clock_problem(self) -> Optional[str]:
+        """Why this meter's timestamps cannot be trusted against this host (None: they can)."""
+        if self.alignment is not None:
+            return self.alignment.problem
+        if self.options.auto_offset:
+            return ("clock_offset_s: auto, but no clock alignment was run: the log's clock is unknown "
+                    "against this host")
+        return None
+
+    # windows ----------------------------------------------------------------
+    def end_window(self, name: str, at: Optional[float] = None) -> list[EnergyReading]:
+        t0, t1 = self._close_window(name, at)
+        if not self.available:
+            return [self.unavailable_reading(t0, t1, self.reason or "unavailable")]
+        samples, err = self.read_until(t1)
+        if err:
+            return [self.unavailable_reading(t0, t1, err)]
+        period = self.sample_period(samples)
         gap_limit = self.options.max_gap_s or 3 * period
-        tele = {"log": self.options.path, "clock_offset_s": self.options.clock_offset_s,
+        tele = {"log": self.options.path, "clock_offset_s": self.clock_offset_s,
+                "clock_offset_from": "signature" if self.alignment and self.alignment.applied else "option",
                 "sample_covers": self.options.sample_covers, "skipped_lines": self.tail.skipped}
         try:
             joules, used = apportion(samples, t0, t1, self.options.sample_covers, period, gap_limit)
@@ -499,21 +566,26 @@ class ExternalLogMeter(Meter):
         if marks:
             tele["marks"] = marks[:20]
         win_period = median_interval([s.t for s in inside])
+        skew = self.clock_problem()
         return [EnergyReading(meter=self.name, method="external", scope=self.scope, joules=joules,
                               duration_s=t1 - t0, n_updates=used,
-                              update_period_s=win_period or period, quality="ok",
+                              update_period_s=win_period or period,
+                              quality="clock-skew" if skew else "ok", reason=skew,
                               telemetry=tele, t_start=t0, t_end=t1)]
 
     def expected_period_s(self) -> Optional[float]:
+        """None when the log cannot be read now: windows are sized by the meters that can."""
+        if not self.available:
+            return None
         try:
-            samples = self.tail.read()
+            samples = self._read()
         except MeterError:
-            samples = []
-        return self._period(samples)
+            return None
+        return self.sample_period(samples)
 
     def timeline(self, since: Optional[float] = None) -> list[dict]:
         try:
-            samples = self.tail.read()
+            samples = self._read()
         except MeterError:
             samples = self.tail.samples
         return [{"t": s.t, "meter": self.name, "watts": s.watts, "mark": s.mark}
@@ -527,7 +599,7 @@ class PtdaemonLogMeter(ExternalLogMeter):
     Options: ClassVar[type] = PtdaemonLogOptions
 
     def _make_parser(self) -> _LineParser:
-        return PtdaemonLogParser(self.options.path, self.options.tz, self.options.clock_offset_s)
+        return PtdaemonLogParser(self.options.path, self.options.tz, self.clock_offset_s)
 
 
 class CsvLogMeter(ExternalLogMeter):
@@ -538,6 +610,6 @@ class CsvLogMeter(ExternalLogMeter):
 
     def _make_parser(self) -> _LineParser:
         o = self.options
-        return CsvLogParser(o.path, o.columns, o.tz, o.clock_offset_s, o.timestamp_format,
+        return CsvLogParser(o.path, o.columns, o.tz, self.clock_offset_s, o.timestamp_format,
                             o.delimiter, o.watts_scale)
 

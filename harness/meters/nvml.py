@@ -299,16 +299,18 @@ class NvmlMeter(Meter):
         return s
 
     # windows --------------------------------------------------------------
-    def begin_window(self, name: str) -> None:
+    def begin_window(self, name: str, at: Optional[float] = None) -> None:
+        # a counter is read when called, not at ``at``: the caller calls counter
+        # meters first, right at the window's instant
         if not self.available:
-            super().begin_window(name)
+            super().begin_window(name, at)
             return
         s = self._poll()
         self._open[name] = s["t"]
 
-    def end_window(self, name: str) -> list[EnergyReading]:
+    def end_window(self, name: str, at: Optional[float] = None) -> list[EnergyReading]:
         if not self.available:
-            t0, t1 = self._close_window(name)
+            t0, t1 = self._close_window(name, at)
             return [self.unavailable_reading(t0, t1, self.reason or "unavailable")]
         if name not in self._open:
             raise MeterError(f"meter {self.name}: end_window({name!r}) without begin_window")

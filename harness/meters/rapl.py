@@ -218,9 +218,11 @@ class RaplMeter(Meter):
         return f"{self.name}:{d.zone_name}"
 
     # windows --------------------------------------------------------------
-    def begin_window(self, name: str) -> None:
+    def begin_window(self, name: str, at: Optional[float] = None) -> None:
+        # a counter is read when called, not at ``at``: the caller calls counter
+        # meters first, right at the window's instant
         if not self.available:
-            super().begin_window(name)
+            super().begin_window(name, at)
             return
         with self._lock:
             t = time.time()
@@ -231,9 +233,9 @@ class RaplMeter(Meter):
                 d.zone_name: (d.acc_uj, len(d.error_times), d.error) for d in self.live
             }
 
-    def end_window(self, name: str) -> list[EnergyReading]:
+    def end_window(self, name: str, at: Optional[float] = None) -> list[EnergyReading]:
         if not self.available:
-            t0, t1 = self._close_window(name)
+            t0, t1 = self._close_window(name, at)
             return [self.unavailable_reading(t0, t1, self.reason or "unavailable")]
         with self._lock:
             t1 = time.time()

@@ -54,6 +54,9 @@ def _accuracy(r: CellRecord) -> str:
     if a.get("passed") is True:
         return f"ok {a['rel_err']:.0e}"
     if a.get("passed") is False:
+        timed = a.get("timed_output") or {}
+        if a.get("logits_passed") is not False and timed.get("passed") is False:  # the timed tokens were wrong
+            return f"INVALID timed {100 * timed.get('agreement', 0.0):.0f}%"
         return f"INVALID {a.get('rel_err', float('nan')):.0e}" if "rel_err" in a else "INVALID"
     return a.get("status", "-")
 

@@ -27,6 +27,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional
 
+import numpy as np
+
 from backends.base import Backend
 from harness.records import EnergyRecord, PlannedCell
 
@@ -52,6 +54,25 @@ class CellContext:
 
 
 @dataclass
+class TimedOutput:
+    """The tokens a backend produced inside timed windows, kept for the accuracy gate
+    (which re-scores them with the reference after the cell, outside every window).
+
+    Repetitions of one cell run the same prompts, so a deterministic backend produces one
+    output; each distinct one is kept, so a backend that is right only sometimes is
+    caught whichever repetition it is wrong in."""
+
+    prompts: np.ndarray  # [batch, prompt_len]
+    outputs: list[np.ndarray] = field(default_factory=list)  # distinct [batch, gen_len]: first token + decode
+    repetitions: int = 0  # timed runs whose output was added
+
+    def add(self, generated: np.ndarray) -> None:
+        self.repetitions += 1
+        if not any(np.array_equal(generated, o) for o in self.outputs):
+            self.outputs.append(generated)
+
+
+@dataclass
 class ScenarioOutcome:
     """What a scenario measured for one cell; the worker makes the record of it."""
 
@@ -63,6 +84,9 @@ class ScenarioOutcome:
     energy: Optional[EnergyRecord] = None  # None when ctx.meters is empty
     timeline: list[dict] = field(default_factory=list)  # power samples over the cell, for the CSV
     warnings: list[str] = field(default_factory=list)
+    # what the timed path produced (batch scenarios); None: the scenario kept nothing to
+    # check (request scenarios: the load generator sees streamed text or ids only)
+    timed_output: Optional[TimedOutput] = None
     # request scenarios
     scenario_config: Optional[dict] = None
     summary: Optional[list] = None

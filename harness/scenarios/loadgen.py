@@ -58,9 +58,11 @@ def failed(request: Request, t_issue: float, message: str) -> RequestResult:
 # --- what to issue, and when -------------------------------------------------------------------
 
 def build_requests(lengths: LengthsConfig, n: int, seed: int, token_range: Sequence[int],
-                   first_id: int = 0) -> list[Request]:
+                   first_id: int = 0, shared_prefix_tokens: int = 0) -> list[Request]:
     """n requests with seeded lengths and prompt token ids drawn from [lo, hi) of
-    token_range (the same list for every rate of a sweep)."""
+    token_range: every request's ids are its own random draw, so no two share a prefix
+    longer than chance (a server's prefix cache cannot answer them), except the first
+    `shared_prefix_tokens`, which are the same for all when that is what is measured."""
     rng = np.random.default_rng([seed, 0x5EED])
     sampler = LengthSampler(lengths)
     lo, hi = token_range
@@ -68,7 +70,30 @@ def build_requests(lengths: LengthsConfig, n: int, seed: int, token_range: Seque
     for i, (p, o) in enumerate(sampler.sample(n, rng)):
         ids = rng.integers(lo, hi, size=p).tolist()
         out.append(Request(id=first_id + i, prompt_len=p, max_tokens=o, prompt_ids=ids))
-    return out
+    return _share_prefix(out, seed, token_range, shared_prefix_tokens)
+
+
+def redraw_prompts(requests: Sequence[Request], seed: int, stream: int, token_range: Sequence[int],
+                   shared_prefix_tokens: int = 0, first_id: Optional[int] = None) -> list[Request]:
+    """The same lengths with fresh prompt ids from their own seeded stream: warm-up
+    requests and each later pass of a sweep get prompts no earlier request sent, so a
+    prefix cache warmed by one pass cannot answer the next."""
+    rng = np.random.default_rng([seed, 0x5EED, stream])
+    lo, hi = token_range
+    out = [Request(id=r.id if first_id is None else first_id - i, prompt_len=r.prompt_len, max_tokens=r.max_tokens,
+                   prompt_ids=rng.integers(lo, hi, size=r.prompt_len).tolist()) for i, r in enumerate(requests)]
+    return _share_prefix(out, seed, token_range, shared_prefix_tokens)
+
+
+def _share_prefix(requests: list[Request], seed: int, token_range: Sequence[int], n: int) -> list[Request]:
+    """The first n ids of every prompt (all of a shorter one) replaced by one seeded prefix."""
+    if n <= 0 or not requests:
+        return requests
+    prefix = np.random.default_rng([seed, 0x9F1]).integers(*token_range, size=n).tolist()
+    for r in requests:
+        k = min(n, r.prompt_len)
+        r.prompt_ids[:k] = prefix[:k]
+    return requests
 
 
 def poisson_schedule(rate: float, n: int, seed: int) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 from backends.base import ModelBackend
 from harness.energy import measure_cell_energy
 from harness.metrics import RepSample, Samples, cell_metrics
-from harness.scenarios.base import CellContext, Scenario, ScenarioOutcome
+from harness.scenarios.base import CellContext, Scenario, ScenarioOutcome, TimedOutput
 
 
 @dataclass
@@ -39,7 +39,9 @@ def prompt_tokens(vocab: int, batch: int, prompt_len: int, seed: int) -> np.ndar
 
 
 def run_one(backend: ModelBackend, prompts: np.ndarray, gen_len: int) -> tuple[RepSample, np.ndarray]:
-    """One batch of requests: prefill, then gen_len - 1 decode steps."""
+    """One batch of requests: prefill, then gen_len - 1 decode steps. Returns the times
+    and the tokens produced, [batch, gen_len] (the token prefill produced, then the
+    decode tokens), for the accuracy gate."""
     backend.synchronize()
     t0 = time.perf_counter()
     state = backend.prefill(prompts)
@@ -48,22 +50,37 @@ def run_one(backend: ModelBackend, prompts: np.ndarray, gen_len: int) -> tuple[R
     result = backend.decode(state, gen_len - 1)
     backend.synchronize()
     t2 = time.perf_counter()
-    return RepSample(ttft_s=t1 - t0, e2e_s=t2 - t0, step_times_s=result.step_times), result.tokens
+    # read after the clock stopped: outside the timed window (inside an energy window it
+    # is one [batch] copy against a window of seconds)
+    generated = _generated(backend.first_tokens(state), result.tokens, prompts.shape[0], gen_len)
+    return RepSample(ttft_s=t1 - t0, e2e_s=t2 - t0, step_times_s=result.step_times), generated
+
+
+def _generated(first: np.ndarray, decoded: np.ndarray, batch: int, gen_len: int) -> np.ndarray:
+    first, decoded = np.asarray(first), np.asarray(decoded)
+    if first.shape != (batch,):
+        raise RuntimeError(f"backend returned first tokens of shape {first.shape}, expected ({batch},)")
+    if decoded.shape != (batch, gen_len - 1):
+        shape = "x".join(str(d) for d in decoded.shape)
+        raise RuntimeError(f"backend returned {shape} decode tokens, expected {batch}x{gen_len - 1}")
+    return np.concatenate([first.astype(np.int64)[:, None], decoded.astype(np.int64)], axis=1)
 
 
 def run_offline(backend: ModelBackend, prompts: np.ndarray, gen_len: int, warmup: int, repetitions: int,
-                on_rep: Callable[[int], None] | None = None) -> tuple[Samples, np.ndarray]:
+                on_rep: Callable[[int], None] | None = None) -> tuple[Samples, TimedOutput]:
+    """Warm-up, then the timed repetitions; returns their times and what they produced."""
     batch, prompt_len = prompts.shape
     for _ in range(warmup):
         run_one(backend, prompts, gen_len)
     samples = Samples(batch, prompt_len, gen_len)
-    tokens = None
+    timed = TimedOutput(prompts)
     for i in range(repetitions):
-        rep, tokens = run_one(backend, prompts, gen_len)
+        rep, generated = run_one(backend, prompts, gen_len)
         samples.reps.append(rep)
+        timed.add(generated)
         if on_rep:
             on_rep(i)
-    return samples, tokens
+    return samples, timed
 
 
 class OfflineScenario(Scenario):
@@ -77,19 +94,18 @@ class OfflineScenario(Scenario):
         prepare_s = backend.prepare(batch, plen + glen)
         # the seed formula is part of every recorded figure: changing it changes the prompts
         prompts = prompt_tokens(ctx.vocab_size, batch, plen, ctx.seed + 7919 * plen + batch)
-        samples, tokens = run_offline(backend, prompts, glen, ctx.warmup, ctx.repetitions)
-        if tokens.shape != (batch, glen - 1):
-            raise RuntimeError(f"backend returned {tokens.shape[0]}x{tokens.shape[1]} decode tokens, "
-                               f"expected {batch}x{glen - 1}")
+        samples, timed = run_offline(backend, prompts, glen, ctx.warmup, ctx.repetitions)
         out = ScenarioOutcome(
             status="ok", metrics=cell_metrics(samples), samples=samples.to_dict(), prepare_s=prepare_s,
             tokens={"prompt_per_rep": batch * plen, "generated_per_rep": batch * glen,
-                    "repetitions": len(samples.reps), "warmup": ctx.warmup})
+                    "repetitions": len(samples.reps), "warmup": ctx.warmup},
+            timed_output=timed)
         if ctx.meters:
             measured = measure_cell_energy(
                 ctx.meters,
                 run_prefill=lambda: (backend.prefill(prompts), backend.synchronize()),
-                run_generation=lambda: run_one(backend, prompts, glen),
+                # the energy windows' runs are timed too: their outputs are checked as well
+                run_generation=lambda: timed.add(run_one(backend, prompts, glen)[1]),
                 prompt_tokens=batch * plen, generated_tokens=batch * glen, settings=ctx.energy_settings,
                 sequences=batch)
             out.energy, out.timeline = measured.record, measured.timeline

@@ -1,10 +1,13 @@
 """What the request scenarios (single-stream, concurrency, server) share: their common
 keys, the system under test they drive, and one measured run from requests to outcome.
 
-A run: build the requests (seeded lengths and prompt ids, the same list for every
-pass), warm up, take the idle baseline, then one measured pass per point of the
+A run: build the requests (seeded lengths and prompt ids; every pass of a sweep has
+the same lengths, and prompts of its own), let the SUT prepare them, warm up on
+prompts of their own, take the idle baseline, then one measured pass per point of the
 scenario (one, or one per rate of a server sweep), each through the load generator
-with its steady window measured by the energy engine.
+with its steady window measured by the energy engine. No measured prompt was sent
+before it is measured, so a server's prefix cache cannot answer it unless
+``shared_prefix_tokens`` asks for exactly that.
 
 The system under test of a cell is the backend itself when it is a request backend (it
 has ``issue``), else the backend's native server where it ships one, else the
@@ -26,7 +29,7 @@ from harness.records import EnergyRecord
 from harness.scenarios.base import CellContext, Scenario, ScenarioOutcome
 from harness.scenarios.engine import BatchingEngine, EngineSUT
 from harness.scenarios.lengths import LengthsConfig, LengthSampler, fixed_lengths
-from harness.scenarios.loadgen import SUT, build_requests, drive
+from harness.scenarios.loadgen import SUT, build_requests, drive, redraw_prompts
 from harness.scenarios.request_metrics import LimitsConfig, request_metrics, request_rows
 
 
@@ -43,6 +46,9 @@ class RequestConfig:
     max_in_flight: int = 1024  # thread cap; a request over it is issued late (its lag is reported)
     drain_timeout_s: float = 600.0  # after the last issue, give up waiting on requests still running
     record_token_times: bool = False  # keep every request's token times in the record
+    # every prompt starts with the same this-many tokens (text prompts: as many words), to
+    # measure a server's prefix cache on purpose; 0: prompts share no prefix beyond chance
+    shared_prefix_tokens: int = 0
 
     def problems(self) -> list[tuple[str, str]]:
         """(key, message) for values the type check cannot catch."""
@@ -51,7 +57,31 @@ class RequestConfig:
             out.append(("requests", f"expected at least 1 request, got {self.requests}"))
         if len(self.token_range) != 2 or not (0 <= self.token_range[0] < self.token_range[1]):
             out.append(("token_range", f"expected [lo, hi] with 0 <= lo < hi, got {self.token_range!r}"))
+        if self.shared_prefix_tokens < 0:
+            out.append(("shared_prefix_tokens", f"expected 0 or more tokens, got {self.shared_prefix_tokens}"))
         return out
+
+
+_WARMUP_STREAM = 0x3A  # the warm-up prompts' id stream (passes use 1, 2, ...)
+
+
+def request_warnings(m: dict) -> list[str]:
+    """The cell's warnings from one pass's metrics: failures, and every figure that is
+    not what it claims to be (token counts off, TPOT hidden by burst delivery)."""
+    out = [f"{m['failed']} of {m['requests']} requests failed"] if m["failed"] else []
+    if m["count_mismatch"]:
+        out.append(f"{m['count_mismatch']} requests generated a different number of tokens than asked")
+    if m["prompt_mismatch"]:
+        out.append(f"{m['prompt_mismatch']} requests had a prompt of a different length in tokens than asked "
+                   f"(the server's count is in each request's n_prompt and in prompt_tokens)")
+    if m.get("prompt_unverified"):
+        out.append(f"{m['prompt_unverified']} requests' prompt lengths in tokens are unverified: the server "
+                   "reported none (no usage in the stream, no tokenize endpoint)")
+    if m.get("tpot_not_observed"):
+        out.append(f"{m['tpot_not_observed']} of {m['ok']} requests arrived in one burst (more than 80 % of "
+                   "inter-token gaps under 50 µs): TPOT and inter-token latency not observed for them, and left "
+                   "out of their percentiles")
+    return out
 
 
 @dataclass
@@ -156,14 +186,11 @@ class RequestScenario(Scenario):
                 engine.stop()
         first = runs[0]
         m = first.metrics
-        warnings = [f"{m['failed']} of {m['requests']} requests failed"] if m["failed"] else []
-        if m["count_mismatch"]:
-            warnings.append(f"{m['count_mismatch']} requests generated a different number of tokens than asked")
         return ScenarioOutcome(
             status="ok" if m["ok"] else "failed", metrics=m, summary=[r.summary_row() for r in runs],
             requests=first.requests, steady_window=first.steady_window,
             runs=[r.to_json() for r in runs] if len(runs) > 1 else None, sut=described,
-            scenario_config=self.config_json(cell.rate), warnings=warnings, energy=first.energy,
+            scenario_config=self.config_json(cell.rate), warnings=request_warnings(m), energy=first.energy,
             timeline=first.timeline)
 
     def _sut(self, ctx: CellContext) -> tuple[SUT, Optional[BatchingEngine]]:
@@ -187,12 +214,26 @@ class RequestScenario(Scenario):
         prompt_len / gen_len: a cell's fixed lengths, used when the scenario has no
         `lengths`. energy: the meters' engine (None: no energy figures)."""
         cfg = self.config
-        requests = build_requests(self.lengths(prompt_len, gen_len), cfg.requests, seed, cfg.token_range)
-        warm = self._warmup(sut, requests)
+        requests = build_requests(self.lengths(prompt_len, gen_len), cfg.requests, seed, cfg.token_range,
+                                  shared_prefix_tokens=cfg.shared_prefix_tokens)
+        passes = self.passes(requests, seed=seed, batch=batch, rate=rate)
+        # prompts of their own for every point of a sweep, numbered by the point's place in
+        # the whole sweep: a server@8 cell run after a server@4 cell (one cell per rate, each
+        # in its own measure call) must not re-send server@4's prompts to a prefix cache
+        points = [pt.rate for pt in self.points()]
+        for i, p in enumerate(passes):
+            k = points.index(p.rate) if p.rate is not None and p.rate in points else i
+            if k:
+                p.requests = redraw_prompts(p.requests, seed, k, cfg.token_range, cfg.shared_prefix_tokens)
+        warmups = redraw_prompts(requests[: cfg.warmup_requests], seed, _WARMUP_STREAM, cfg.token_range,
+                                 cfg.shared_prefix_tokens, first_id=-1)
+        if isinstance(sut, RequestBackend):  # e.g. openai-http counts text prompts with the server's tokenizer
+            sut.prepare_requests([*warmups, *(r for p in passes for r in p.requests)])
+        warm = self._warmup(sut, warmups)
         if energy is not None:
             energy.measure_idle()
         runs = []
-        for i, p in enumerate(self.passes(requests, seed=seed, batch=batch, rate=rate)):
+        for i, p in enumerate(passes):
             if i and self.cooldown_s:
                 time.sleep(self.cooldown_s)
             run = self._run_pass(sut, p, energy, warm)
@@ -202,14 +243,12 @@ class RequestScenario(Scenario):
         return runs
 
     def _warmup(self, sut: SUT, requests: list[Request]) -> int:
-        n = 0
-        for req in requests[: self.config.warmup_requests]:
+        for req in requests:
             try:
-                sut.issue(dataclasses.replace(req, id=-1 - n))
+                sut.issue(req)
             except Exception:  # noqa: BLE001 - a failing warm-up shows again in the measured run
                 pass
-            n += 1
-        return n
+        return len(requests)
 
     def _run_pass(self, sut: SUT, p: Pass, energy: SteadyEnergy | None, warm: int) -> RequestRun:
         cfg = self.config

@@ -6,6 +6,10 @@ allocation past a memory limit, a SIGKILL (what the out-of-memory killer sends),
 exception or a silent exit. The harness must turn each into a failed cell with its
 reason and go on with the rest of the suite.
 
+fault: wrong-tokens is a cheat rather than a crash: decode() returns token 0 at once,
+without running the model, while prefill() and logits() stay honest. The accuracy gate
+must find it out from the timed output and make the cell invalid.
+
     backends:
       - type: faulty
         options: {fault: segfault, fault_at: prefill, fault_on_batch: 2}
@@ -20,6 +24,8 @@ import sys
 import time
 from typing import Any, Literal
 
+import numpy as np
+
 from backends.base import DecodeResult, LoadInfo, ModelBackend
 from backends.torch_backend import TorchBackend, TorchOptions
 
@@ -28,7 +34,7 @@ __all__ = ["FaultyBackend", "FaultyOptions"]
 
 @dataclass
 class FaultyOptions:
-    fault: Literal["none", "segfault", "hang", "oom", "kill", "raise", "exit"] = "none"
+    fault: Literal["none", "segfault", "hang", "oom", "kill", "raise", "exit", "wrong-tokens"] = "none"
     fault_at: Literal["load", "prepare", "prefill", "decode"] = "prefill"
     fault_on_batch: int | None = None  # only the cell with this batch size faults (not for load)
     message: str = "injected fault"  # the exception text of fault: raise
@@ -58,7 +64,7 @@ class FaultyBackend(ModelBackend):
 
     def _maybe_fault(self, where: str) -> None:
         o = self.options
-        if o.fault == "none" or o.fault_at != where:
+        if o.fault in ("none", "wrong-tokens") or o.fault_at != where:  # wrong-tokens: see decode()
             return
         if where != "load" and o.fault_on_batch is not None and self._batch != o.fault_on_batch:
             return
@@ -135,7 +141,11 @@ class FaultyBackend(ModelBackend):
         return self.inner.first_tokens(state)
 
     def decode(self, state, n: int) -> DecodeResult:
-        """The torch backend's decode, which advances the state."""
+        """The torch backend's decode, which advances the state (fault: wrong-tokens:
+        zeros, instantly, on every batch or the one fault_on_batch names)."""
+        o = self.options
+        if o.fault == "wrong-tokens" and o.fault_on_batch in (None, self._batch):
+            return DecodeResult(np.zeros((len(self.inner.first_tokens(state)), n), dtype=np.int64), None)
         self._maybe_fault("decode")
         return self.inner.decode(state, n)
 
