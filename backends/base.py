@@ -78,6 +78,10 @@ class RequestResult:
     finish_reason: str | None = None
     notes: list[str] = field(default_factory=list)
     t_arrival: float | None = None  # set by the load generator (scheduled arrival for server)
+    # the produced token ids, where the SUT knows them (the in-process engine; an endpoint
+    # that returns them and is declared to serve the reference weights): the accuracy
+    # gate re-scores them. Empty: not known.
+    token_ids: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -205,7 +209,8 @@ class ModelBackend(Backend):
 class RequestBackend(Backend):
     """Sends requests to a serving endpoint (a vendor NPU server, vLLM, llama.cpp's
     server): it has no prefill, decode or logits of its own, so it runs under the request
-    scenarios only and its cells are not accuracy-checked."""
+    scenarios only; the gate can re-score only the token ids it returns (RequestResult.
+    token_ids), where the backend says the endpoint serves the workload's weights."""
 
     kind: ClassVar[str] = "request"
 

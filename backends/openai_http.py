@@ -25,13 +25,21 @@ only (http.client): no new dependency.
   server and vLLM have one; the request scenarios count every prompt before the
   run, :meth:`OpenAIHttpClient.prepare`) and the output count from the chunks.
   A prompt of a different length than asked is flagged ``prompt_mismatch``.
+* Token ids back, for the accuracy gate, only where the user declares that the endpoint
+  serves exactly the workload's weights (``serves_reference_weights: true``: a local
+  checkpoint, or ``harness serve`` with the same seed): the body then asks for them
+  (vLLM's ``return_token_ids``, llama.cpp's ``return_tokens``) and each chunk's
+  ``token_ids`` or ``tokens`` are kept on the result when prompts went as token ids (the
+  gate needs the prompt's ids too) and their count is the generated count. Otherwise
+  the cell's timed output says "unchecked": a remote model's weights are not ours to know.
 * An API key only from the environment variable named by ``api_key_env``; the
   key is never stored in the options, records or logs, and is scrubbed from
   any error text a server echoes back. ``describe()`` lists header *names* only.
 
 This is a request backend (backends.base.RequestBackend): it has no
 prefill/decode of its own and no logits (the accuracy gate cannot see inside a
-remote server), so only the request scenarios drive it, through ``issue()``.
+remote server; it re-scores returned token ids, as above), so only the request
+scenarios drive it, through ``issue()``.
 """
 from __future__ import annotations
 
@@ -87,6 +95,10 @@ class OpenAIHttpOptions:
     text_tokens_per_word: Optional[float] = None
     include_usage: bool = True  # ask for `usage` in the stream (stream_options.include_usage)
     probe: bool = True  # one 1-token request at load(): checks the endpoint and the prompt format
+    # the user's word that the endpoint serves exactly the workload's weights (a local
+    # checkpoint, `harness serve` with the same seed): token ids are then asked for and
+    # re-scored by the accuracy gate. false: the timed output is "unchecked"
+    serves_reference_weights: bool = False
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -323,6 +335,9 @@ class OpenAIHttpClient:
             b["min_tokens"] = request.max_tokens
         if o.include_usage:
             b["stream_options"] = {"include_usage": True}
+        if o.serves_reference_weights:  # vLLM's key, llama.cpp's key; each ignores the other's
+            b["return_token_ids"] = True
+            b["return_tokens"] = True
         b.update(o.extra_body)
         if b["model"] is None:
             b.pop("model")
@@ -339,6 +354,7 @@ class OpenAIHttpClient:
         conn = resp = None
         usage: Optional[dict] = None
         done = False
+        ids: list[int] = []  # produced token ids, where the stream carries them
         body = self.body(request)
         try:
             payload = json.dumps(body).encode()
@@ -369,8 +385,11 @@ class OpenAIHttpClient:
                     break
                 if obj.get("usage"):
                     usage = obj["usage"]
-                for ch in obj.get("choices") or []:
-                    if ch.get("text") or ch.get("token_ids"):
+                # llama.cpp's own completion format carries `tokens` beside, not in, choices
+                for ch in obj.get("choices") or ([obj] if "tokens" in obj else []):
+                    got = _chunk_ids(ch)
+                    ids += got
+                    if ch.get("text") or got:
                         res.token_times.append(t)
                         if res.t_first_token is None:
                             res.t_first_token = t
@@ -409,7 +428,22 @@ class OpenAIHttpClient:
             res.check_counts()
             if text is not None:
                 res.notes.append("text prompt")
+            if self.options.serves_reference_weights:
+                self._keep_ids(res, ids, text is not None)
         return res, usage
+
+    @staticmethod
+    def _keep_ids(res: RequestResult, ids: list[int], text_prompt: bool) -> None:
+        """Keep the produced ids for the gate only where they can be re-scored position by
+        position: the prompt's ids are known (sent as ids), and there is one per token."""
+        if text_prompt:
+            res.notes.append("token ids not checked: a text prompt's ids are the server's tokenizer's")
+        elif not ids:
+            res.notes.append("token ids not checked: the stream carried none (no token_ids / tokens)")
+        elif len(ids) != res.n_generated:
+            res.notes.append(f"token ids not checked: {len(ids)} ids for {res.n_generated} generated tokens")
+        else:
+            res.token_ids = ids
 
     def check(self) -> dict:
         """Reach the endpoint, pick the model, probe the prompt format; returns what was found."""
@@ -461,6 +495,7 @@ class OpenAIHttpClient:
     def _found(self) -> dict:
         """What load found out about the server, for the cell's record."""
         out: dict[str, Any] = {"prompt_format": "token_ids" if self.send_token_ids else "text",
+                               "serves_reference_weights": self.options.serves_reference_weights,
                                "stream_usage": self.stream_usage, "tokenize_endpoint": self.tokenize_path,
                                "probe_notes": list(self.probe_notes)}
         if not self.send_token_ids:
@@ -496,6 +531,15 @@ def prompt_text(ids: list[int], n_words: int, words: tuple[str, ...]) -> str:
     if len(seq) < n_words:
         seq += np.random.default_rng(seq[:16] or [0]).integers(0, len(words), n_words - len(seq)).tolist()
     return "".join(words[i % len(words)] for i in seq)
+
+
+def _chunk_ids(choice: dict) -> list[int]:
+    """The token ids one streamed choice carries: vLLM's `token_ids`, llama.cpp's `tokens`."""
+    for key in ("token_ids", "tokens"):
+        got = choice.get(key)
+        if isinstance(got, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in got):
+            return [int(t) for t in got]
+    return []
 
 
 def _message(data: bytes) -> str:

@@ -10,6 +10,10 @@ weights; a cell must pass both:
   the reference, teacher-forced over prompt + produced tokens, and each must be the
   reference's greedy choice within the same tolerance (:func:`agreeing`). Without it a
   backend whose logits() is honest and whose decode() returns anything fast would pass.
+  Request scenarios keep the token ids of their first measured requests (the in-process
+  engine always knows them; an endpoint returns them only when declared to serve the
+  reference weights) and are re-scored by the same rule; an endpoint has no logits, so
+  its tokens are its whole check, and "unchecked" with the reason where it returns none.
 """
 from __future__ import annotations
 
@@ -81,7 +85,7 @@ def agreeing(reference: np.ndarray, tokens: np.ndarray, tol: float) -> np.ndarra
 class Disagreement:
     """Where the timed output first left the reference's greedy choice."""
 
-    sequence: int  # index in the batch
+    sequence: int  # index in the batch; a request scenario: the request's id
     position: int  # index among the produced tokens (0: the token prefill produced)
     token: int  # what the backend produced
     reference_token: int  # the reference's greedy choice
@@ -97,7 +101,7 @@ class TimedCheck:
     reason: Optional[str] = None
     agreement: Optional[float] = None  # fraction of checked tokens that agree
     checked_tokens: int = 0
-    sequences: int = 0  # sequences of the batch checked (the first TIMED_SEQUENCES)
+    sequences: int = 0  # sequences of the batch (requests) checked: the first TIMED_SEQUENCES
     outputs: int = 0  # distinct outputs among the timed repetitions, each checked
     repetitions: int = 0  # timed runs whose output was kept
     first_disagreement: Optional[Disagreement] = None

@@ -20,14 +20,17 @@ API (the subset of OpenAI's that benchmarking needs):
   chunks, one token each, over chunked HTTP/1.1, the last token's chunk
   carrying ``finish_reason`` and ``usage``, then ``data: [DONE]``. Generated
   text is one printable ASCII character per token (so it re-tokenizes 1:1).
+  ``return_token_ids: true`` (vLLM's extension) adds each token's id to its chunk's
+  choice as ``token_ids`` (the whole list on a non-streamed answer).
 * ``POST /tokenize``: ``{"content": text}`` (llama.cpp's key) or ``{"prompt": text}``
   (vLLM's) -> ``{"tokens": [...], "count": n}``, the ids a completion of that prompt
   would see; the ``openai-http`` client counts text prompts with it.
 * ``--api-key-env NAME``: require ``Authorization: Bearer $NAME``.
-* ``--fault error-rate=0.2,drop-rate=0.5,drop-after=3,seed=0``: fault
+* ``--fault error-rate=0.2,drop-rate=0.5,drop-after=3,wrong-tokens=1,seed=0``: fault
   injection for tests: HTTP 500 for a fraction of requests; the connection
   closed mid-stream after ``drop-after`` tokens for a fraction of streams
-  (``drop-after`` alone means every stream).
+  (``drop-after`` alone means every stream); a fraction of produced tokens replaced
+  by the next id (text and id alike: a server whose model is not the one declared).
 """
 from __future__ import annotations
 
@@ -68,6 +71,7 @@ class FaultSpec:
     error_rate: float = 0.0  # fraction of completions answered with HTTP 500
     drop_rate: float = 0.0  # fraction of streams whose connection is closed mid-stream
     drop_after: int = 0  # tokens sent before such a drop
+    wrong_tokens: float = 0.0  # fraction of produced tokens replaced by the next id
     seed: int = 0
     _rng: Any = field(default=None, repr=False)
     _lock: Any = field(default_factory=threading.Lock, repr=False)
@@ -82,12 +86,13 @@ class FaultSpec:
                 continue
             key, _, val = part.partition("=")
             key = key.strip().replace("-", "_")
-            if key not in ("error_rate", "drop_rate", "drop_after", "seed") or not val:
-                raise ValueError(f"--fault: expected error-rate=P, drop-rate=P, drop-after=N, seed=N; got {part!r}")
+            if key not in ("error_rate", "drop_rate", "drop_after", "wrong_tokens", "seed") or not val:
+                raise ValueError(f"--fault: expected error-rate=P, drop-rate=P, drop-after=N, wrong-tokens=P, seed=N; "
+                                 f"got {part!r}")
             setattr(f, key, int(val) if key in ("drop_after", "seed") else float(val))
         if "drop_after" in text.replace("-", "_") and "drop_rate" not in text.replace("-", "_"):
             f.drop_rate = 1.0
-        for k in ("error_rate", "drop_rate"):
+        for k in ("error_rate", "drop_rate", "wrong_tokens"):
             if not 0.0 <= getattr(f, k) <= 1.0:
                 raise ValueError(f"--fault: {k.replace('_', '-')} must be in [0, 1]")
         f._rng = np.random.default_rng(f.seed)
@@ -99,6 +104,14 @@ class FaultSpec:
             err = self.error_rate > 0 and self._rng.random() < self.error_rate
             drop = self.drop_rate > 0 and self._rng.random() < self.drop_rate
         return err, (self.drop_after if drop else None)
+
+    def token(self, token: int, vocab: int) -> int:
+        """The token as served: the next id for a `wrong_tokens` fraction of them."""
+        if self.wrong_tokens <= 0:
+            return token
+        with self._lock:
+            wrong = self._rng.random() < self.wrong_tokens
+        return (token + 1) % vocab if wrong else token
 
 
 # --- HTTP --------------------------------------------------------------------------------------------
@@ -222,10 +235,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(503, str(e), "server_error")
             return
         rid = f"cmpl-{job.id}"
+        ids = body.get("return_token_ids") is True
         if stream:
-            self._stream(job, rid, len(prompt), drop_after)
+            self._stream(job, rid, len(prompt), drop_after, ids)
         else:
-            self._complete(job, rid, len(prompt))
+            self._complete(job, rid, len(prompt), ids)
 
     def _tokenize(self, body: dict) -> None:
         text = body.get("content", body.get("prompt"))
@@ -251,15 +265,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _next(self, job: Job):
         try:
-            return job.sink.get(timeout=self.server.max_wait_s)
+            ev = job.sink.get(timeout=self.server.max_wait_s)
         except queue.Empty:
             self.server.engine.cancel(job)
             return ("error", f"no token within {self.server.max_wait_s:g} s", time.perf_counter())
+        if ev[0] == "token" and self.server.fault:
+            ev = (ev[0], self.server.fault.token(ev[1], self.server.engine.vocab_size), *ev[2:])
+        return ev
 
     def _usage(self, n_prompt: int, n_out: int) -> dict:
         return {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
 
-    def _complete(self, job: Job, rid: str, n_prompt: int) -> None:
+    def _complete(self, job: Job, rid: str, n_prompt: int, with_ids: bool) -> None:
         toks, reason = [], None
         while True:
             ev = self._next(job)
@@ -270,13 +287,14 @@ class _Handler(BaseHTTPRequestHandler):
             if ev[3]:
                 reason = ev[3]
                 break
+        choice = {"index": 0, "text": "".join(token_text(t) for t in toks), "logprobs": None, "finish_reason": reason}
+        if with_ids:
+            choice["token_ids"] = [int(t) for t in toks]
         self._json(200, {"id": rid, "object": "text_completion", "created": int(time.time()),
-                         "model": self.server.model_name,
-                         "choices": [{"index": 0, "text": "".join(token_text(t) for t in toks), "logprobs": None,
-                                      "finish_reason": reason}],
+                         "model": self.server.model_name, "choices": [choice],
                          "usage": self._usage(n_prompt, len(toks))})
 
-    def _stream(self, job: Job, rid: str, n_prompt: int, drop_after: Optional[int]) -> None:
+    def _stream(self, job: Job, rid: str, n_prompt: int, drop_after: Optional[int], with_ids: bool) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -299,8 +317,11 @@ class _Handler(BaseHTTPRequestHandler):
                                 + b"\n\n")
                     break
                 _, tok, _, reason = ev
+                choice = {"index": 0, "text": token_text(tok), "logprobs": None, "finish_reason": reason}
+                if with_ids:
+                    choice["token_ids"] = [int(tok)]
                 chunk = {"id": rid, "object": "text_completion", "created": created, "model": self.server.model_name,
-                         "choices": [{"index": 0, "text": token_text(tok), "logprobs": None, "finish_reason": reason}]}
+                         "choices": [choice]}
                 sent += 1
                 if reason:
                     chunk["usage"] = self._usage(n_prompt, sent)
@@ -422,7 +443,7 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--api-key-env", metavar="NAME", help="require `Authorization: Bearer $NAME`")
     s.add_argument("--batch-wait-ms", type=float, default=0.0, help="wait this long for more requests before a batch")
     s.add_argument("--eos-token-id", type=int, help="stop at this token unless ignore_eos (default: never stop early)")
-    s.add_argument("--fault", help="fault injection: error-rate=P,drop-rate=P,drop-after=N,seed=N")
+    s.add_argument("--fault", help="fault injection: error-rate=P,drop-rate=P,drop-after=N,wrong-tokens=P,seed=N")
     s.add_argument("--ready-file", help="write the server's URL to this file once it accepts requests")
     s.add_argument("--verbose", action="store_true", help="log every request")
     s.set_defaults(func=cmd_serve)

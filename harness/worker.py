@@ -31,7 +31,7 @@ import numpy as np
 from backends.base import Backend, LoadInfo, ModelBackend
 from harness.records import CellJob, CellRecord, EnergyRecord, PlannedCell
 from harness.accuracy import TimedCheck
-from harness.scenarios.base import CellContext, Scenario, ScenarioOutcome, TimedOutput
+from harness.scenarios.base import CellContext, RequestOutputs, Scenario, ScenarioOutcome, TimedOutput
 
 
 class Events:
@@ -157,8 +157,7 @@ def start_meters(job: CellJob, backend: Backend) -> tuple[list, str | None]:
 # --- one cell ------------------------------------------------------------------------------
 
 #: what a cell whose scenario kept no timed output says (not a pass: nobody looked)
-_UNCHECKED_TIMED = TimedCheck.unchecked("the scenario kept no timed output to re-score (request scenarios: the load "
-                                        "generator sees streamed text or ids only)")
+_UNCHECKED_TIMED = TimedCheck.unchecked("the scenario kept no timed output to re-score")
 
 
 class AccuracyGate:
@@ -176,16 +175,14 @@ class AccuracyGate:
         self.group = group
         self._reference = None
 
-    def check(self, timed: TimedOutput | None) -> dict:
-        backend = self.group.backend
-        if not isinstance(backend, ModelBackend):  # an endpoint: its logits are not ours to read
-            return {"status": "not checkable (endpoint backend)", "passed": None,
-                    "timed_output": _UNCHECKED_TIMED.to_json()}
+    def check(self, timed: TimedOutput | RequestOutputs | None) -> dict:
         if not self.cfg.enabled:
             return {"status": "not checked", "passed": None,
                     "timed_output": TimedCheck.unchecked("accuracy.enabled is false", "not checked").to_json()}
+        if not isinstance(self.group.backend, ModelBackend):
+            return self._endpoint(timed)
         result = self._logits()
-        timed_check = self._timed(timed) if timed is not None else _UNCHECKED_TIMED
+        timed_check = self._timed_check(timed)
         result["timed_output"] = timed_check.to_json()
         result["logits_passed"] = result["passed"]
         if timed_check.passed is False:
@@ -193,9 +190,34 @@ class AccuracyGate:
             result.update(status="fail", passed=False, reason="; ".join(reasons))
         return result
 
+    def _timed_check(self, timed: TimedOutput | RequestOutputs | None) -> TimedCheck:
+        if timed is None:
+            return _UNCHECKED_TIMED
+        if isinstance(timed, RequestOutputs) and not timed.kept:
+            return TimedCheck.unchecked(timed.reason or "no request returned token ids")
+        return self._timed(timed)
+
+    def _endpoint(self, timed: TimedOutput | RequestOutputs | None) -> dict:
+        """An endpoint: its logits are not ours to read, so the token ids it returned (where
+        it is declared to serve the reference weights) are the whole check. A pass
+        establishes the tokens, not the logits, so `passed` stays None; a fail is INVALID."""
+        check = self._timed_check(timed)
+        result = {"status": "not checkable (endpoint backend)", "passed": None, "logits_passed": None,
+                  "logits": "not checkable: an endpoint returns tokens, not logits", "timed_output": check.to_json()}
+        if check.passed is True:
+            result["status"] = f"timed tokens {check.agreement:.0%}, logits not checkable (endpoint)"
+        elif check.passed is False:
+            result.update(status="fail", passed=False, reason=check.reason)
+        return result
+
     @property
     def _ref_device(self) -> str:
-        return self.cfg.reference_device or self.group.backend.weights_device()
+        if self.cfg.reference_device:
+            return self.cfg.reference_device
+        backend = self.group.backend
+        # an endpoint's weights are as declared (serves_reference_weights): drawn on the cpu,
+        # like `harness serve` on the cpu; one seeded on another device sets reference_device
+        return backend.weights_device() if isinstance(backend, ModelBackend) else "cpu"
 
     def _logits(self) -> dict:
         from harness.accuracy import compare, gate_tokens
@@ -210,35 +232,37 @@ class AccuracyGate:
         result["reference"] = f"torch fp32 full forward on {self._ref_device}"
         return result
 
-    def _timed(self, timed: TimedOutput) -> TimedCheck:
+    def _timed(self, timed: TimedOutput | RequestOutputs) -> TimedCheck:
         """Teacher-forced reference over prompt + produced tokens: one full forward per
-        sequence gives the reference's logits at every position that produced a token."""
+        sequence gives the reference's logits at every position that produced a token.
+        Batch rows and requests alike (harness.scenarios.base.ProducedSequence)."""
         import torch
 
         from harness.accuracy import TIMED_SEQUENCES, Disagreement, agreeing, judge, tolerance
         from workloads.models import build_model, full_forward
 
         device, tol = self._ref_device, tolerance(self.group.precision)
-        plen = timed.prompts.shape[1]
-        n_seq = min(timed.prompts.shape[0], TIMED_SEQUENCES)
+        seqs = timed.sequences(TIMED_SEQUENCES)
         flags: list[np.ndarray] = []
         first = None
         model = build_model(self.group.spec, "fp32", device)
         with torch.inference_mode():
-            for k, out in enumerate(timed.outputs):
-                for i in range(n_seq):
-                    seq = np.concatenate([timed.prompts[i], out[i, :-1]])  # the last token feeds nothing
-                    logits = full_forward(model, torch.from_numpy(seq)[None].to(device))
-                    ref = logits[0, plen - 1:].cpu().numpy()  # [gen_len, vocab]: position p predicts p + 1
-                    ok = agreeing(ref, out[i], tol)
-                    flags.append(ok)
-                    if first is None and not ok.all():
-                        j = int(np.argmin(ok))
-                        first = Disagreement(sequence=i, position=j, token=int(out[i, j]),
-                                             reference_token=int(ref[j].argmax()), output=k)
-        return judge(flags, first, sequences=n_seq, outputs=len(timed.outputs), repetitions=timed.repetitions,
-                     precision=self.group.precision,
-                     reference=f"torch fp32 full forward on {device}, teacher-forced over prompt + produced tokens")
+            for s in seqs:
+                produced = np.asarray(s.produced, np.int64)
+                seq = np.asarray(s.prompt + s.produced[:-1], np.int64)  # the last token feeds nothing
+                logits = full_forward(model, torch.from_numpy(seq)[None].to(device))
+                ref = logits[0, len(s.prompt) - 1:].cpu().numpy()  # [n produced, vocab]: position p predicts p + 1
+                ok = agreeing(ref, produced, tol)
+                flags.append(ok)
+                if first is None and not ok.all():
+                    j = int(np.argmin(ok))
+                    first = Disagreement(sequence=s.sequence, position=j, token=int(produced[j]),
+                                         reference_token=int(ref[j].argmax()), output=s.output)
+        where = f" of the {timed.source}'s requests" if isinstance(timed, RequestOutputs) else ""
+        return judge(flags, first, sequences=len({s.sequence for s in seqs}), outputs=len({s.output for s in seqs}),
+                     repetitions=timed.repetitions, precision=self.group.precision,
+                     reference=f"torch fp32 full forward on {device}, teacher-forced over prompt + produced "
+                               f"tokens{where}")
 
 
 def align_meter_clocks(meters: list) -> list[dict]:

@@ -142,15 +142,17 @@ def test_real_backends_timed_tokens_agree_with_the_reference_at_fp32(tmp_path):
         assert timed["outputs"] == 1, (r.cell_id, timed)  # greedy decoding is deterministic here
 
 
-def test_request_scenario_cells_say_their_timed_tokens_are_unchecked(tmp_path):
-    scenario = {"type": "single-stream", "requests": 2, "warmup_requests": 0}
-    _, records = _run(tmp_path, _suite([_torch_cpu()], gen_len=4, scenario=scenario))
+def test_request_scenario_cells_check_the_tokens_the_engine_streamed(tmp_path):
+    # batch 2: the engine batches requests, so the streamed tokens come from batched decode steps
+    scenario = {"type": "concurrency", "concurrency": 2, "requests": 6, "warmup_requests": 0}
+    _, records = _run(tmp_path, _suite([_torch_cpu()], gen_len=6, batch_sizes=[2], scenario=scenario))
     (r,) = records.values()
     timed = r.accuracy["timed_output"]
-    assert r.ok and r.accuracy["passed"] is True  # the logits check still runs and gates
-    assert timed["status"] == "unchecked" and timed["passed"] is None
-    assert "streamed text or ids only" in timed["reason"]
-    assert "agreement" not in timed
+    assert r.ok and r.accuracy["passed"] is True and r.accuracy["logits_passed"] is True
+    assert timed["status"] == "pass" and timed["agreement"] == 1.0, timed
+    # the first TIMED_SEQUENCES requests, every produced token of each
+    assert timed["sequences"] == 4 and timed["checked_tokens"] == 4 * 6 and timed["repetitions"] == 1
+    assert "in-process engine" in timed["reference"]
 
 
 def test_energy_window_runs_are_checked_too(tmp_path):

@@ -71,6 +71,42 @@ class TimedOutput:
         if not any(np.array_equal(generated, o) for o in self.outputs):
             self.outputs.append(generated)
 
+    def sequences(self, limit: int) -> list["ProducedSequence"]:
+        """The first `limit` sequences of each distinct output, as the gate re-scores them."""
+        return [ProducedSequence(self.prompts[i].tolist(), out[i].tolist(), sequence=i, output=k)
+                for k, out in enumerate(self.outputs) for i in range(min(self.prompts.shape[0], limit))]
+
+
+@dataclass
+class ProducedSequence:
+    """One prompt and the tokens produced after it, as the accuracy gate re-scores them
+    (plain lists: a request scenario's outcome stays JSON-serializable)."""
+
+    prompt: list[int]  # token ids
+    produced: list[int]  # the first token, then every decoded one
+    sequence: int  # index in the batch, or the request's id
+    output: int = 0  # which distinct output of a batch cell
+
+
+@dataclass
+class RequestOutputs:
+    """The tokens measured requests produced (request scenarios), kept for the same gate.
+
+    Requests differ in prompt and output length, so each is its own sequence rather than
+    a row of a batch; one measured pass, so each is one output. `reason` says why there
+    is nothing to check when `kept` is empty (the SUT returned no token ids)."""
+
+    kept: list[ProducedSequence] = field(default_factory=list)  # the first ok requests with ids
+    reason: Optional[str] = None
+    source: str = ""  # what produced the ids, for the record: "in-process engine", "endpoint"
+
+    @property
+    def repetitions(self) -> int:  # one measured pass
+        return 1 if self.kept else 0
+
+    def sequences(self, limit: int) -> list[ProducedSequence]:
+        return self.kept[:limit]
+
 
 @dataclass
 class ScenarioOutcome:
@@ -84,9 +120,10 @@ class ScenarioOutcome:
     energy: Optional[EnergyRecord] = None  # None when ctx.meters is empty
     timeline: list[dict] = field(default_factory=list)  # power samples over the cell, for the CSV
     warnings: list[str] = field(default_factory=list)
-    # what the timed path produced (batch scenarios); None: the scenario kept nothing to
-    # check (request scenarios: the load generator sees streamed text or ids only)
-    timed_output: Optional[TimedOutput] = None
+    # what the timed path produced (batch scenarios: TimedOutput; request scenarios:
+    # RequestOutputs, empty with its reason where the SUT returned no token ids); None:
+    # the scenario kept nothing to check
+    timed_output: Optional[TimedOutput | RequestOutputs] = None
     # request scenarios
     scenario_config: Optional[dict] = None
     summary: Optional[list] = None

@@ -236,6 +236,7 @@ class EngineSUT:
                 break
             _, tok, t, reason = ev
             res.token_times.append(t)
+            res.token_ids.append(int(tok))
             if res.t_first_token is None:
                 res.t_first_token = t
             res.t_end = t

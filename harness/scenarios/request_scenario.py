@@ -23,10 +23,10 @@ from typing import Callable, ClassVar, Optional
 
 import numpy as np
 
-from backends.base import Request, RequestBackend
+from backends.base import Backend, Request, RequestBackend
 from harness.energy import SteadyEnergy
 from harness.records import EnergyRecord
-from harness.scenarios.base import CellContext, Scenario, ScenarioOutcome
+from harness.scenarios.base import CellContext, ProducedSequence, RequestOutputs, Scenario, ScenarioOutcome
 from harness.scenarios.engine import BatchingEngine, EngineSUT
 from harness.scenarios.lengths import LengthsConfig, LengthSampler, fixed_lengths
 from harness.scenarios.loadgen import SUT, build_requests, drive, redraw_prompts
@@ -111,9 +111,12 @@ class RequestRun:
     concurrency: Optional[int] = None
     energy: Optional[EnergyRecord] = None  # None: no meters
     timeline: list[dict] = field(default_factory=list)  # power samples over the idle and steady windows
+    # ok requests whose SUT returned the produced token ids, in request order (for the gate)
+    produced: list[ProducedSequence] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("energy", "timeline")}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+             if f.name not in ("energy", "timeline", "produced")}
         d["energy"] = self.energy.to_json() if self.energy is not None else None
         return d
 
@@ -191,7 +194,25 @@ class RequestScenario(Scenario):
             requests=first.requests, steady_window=first.steady_window,
             runs=[r.to_json() for r in runs] if len(runs) > 1 else None, sut=described,
             scenario_config=self.config_json(cell.rate), warnings=request_warnings(m), energy=first.energy,
-            timeline=first.timeline)
+            timeline=first.timeline, timed_output=self._timed_output(ctx.backend, sut, runs))
+
+    @staticmethod
+    def _timed_output(backend: Backend, sut: SUT, runs: list[RequestRun]) -> RequestOutputs:
+        """The first ok requests with token ids, for the accuracy gate (harness.accuracy
+        bounds how many it re-scores), or why there are none."""
+        from harness.accuracy import TIMED_SEQUENCES
+
+        if isinstance(backend, RequestBackend):
+            source = "endpoint"
+            why = ("the endpoint returned no token ids to re-score: they are asked for, and checked, only where the "
+                   "endpoint is declared to serve the workload's exact weights and prompts go as token ids "
+                   "(openai-http: serves_reference_weights: true, send_token_ids: true)")
+        else:
+            # a native server runs the backend's own loaded weights: its ids are checkable too
+            source = "in-process engine" if isinstance(sut, EngineSUT) else "native server"
+            why = f"no measured request completed with token ids ({source})"
+        kept = [seq for r in runs for seq in r.produced][:TIMED_SEQUENCES]
+        return RequestOutputs(kept=kept, reason=None if kept else why, source=source)
 
     def _sut(self, ctx: CellContext) -> tuple[SUT, Optional[BatchingEngine]]:
         """The system under test, and the engine started for it (to stop after the cell).
@@ -263,10 +284,18 @@ class RequestScenario(Scenario):
                            "end_s": None if window.t_end is None else window.t_end - t0,
                            "unix_begin": window.unix_begin, "unix_end": window.unix_end,
                            "valid": window.valid, "note": window.note},
-            requests=request_rows(results, t0, cfg.record_token_times))
+            requests=request_rows(results, t0, cfg.record_token_times), produced=_produced(p.requests, results))
         if energy is not None:
             steady = metrics["steady"]
             measured = energy.measure(hook, steady.get("output_tokens", 0.0), steady.get("requests_completed", 0),
                                       no_window=None if window.valid else window.note or "no steady window")
             run.energy, run.timeline = measured.record, measured.timeline
         return run
+
+
+def _produced(requests: list[Request], results: list) -> list[ProducedSequence]:
+    """Each ok result that carries token ids, with the prompt ids its request sent."""
+    prompts = {r.id: r.prompt_ids for r in requests}
+    return [ProducedSequence([int(t) for t in prompts[r.id]], list(r.token_ids), sequence=r.id)
+            for r in sorted(results, key=lambda r: r.id)
+            if r.ok and r.token_ids and prompts.get(r.id)]
