@@ -115,9 +115,16 @@ class OpenAIHttpClient:
 
     def __init__(self, options: OpenAIHttpOptions):
         self.options = options
-        u = urlsplit(options.url)
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise BackendError(f"openai-http url must be http(s)://host[:port][/prefix], got {options.url!r}")
+        from harness.redact import redact_url
+
+        try:
+            u = urlsplit(options.url)
+            u.port  # noqa: B018 - raises ValueError on a port out of range or not a number
+        except ValueError:
+            u = None
+        if u is None or u.scheme not in ("http", "https") or not u.hostname:
+            raise BackendError("openai-http url must be http(s)://host[:port][/prefix], "
+                               f"got {redact_url(options.url)!r}")
         prefix = u.path.rstrip("/")
         for tail in ("/v1/completions", "/v1"):
             if prefix.endswith(tail):
@@ -157,10 +164,11 @@ class OpenAIHttpClient:
                 secrets.append(k)
         except BackendError:
             pass
-        secrets += [str(v) for v in self.options.headers.values() if len(str(v)) >= 8]
-        for s in secrets:
-            text = text.replace(s, "***")
-        return text
+        # the one rule (harness.redact): header values, URL userinfo, credential query values
+        from harness.redact import redact_text, secrets_of
+
+        secrets += secrets_of({"headers": dict(self.options.headers), "url": self.options.url})
+        return redact_text(text, secrets)
 
     def _headers(self, stream: bool) -> dict:
         h = {"Content-Type": "application/json", "Accept": "text/event-stream" if stream else "application/json"}
@@ -503,10 +511,14 @@ class OpenAIHttpClient:
         return out
 
     def describe(self) -> dict:
+        from harness.redact import redact_suite
+
         o = self.options
-        return {"backend": "openai-http", "endpoint": self.endpoint, "model": self.model,
+        # endpoint never holds the userinfo; redact_suite is the belt over the braces for
+        # anything _found() echoes (probe notes quoting a URL)
+        return redact_suite({"backend": "openai-http", "endpoint": self.endpoint, "model": self.model,
                 "header_names": sorted(map(str, o.headers)), "api_key_env": o.api_key_env,
-                "fixed_length_params": list(o.fixed_length_params), "timeout_s": o.timeout_s, **self._found()}
+                "fixed_length_params": list(o.fixed_length_params), "timeout_s": o.timeout_s, **self._found()})
 
 
 @dataclass

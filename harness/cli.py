@@ -105,8 +105,8 @@ def cmd_run(args) -> int:
         if args.output:
             plan.suite.output = args.output
         run_dir = safe_run_dir(plan.suite.output, args.name or new_run_id(plan.suite.name))
-        if run_dir.exists() and (run_dir / "run.json").exists():
-            raise UserError(f"{run_dir} already holds a run; pick another --name or use --resume {run_dir}")
+        # run_plan locks the folder, then refuses one that already holds a run.json: a check
+        # here, before the lock, would race a second run of the same name
         run_plan(plan, run_dir=run_dir, quiet=args.quiet)
     _, records = load_run(run_dir)
     _print_records(records, title=f"{plan.suite.name}: {run_dir}")

@@ -12,7 +12,6 @@ import json
 import os
 import re
 from pathlib import Path
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,8 +19,12 @@ import time
 
 from harness.config import Plan, scenario_dict
 from harness.inventory import inventory
+from harness.redact import redact_suite
 from harness.records import CellJob, CellRecord, PlannedCell, record_from_json
-from harness.results import append_record, read_records, safe_run_dir, write_json_atomic
+from harness.results import (ResultsError, append_record, open_nofollow, read_records, read_run_json, safe_run_dir,
+                             write_bytes_nofollow, write_json_atomic)
+
+LOCK_NAME = ".harness.lock"
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 POLL_S = 0.05
@@ -68,17 +71,77 @@ def run_plan(plan: Plan, run_dir: Path | None = None, run_id: str | None = None,
     if run_dir is None:
         run_dir = safe_run_dir(suite.output, run_id or new_run_id(suite.name))
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "logs").mkdir(exist_ok=True)
+    lock_fd = lock_run_dir(run_dir)  # before anything is read or written: no check-then-write race
+    try:
+        return _run_locked(plan, run_dir, quiet, resume)
+    finally:
+        unlock_run_dir(lock_fd)
+
+
+def unlock_run_dir(fd: int) -> None:
+    """Clear the owner's pid (still under the lock, so no new owner's pid is lost) and
+    release: a finished folder's lock file is empty and stays byte-for-byte the same
+    across runs that write nothing else."""
+    try:
+        os.ftruncate(fd, 0)
+    except OSError:
+        pass  # a read-only or full disk: the flock still goes with the fd
+    os.close(fd)
+
+
+def lock_run_dir(run_dir: Path) -> int:
+    """An exclusive, non-blocking flock on RUN_DIR/.harness.lock, held (by the returned fd)
+    for the whole run: a second harness run of the same folder fails at once. The lock
+    file holds the owner's pid, for the message; the lock itself is the flock, which the
+    kernel drops when the owner dies (kill -9 included), so a stale file never blocks."""
+    import fcntl
+
+    path = run_dir / LOCK_NAME
+    fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ResultsError(f"{run_dir} is being written by another harness run (pid {owner})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _check_subdir(path: Path) -> Path:
+    """A run folder's subfolder, never a symlink to somewhere else."""
+    if path.is_symlink():
+        raise ResultsError(f"{path}: is a symbolic link; refusing to write through it")
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _run_locked(plan: Plan, run_dir: Path, quiet: bool, resume: bool) -> Path:
+    suite = plan.suite
+    _check_subdir(run_dir / "logs")
+    _check_subdir(run_dir / "timelines")
     results_path = run_dir / "results.jsonl"
+    if results_path.is_symlink():  # refused before any cell runs, not at its first append
+        raise ResultsError(f"{results_path}: is a symbolic link; refusing to write through it")
     done: set[str] = set()
     if resume:
+        if not (run_dir / "run.json").exists():
+            raise ResultsError(f"{run_dir}: not a resumable run folder (no run.json)")
+        meta = read_run_json(run_dir)
         done = {r.cell_id for r in read_records(results_path)}
-        meta = json.loads((run_dir / "run.json").read_text())
     else:
-        shutil.copyfile(plan.source, run_dir / "suite.yaml")
+        # checked again under the lock: two runs of one --name that both passed the CLI's
+        # check meet here, and the second finds the first one's run.json
+        if (run_dir / "run.json").exists():
+            raise ResultsError(f"{run_dir} already holds a run; pick another --name or use --resume {run_dir}")
+        # the suite as given, for --resume: it may hold header values, so only its owner reads it
+        write_bytes_nofollow(run_dir / "suite.yaml", Path(plan.source).read_bytes())
+        os.chmod(run_dir / "suite.yaml", 0o600)
         meta = {"run_id": run_dir.name, "suite": suite.name, "suite_file": plan.source,
                 "harness_version": _version(), "started_at": time.time(), "status": "running",
-                "config": asdict(suite), "cells": [c.id for c in plan.cells], "inventory": inventory()}
+                "config": redact_suite(asdict(suite)), "cells": [c.id for c in plan.cells],
+                "inventory": inventory()}
     from harness.calibrate import load_for
 
     devices = {b.name: _device(b) for b in suite.backends}
@@ -161,8 +224,9 @@ def _run_group(plan: Plan, group, cells: list[PlannedCell], run_dir: Path, resul
         events_path = run_dir / "logs" / f".{slug}.events.jsonl"
         job = _job(plan, remaining, run_dir, device, calibration)
         write_json_atomic(job_path, job.to_json())
+        os.chmod(job_path, 0o600)  # the worker needs the real backend options (header values)
         events_path.unlink(missing_ok=True)
-        log = open(run_dir / "logs" / f"{slug}.log", "ab")
+        log = os.fdopen(open_nofollow(run_dir / "logs" / f"{slug}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")])),
                    HARNESS_RUNNER_PID=str(os.getpid()))  # the worker ends itself if this process dies
         proc = subprocess.Popen([sys.executable, "-m", "harness.worker", str(job_path), str(events_path)],
@@ -177,6 +241,7 @@ def _run_group(plan: Plan, group, cells: list[PlannedCell], run_dir: Path, resul
             raise
         finally:
             log.close()
+            job_path.unlink(missing_ok=True)  # read by the worker at start; nothing of it stays on disk
 
 
 def _watch(proc, events_path: Path, remaining: list[PlannedCell], timeout: float, results_path: Path,

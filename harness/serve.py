@@ -25,7 +25,23 @@ API (the subset of OpenAI's that benchmarking needs):
 * ``POST /tokenize``: ``{"content": text}`` (llama.cpp's key) or ``{"prompt": text}``
   (vLLM's) -> ``{"tokens": [...], "count": n}``, the ids a completion of that prompt
   would see; the ``openai-http`` client counts text prompts with it.
-* ``--api-key-env NAME``: require ``Authorization: Bearer $NAME``.
+* ``--api-key-env NAME``: require ``Authorization: Bearer $NAME`` on every route, GET included.
+
+Limits (every malformed request gets a 4xx JSON error and the server stays up):
+
+* request body at most ``--max-body-bytes`` (default 1 MiB, MAX_BODY_BYTES): larger
+  ``Content-Length`` is answered 413 without reading the body; a ``Content-Length``
+  that is not a plain decimal number (negative, ``abc``, ``1e3``, several values) 400;
+  a request body sent chunked (no length) 411. The body is read only up to its length,
+  never until EOF.
+* request headers at most ``--max-header-bytes`` in all (default 32 KiB,
+  MAX_HEADER_BYTES), each line at most 64 KiB and at most 100 headers (the standard
+  library's limits): 431.
+* JSON nesting at most MAX_JSON_DEPTH (64) levels: 400. ``max_tokens`` and
+  ``min_tokens`` must be JSON integers (not floats, booleans, strings or 1e400).
+* at most ``--max-connections`` open connections (default 64, MAX_CONNECTIONS); one
+  more is answered 503 and closed at once. Idle keep-alive connections close after
+  120 s, a request whose headers or body do not arrive within that time too.
 * ``--fault error-rate=0.2,drop-rate=0.5,drop-after=3,wrong-tokens=1,seed=0``: fault
   injection for tests: HTTP 500 for a fraction of requests; the connection
   closed mid-stream after ``drop-after`` tokens for a fraction of streams
@@ -116,10 +132,90 @@ class FaultSpec:
 
 # --- HTTP --------------------------------------------------------------------------------------------
 
+MAX_BODY_BYTES = 1 << 20
+MAX_HEADER_BYTES = 32 << 10
+MAX_CONNECTIONS = 64
+MAX_JSON_DEPTH = 64
+
+
+def json_depth_ok(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Is the nesting of this JSON text at most `limit`? A linear scan (brackets inside
+    strings skipped), run before json.loads so that deep input never reaches the
+    recursive decoder."""
+    depth, in_str, esc = 0, False, False
+    for b in raw:
+        if in_str:
+            if esc:
+                esc = False
+            elif b == 0x5C:  # backslash
+                esc = True
+            elif b == 0x22:
+                in_str = False
+        elif b == 0x22:
+            in_str = True
+        elif b in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return False
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return True
+
+
+def _json_int(body: dict, key: str, default: int, lo: int, hi: int) -> int:
+    v = body.get(key, default)
+    if v is None:
+        v = default
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ValueError(f"{key} must be an integer, got {str(type(v).__name__)} {str(v)[:40]!r}")
+    if not lo <= v <= hi:
+        raise ValueError(f"{key} must be in [{lo}, {hi}], got {str(v)[:40]}")
+    return v
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 1024
+    max_body_bytes: int = MAX_BODY_BYTES
+    max_header_bytes: int = MAX_HEADER_BYTES
+    max_connections: int = MAX_CONNECTIONS
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+
+    def process_request(self, request, client_address) -> None:
+        # the connection cap: a thread per connection, so without it a flood of idle
+        # connections is a flood of threads
+        if not self._slots.acquire(blocking=False):
+            try:
+                body = json.dumps({"error": {"message": f"too many connections (--max-connections "
+                                             f"{self.max_connections})", "type": "server_error", "code": 503}})
+                request.settimeout(1.0)
+                request.sendall(("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                 f"Content-Length: {len(body)}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
+                                 + body).encode())
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        # socketserver prints a traceback to stderr here; a client's broken connection is
+        # not the server's error, and anything else was already answered with a 500
+        pass
 
     engine: BatchingEngine
     model_name: str
@@ -139,6 +235,45 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         try:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except (ConnectionError, TimeoutError, socket.timeout, OSError):
+            self.close_connection = True
+        except Exception as e:  # noqa: BLE001 - a bug must cost one request, never the server or a traceback
+            self.close_connection = True
+            try:
+                self._error(500, f"internal error: {type(e).__name__}", "server_error")
+            except Exception:  # noqa: BLE001 - headers may be out already
+                pass
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        size = sum(len(k) + len(v) + 4 for k, v in self.headers.items())
+        if size > self.server.max_header_bytes:
+            self.close_connection = True
+            self._error(431, f"request headers of {size} bytes exceed {self.server.max_header_bytes} "
+                             "(--max-header-bytes)")
+            return False
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # the standard library's errors (bad request line, header line too long, too many
+        # headers, unsupported method) as JSON like ours, never its HTML page
+        self.close_connection = True
+        if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+            # a request line too broken to name a version: answer with a status line and
+            # headers anyway (HTTP/0.9 would get a bare body a client cannot tell from data)
+            self.request_version = "HTTP/1.1"
+        try:
+            # every malformed request is a client error: an unknown method 405 (stdlib: 501),
+            # an unknown HTTP version 400 (stdlib: 505)
+            code = {501: 405, 505: 400}.get(int(code), int(code))
+            self._error(code, message or explain or "bad request")
         except OSError:
             pass
 
@@ -164,6 +299,9 @@ class _Handler(BaseHTTPRequestHandler):
     # routes ------------------------------------------------------------------------------------------
     def do_GET(self) -> None:  # noqa: N802
         path = self.path.split("?")[0]
+        if not self._authorized():
+            self._error(401, "missing or wrong API key", "authentication_error")
+            return
         if path == "/v1/models":
             self._json(200, {"object": "list", "data": [{
                 "id": self.server.model_name, "object": "model", "created": 0, "owned_by": "accel-harness",
@@ -180,27 +318,54 @@ class _Handler(BaseHTTPRequestHandler):
         if not key:
             return True
         got = self.headers.get("Authorization", "")
-        return hmac.compare_digest(got.encode(), f"Bearer {key}".encode())
+        return hmac.compare_digest(got.encode("utf-8", "replace"), f"Bearer {key}".encode())
+
+    def _read_body(self) -> Optional[bytes]:
+        """The request body, or None after answering the error (the connection then closes:
+        an unread body must not be parsed as the next request)."""
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            self._error(411, "send the body with a Content-Length (chunked request bodies are not supported)")
+            return None
+        values = self.headers.get_all("Content-Length") or []
+        text = values[0].strip() if len(values) == 1 else ""
+        if not values:
+            return b""
+        if not (text.isascii() and text.isdigit() and len(text) <= 19):
+            self.close_connection = True
+            self._error(400, f"Content-Length must be one non-negative decimal integer, got "
+                             f"{', '.join(v[:40] for v in values)!r}")
+            return None
+        n = int(text)
+        if n > self.server.max_body_bytes:
+            self.close_connection = True
+            self._error(413, f"request body of {n} bytes exceeds {self.server.max_body_bytes} (--max-body-bytes)")
+            return None
+        raw = self.rfile.read(n) if n else b""
+        if len(raw) < n:  # the client closed early
+            self.close_connection = True
+            return None
+        return raw
 
     def do_POST(self) -> None:  # noqa: N802
         path = self.path.split("?")[0]
-        try:
-            n = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(n) if n else b""
-        except (ValueError, OSError):
+        if not self._authorized():  # before the body is read: no work for a client without the key
             self.close_connection = True
-            return
-        if path not in ("/v1/completions", "/tokenize"):
-            self._error(404, f"no route {path} (this server has /v1/completions and /tokenize)")
-            return
-        if not self._authorized():
             self._error(401, "missing or wrong API key", "authentication_error")
             return
+        raw = self._read_body()
+        if raw is None:
+            return
+        if path not in ("/v1/completions", "/tokenize"):
+            self._error(404, f"no route {path[:200]} (this server has /v1/completions and /tokenize)")
+            return
         try:
+            if not json_depth_ok(raw):
+                raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
             body = json.loads(raw or b"{}")
             if not isinstance(body, dict):
                 raise ValueError("expected a JSON object")
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             self._error(400, f"request body is not valid JSON: {e}")
             return
         if path == "/tokenize":
@@ -208,15 +373,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         model = body.get("model")
         if model is not None and model != self.server.model_name:
-            self._error(404, f"model {model!r} not served here; this server has {self.server.model_name!r}",
+            self._error(404, f"model {str(model)[:200]!r} not served here; this server has {self.server.model_name!r}",
                         "not_found_error")
             return
         try:
             prompt = self._prompt_ids(body.get("prompt"))
-            max_tokens = body.get("max_tokens", 16)
-            if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
-                raise ValueError(f"max_tokens must be an integer, got {max_tokens!r}")
-            min_tokens = body.get("min_tokens", 0) or 0
+            # ranges beyond the context are the engine's to explain (prompt + max_tokens)
+            max_tokens = _json_int(body, "max_tokens", 16, 1, 1 << 31)
+            min_tokens = _json_int(body, "min_tokens", 0, 0, 1 << 31)
             ignore_eos = bool(body.get("ignore_eos", False))
             stream = bool(body.get("stream", False))
         except ValueError as e:
@@ -389,7 +553,8 @@ def start_server(backend: str = "torch", model: str = "tiny", *, host: str = "12
                  seed: int = 0, fault: str | FaultSpec | None = None, api_key_env: str | None = None,
                  engine: BatchingEngine | None = None, served_model_name: str | None = None,
                  batch_wait_s: float = 0.0, eos_token_id: int | None = None, verbose: bool = False,
-                 max_wait_s: float = 600.0) -> ServerHandle:
+                 max_wait_s: float = 600.0, max_body_bytes: int = MAX_BODY_BYTES,
+                 max_header_bytes: int = MAX_HEADER_BYTES, max_connections: int = MAX_CONNECTIONS) -> ServerHandle:
     """Serve in this process on a background thread (port 0: a free port).
 
     Returns a handle with ``url`` (``http://host:port``) and ``stop()``; it also unpacks
@@ -404,7 +569,21 @@ def start_server(backend: str = "torch", model: str = "tiny", *, host: str = "12
         api_key = os.environ.get(api_key_env)
         if not api_key:
             raise ValueError(f"--api-key-env {api_key_env}: that environment variable is not set")
-    srv = _Server((host, port), _Handler)
+    for name, v in (("--max-body-bytes", max_body_bytes), ("--max-header-bytes", max_header_bytes),
+                    ("--max-connections", max_connections)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    srv = _Server((host, port), _Handler, bind_and_activate=False)
+    srv.max_body_bytes, srv.max_header_bytes, srv.max_connections = max_body_bytes, max_header_bytes, max_connections
+    try:
+        srv.server_bind()
+        srv.server_activate()
+    except OSError:
+        srv.server_close()
+        if owns:
+            engine.stop()
+            engine.backend.close()
+        raise
     srv.engine, srv.model_name = engine, served_model_name or model
     srv.api_key = api_key
     srv.fault = FaultSpec.parse(fault) if isinstance(fault, str) or fault is None else fault
@@ -445,6 +624,12 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--eos-token-id", type=int, help="stop at this token unless ignore_eos (default: never stop early)")
     s.add_argument("--fault", help="fault injection: error-rate=P,drop-rate=P,drop-after=N,wrong-tokens=P,seed=N")
     s.add_argument("--ready-file", help="write the server's URL to this file once it accepts requests")
+    s.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
+                   help=f"largest request body; larger gets 413 unread (default {MAX_BODY_BYTES})")
+    s.add_argument("--max-header-bytes", type=int, default=MAX_HEADER_BYTES,
+                   help=f"largest total of request headers; more gets 431 (default {MAX_HEADER_BYTES})")
+    s.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
+                   help=f"open connections at once; one more gets 503 and is closed (default {MAX_CONNECTIONS})")
     s.add_argument("--verbose", action="store_true", help="log every request")
     s.set_defaults(func=cmd_serve)
     return s
@@ -462,7 +647,9 @@ def cmd_serve(args) -> int:
                               max_seq=args.max_seq, dtype=args.dtype, options=dict(args.option), seed=args.seed,
                               fault=args.fault, api_key_env=args.api_key_env,
                               served_model_name=args.served_model_name, batch_wait_s=args.batch_wait_ms / 1000,
-                              eos_token_id=args.eos_token_id, verbose=args.verbose)
+                              eos_token_id=args.eos_token_id, verbose=args.verbose,
+                              max_body_bytes=args.max_body_bytes, max_header_bytes=args.max_header_bytes,
+                              max_connections=args.max_connections)
     except Exception as e:  # noqa: BLE001 - bad backend, model, option or port: one clear line
         from harness.registry import RegistryError
         from harness.schema import ConfigError

@@ -336,8 +336,13 @@ def _write_timeline(run_dir: Path, cell: PlannedCell, rows: list[dict]) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     name = cell.id.replace("/", "_") + ".csv"
     cols = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("t", "phase", "meter", "watts"), k))
-    tmp = folder / f".{name}.tmp"
-    with open(tmp, "w", newline="") as f:
+    # a temp name of this process only, created exclusively and never through a link planted
+    # in the run folder; the rename replaces a link rather than writing through it
+    from harness.results import open_nofollow
+
+    tmp = folder / f".{name}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    with os.fdopen(open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         w.writerows(rows)

@@ -74,9 +74,16 @@ def _check_runs(runs: list[str]) -> None:
 
 
 def _write(path: Path, text: str) -> None:
+    """--markdown and verdicts files: an existing symlink is refused (a run folder from
+    elsewhere may hold verdicts-*.md as a link to a file outside it)."""
+    from harness.results import write_bytes_nofollow
+
+    if path.is_symlink():
+        raise ResultsError(f"{path}: is a symbolic link; refusing to write through it (remove it or pick "
+                           "another file)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        write_bytes_nofollow(path, text.encode())
     except OSError as e:
         raise ResultsError(f"{path}: cannot write ({e.strerror or e})") from None
 

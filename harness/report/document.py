@@ -80,8 +80,18 @@ class Document:
 
 # --- Markdown ------------------------------------------------------------------------------
 
+def md_escape(s: object) -> str:
+    """Text from a run (suite names, descriptions, labels, model names, error messages) made
+    inert in Markdown: a Markdown viewer passes raw HTML through, so `<script>`, `<img
+    onerror=...>` in a suite name would run there. Escaping `&`, `<` and `>` as entities
+    renders the same characters and starts no tag. Our own formatting (`**`, `_`, backticks,
+    tables) is Markdown, not HTML, so it is untouched; inside a code span an entity shows
+    literally, which is inert too."""
+    return str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _md_cell(s: str) -> str:
-    return str(s).replace("|", "\\|").replace("\n", " ")
+    return md_escape(s).replace("|", "\\|").replace("\n", " ")
 
 
 def table_markdown(t: Table) -> str:
@@ -96,23 +106,25 @@ def table_markdown(t: Table) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     out = "\n".join(lines)
     if t.caption:
-        out += f"\n\n_{t.caption}_"
+        out += f"\n\n_{md_escape(t.caption)}_"
     return out
 
 
 def to_markdown(doc: Document, image_dir: str = "plots") -> str:
-    out = [f"# {doc.title}", ""]
+    esc = md_escape
+    out = [f"# {esc(doc.title)}", ""]
     for b in doc.blocks:
         if isinstance(b, Heading):
-            out += [f"{'#' * b.level} {b.text}", ""]
+            out += [f"{'#' * b.level} {esc(b.text)}", ""]
         elif isinstance(b, Paragraph):
-            out += [b.text, ""]
+            out += [esc(b.text), ""]
         elif isinstance(b, Bullets):
-            out += [f"- {x}" for x in b.items] + [""]
+            out += [f"- {esc(x)}" for x in b.items] + [""]
         elif isinstance(b, Table):
             out += [table_markdown(b), ""]
         elif isinstance(b, Figure):
-            out += [f"![{b.caption}]({image_dir}/{b.key}.png)", "", f"_{b.caption}_", ""]
+            out += [f"![{esc(b.caption)}]({image_dir}/{b.key}.png)", "", f"_{esc(b.caption)}_", ""]
         elif isinstance(b, Verdicts):  # under the report's own "Claim verdicts" heading
-            out += verdicts_markdown(b.verdicts, heading="##").splitlines()[2:] + [""]
+            # built in harness.verdicts from claim names and reasons: escaped line by line
+            out += [esc(x) for x in verdicts_markdown(b.verdicts, heading="##").splitlines()[2:]] + [""]
     return "\n".join(out).rstrip() + "\n"

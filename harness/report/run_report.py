@@ -72,21 +72,31 @@ def build_report(run_dirs, prices_path: str | Path | None = None, timeline_cell:
 
 
 def write_report(doc: Document, out_dir: str | Path) -> tuple[Path, Path]:
-    """report.md (+ plots/*.png beside it) and report.html (self-contained)."""
+    """report.md (+ plots/*.png beside it) and report.html (self-contained). Never writes
+    through a symlink: a run folder from elsewhere may hold report/, plots/ or report.md
+    as a link to a file outside it, which is refused rather than overwritten."""
+    from harness.results import write_bytes_nofollow
+
     out_dir = Path(out_dir)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        _real_dir(out_dir, parents=True)
         if doc.images:
-            (out_dir / "plots").mkdir(exist_ok=True)
+            _real_dir(out_dir / "plots")
             for k, png in doc.images.items():
-                (out_dir / "plots" / f"{k}.png").write_bytes(png)
+                write_bytes_nofollow(out_dir / "plots" / f"{k}.png", png)
         md = out_dir / "report.md"
-        md.write_text(to_markdown(doc))
+        write_bytes_nofollow(md, to_markdown(doc).encode())
         html = out_dir / "report.html"
-        html.write_text(to_html(doc))
+        write_bytes_nofollow(html, to_html(doc).encode())
     except OSError as e:
         raise ResultsError(f"{out_dir}: cannot write the report ({e.strerror or e})") from None
     return md, html
+
+
+def _real_dir(path: Path, parents: bool = False) -> None:
+    if path.is_symlink():
+        raise ResultsError(f"{path}: is a symbolic link; refusing to write the report through it")
+    path.mkdir(parents=parents, exist_ok=True)
 
 
 def _runs_table(runs: list[LoadedRun]) -> Table:
