@@ -21,10 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 import math
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from harness.figures import ALIASES, METRICS, canonical_metric
-from harness.schema import Checker, ConfigError, read_yaml
+from harness.schema import Checker, ConfigError, read_yaml, short
 
 MetricName = Literal[tuple(METRICS) + tuple(ALIASES)]
 
@@ -79,13 +79,16 @@ class Workload:
         return []
 
 
-def parse_factor(text: str | int | float) -> Optional[float]:
-    """ "at least 100x" / "100x" / 100 -> 100.0; None when it is not a finite number."""
+def parse_factor(text: Any) -> Optional[float]:
+    """ "at least 100x" / "100x" / 100 -> 100.0; None when it is not a finite number (NaN, inf,
+    1e400, a 400-digit integer, a bool, a list...): a claims file is untrusted input."""
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+        return None
     if isinstance(text, str):
         text = text.strip().lower().removeprefix("at least").strip().removesuffix("x").strip()
     try:
         value = float(text)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an int too large for a float
         return None
     return value if math.isfinite(value) else None
 
@@ -99,20 +102,26 @@ class ClaimSpec:
     baseline: Selector
     workload: Workload
     name: str = ""
-    at_least: Optional[float] = None  # the factor: 100 means "at least 100x"
-    factor: Optional[str | int | float] = None  # the same, as text: "at least 100x"
+    # the factor: 100 means "at least 100x". Any, checked by problems(): typed as a number, a
+    # value of the wrong type would be replaced by None before problems() runs, which would
+    # then also report the key as missing
+    at_least: Any = None
+    factor: Any = None  # the same, as text: "at least 100x"
     required: bool = False  # a REFUTED verdict makes `harness verify` exit 1
     energy: Literal["gross", "net"] = "gross"
     scope: Optional[str] = None  # only energy meters of this scope (gpu-board, wall, ...)
     description: str = ""  # free text for the reader of the file
 
     def factor_value(self) -> Optional[float]:
+        """The factor as a finite number > 0; None when absent or not one."""
         if self.at_least is not None:
-            return self.at_least if math.isfinite(self.at_least) and self.at_least > 0 else None
-        if self.factor is not None:
+            a = self.at_least
+            f = parse_factor(a) if isinstance(a, (int, float)) else None  # at_least takes numbers only
+        elif self.factor is not None:
             f = parse_factor(self.factor)
-            return f if f is not None and f > 0 else None
-        return None
+        else:
+            return None
+        return f if f is not None and f > 0 else None
 
     def problems(self) -> list[tuple[str, str]]:
         if self.at_least is not None and self.factor is not None:
@@ -123,8 +132,8 @@ class ClaimSpec:
             return []
         if self.at_least is not None:
             return [("at_least", f"expected a number > 0 (the factor, e.g. 100 for \"at least 100x\"), "
-                                 f"got {self.at_least!r}")]
-        return [("factor", f"expected \"at least Nx\" or a number > 0, got {self.factor!r}")]
+                                 f"got {short(self.at_least)}")]
+        return [("factor", f"expected \"at least Nx\" or a number > 0, got {short(self.factor)}")]
 
 
 @dataclass

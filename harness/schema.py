@@ -21,7 +21,9 @@ from __future__ import annotations
 
 from dataclasses import MISSING, fields, is_dataclass
 import difflib
+import os
 from pathlib import Path
+import stat
 import types
 import typing
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -54,6 +56,27 @@ def short(v, n: int = 60) -> str:
 
 # --- YAML with line numbers -------------------------------------------------------------
 
+#: Limits on every YAML file a user hands the harness (suites, claims, prices). A suite,
+#: claims or prices file is a few kB; these leave two or three orders of magnitude of
+#: room while keeping the worst case to about a second and tens of MB:
+#: - MAX_YAML_BYTES: the file is read in one go, at most this many bytes + 1, so
+#:   `harness run /dev/zero` or a huge file ends at once (non-regular files are refused).
+#: - MAX_YAML_NODES: scalars, lists and mappings, counted after alias expansion. The
+#:   checker, the line map and everything written later (run.json, the suite copy) walk
+#:   the expanded tree, so a 524-byte nested-alias "billion laughs" must be refused while
+#:   composing, before anything is built. A suite or claims file has tens to hundreds of
+#:   nodes; PyYAML's pure-Python parser does ~25,000 nodes/s, so 20,000 keeps the worst
+#:   file (no aliases, 1 MiB of `[1,1,1,...`) to about a second.
+#: - MAX_YAML_CHARS: scalar text after alias expansion (one 1 MB string aliased
+#:   20,000 times is only 20,001 nodes but 20 GB of text).
+#: - MAX_YAML_DEPTH: lists/mappings nested inside each other; deeper than this is refused
+#:   with the line instead of running into Python's recursion limit.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 20_000
+MAX_YAML_CHARS = 8 << 20
+MAX_YAML_DEPTH = 64
+
+
 class YamlDoc(typing.NamedTuple):
     path: Path
     data: Any
@@ -61,54 +84,170 @@ class YamlDoc(typing.NamedTuple):
     duplicates: list[tuple[str, int]]  # keys given twice, with the line of the second
 
 
-def line_map(node: yaml.Node, path: str = "", out: dict | None = None, dups: list | None = None) -> dict[str, int]:
+class _Refused(Exception):
+    """A YAML file over a limit, or a value PyYAML cannot build: the message, located."""
+
+    def __init__(self, line: int | None, msg: str):
+        self.line, self.msg = line, msg
+        super().__init__(msg)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader, counting while it composes: nesting depth, and a running total of
+    nodes and scalar text with every alias counted as the whole subtree it stands for.
+    Subtree sizes are memoized per node, so counting costs one step per node written, not
+    per expansion, and the file is refused at the first node past a limit, before the rest
+    is even parsed (PyYAML's pure-Python parser takes ~40 us a node)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = self._chars = 0  # running totals over the expanded document
+        self._aliased = False  # an alias added to the totals (for the message)
+        self._sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded nodes, expanded chars)
+        self._node_path: dict[int, str] = {}  # filled by line_map, for errors while constructing
+
+    def _count(self, nodes: int, chars: int, line: int) -> None:
+        self._nodes += nodes
+        self._chars += chars
+        what = "aliases expand to" if self._aliased else "the file holds"
+        if self._nodes > MAX_YAML_NODES:
+            raise _Refused(line, f"not valid YAML: {what} more than {MAX_YAML_NODES:,} nodes "
+                                 "(values, lists and mappings, counted after alias expansion)")
+        if self._chars > MAX_YAML_CHARS:
+            raise _Refused(line, f"not valid YAML: {what} more than {MAX_YAML_CHARS:,} characters of text "
+                                 "(counted after alias expansion)")
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = self.anchors.get(event.anchor)
+            if node is not None:  # else PyYAML reports the undefined alias
+                if id(node) not in self._sizes:  # its anchor is still being composed
+                    raise _Refused(event.start_mark.line + 1, f"not valid YAML: alias *{event.anchor} refers "
+                                                              "to a node that contains it (a recursive alias)")
+                self._aliased = True
+                self._count(*self._sizes[id(node)], event.start_mark.line + 1)
+            return super().compose_node(parent, index)
+        event = self.peek_event()
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise _Refused(event.start_mark.line + 1, f"not valid YAML: nested more than {MAX_YAML_DEPTH} levels deep")
+        nodes0, chars0 = self._nodes, self._chars
+        self._count(1, len(getattr(event, "value", "") or ""), event.start_mark.line + 1)
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        # everything counted since this node started is its expanded subtree
+        self._sizes[id(node)] = (self._nodes - nodes0, self._chars - chars0)
+        return node
+
+    def construct_object(self, node, deep=False):
+        if isinstance(node, yaml.ScalarNode) and "\0" in node.value and node.tag == "tag:yaml.org,2002:str":
+            where = self._node_path.get(id(node))
+            raise _Refused(node.start_mark.line + 1, f"{where or '(top level)'}: a NUL character (\\0) in a string")
+        try:
+            return super().construct_object(node, deep)
+        except (_Refused, yaml.YAMLError):
+            raise
+        except Exception as e:  # noqa: BLE001 - PyYAML's constructors raise ValueError (a date
+            # 2020-13-45, a 5000-digit integer), IndexError (`!!int ''`), OverflowError...
+            where = self._node_path.get(id(node)) or "(top level)"
+            tag = node.tag.rsplit(":", 1)[-1]
+            raise _Refused(node.start_mark.line + 1,
+                           f"{where}: not a valid {tag} value: {short(getattr(node, 'value', ''))} "
+                           f"({type(e).__name__}: {e})") from None
+
+
+def line_map(node: yaml.Node, path: str = "", out: dict | None = None, dups: list | None = None,
+             node_path: dict | None = None) -> dict[str, int]:
     """key path -> line; duplicate keys (which YAML would silently let the last one win)
-    are collected into `dups` as (path, line)."""
+    are collected into `dups` as (path, line); `node_path` gets id(node) -> first key path.
+    Walks the alias-expanded tree: callers bound its size first (read_yaml does)."""
     out = {} if out is None else out
     out.setdefault(path, node.start_mark.line + 1)
+    if node_path is not None:
+        node_path.setdefault(id(node), path)
     if isinstance(node, yaml.MappingNode):
         seen: set = set()
         for k, v in node.value:
-            key = f"{path}.{k.value}" if path else str(k.value)
-            if k.value in seen and dups is not None:
+            # a complex key (`? [a]`) is refused when constructing; name it without its nodes' repr
+            kv = k.value if isinstance(k, yaml.ScalarNode) else "(complex key)"
+            key = f"{path}.{kv}" if path else str(kv)
+            if kv in seen and dups is not None:
                 dups.append((key, k.start_mark.line + 1))
-            seen.add(k.value)
+            seen.add(kv)
             out[key] = k.start_mark.line + 1
-            line_map(v, key, out, dups)
+            if node_path is not None:
+                node_path.setdefault(id(k), key)
+            line_map(v, key, out, dups, node_path)
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
-            line_map(v, f"{path}[{i}]", out, dups)
+            line_map(v, f"{path}[{i}]", out, dups, node_path)
     return out
+
+
+def _read_bounded(path: Path, what: str) -> bytes:
+    """At most MAX_YAML_BYTES of a regular file; a device, FIFO or directory is refused
+    before it is read (O_NONBLOCK so that opening a FIFO does not wait for a writer)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read {what} file: {e.strerror or e}"]) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a device, pipe or socket"
+            raise ConfigError([f"{path}: cannot read {what} file: {kind}, not a regular file"])
+        if st.st_size > MAX_YAML_BYTES:
+            raise ConfigError([f"{path}: {what} file too large ({st.st_size:,} bytes; the limit is "
+                               f"{MAX_YAML_BYTES:,})"])
+        chunks, got = [], 0
+        while got <= MAX_YAML_BYTES:  # st_size may lie (a file still growing, /proc)
+            b = os.read(fd, MAX_YAML_BYTES + 1 - got)
+            if not b:
+                break
+            chunks.append(b)
+            got += len(b)
+        if got > MAX_YAML_BYTES:
+            raise ConfigError([f"{path}: {what} file too large (more than {MAX_YAML_BYTES:,} bytes)"])
+        return b"".join(chunks)
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read {what} file: {e.strerror or e}"]) from None
+    finally:
+        os.close(fd)
 
 
 def read_yaml(path: str | Path, what: str) -> YamlDoc:
     """Parse a YAML file (safe loader only) with its line map; ConfigError names the file
-    and line of anything unreadable."""
+    and line of anything unreadable. Bounded: see MAX_YAML_* above."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ConfigError([f"{path}: cannot read {what} file: {e.strerror or e}"]) from None
+    raw = _read_bounded(path, what)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
         raise ConfigError([f"{path}:{line}: not UTF-8 text (byte {raw[e.start:e.start + 1]!r}); "
                            f"save the {what} file as UTF-8"]) from None
+    loader = None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        loader = _BoundedLoader(text)  # its reader refuses unprintable characters at once
+        node = loader.get_single_node()
         dups: list = []
-        lines = line_map(node, dups=dups) if node else {}
+        lines = line_map(node, dups=dups, node_path=loader._node_path) if node else {}
+        data = loader.construct_document(node) if node is not None else None
+    except _Refused as e:
+        raise ConfigError([f"{path}:{e.line}: {e.msg}" if e.line else f"{path}: {e.msg}"]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError([f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}"]) from None
-    except RecursionError:
-        raise ConfigError([f"{path}: nested too deeply, or an alias that contains itself (&a [*a])"]) from None
-    except Exception as e:  # noqa: BLE001 - PyYAML's constructors raise ValueError (a date 2020-13-45,
-        # a 5000-digit integer), IndexError (`!!int ''`)...: still a file that is not valid YAML
-        raise ConfigError([f"{path}: not valid YAML: {type(e).__name__}: {e}"]) from None
+    except RecursionError:  # not expected under MAX_YAML_DEPTH; kept so it can never be a traceback
+        raise ConfigError([f"{path}: nested too deeply"]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     return YamlDoc(path, data, lines, dups)
 
 
@@ -194,8 +333,10 @@ class Checker:
             try:
                 return hint(data)
             except OverflowError:  # an integer too large for a float
-                return self._bad(path, f"expected a number, got {short(data)}")
+                return self._bad(path, f"expected a number a float can hold (at most about 1.8e308), got {short(data)}")
         if hint is str:
+            if isinstance(data, str) and "\0" in data:  # read_yaml refuses these too; build() gets here
+                return self._bad(path, "a NUL character (\\0) in a string")
             return data if isinstance(data, str) else self._bad(path, f"expected a string, got {short(data)}")
         return data
 

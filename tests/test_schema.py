@@ -88,3 +88,49 @@ def test_bad_values_fall_back_to_defaults_so_checking_goes_on():
     out = chk.dataclass(Outer, {"name": "x", "count": True, "limit": float("nan")}, "")
     assert out is not None and out.count == 1 and out.limit is None  # both reported, defaults stand in
     assert len(chk.problems) == 2
+
+
+def test_yaml_node_limit_is_exact_and_counts_aliases_expanded(tmp_path):
+    """MAX_YAML_NODES counts every scalar, list and mapping, an alias as the whole subtree it
+    stands for: N nodes load, N + 1 are refused with the line where the count ran over."""
+    from harness.schema import MAX_YAML_NODES, read_yaml
+
+    p = tmp_path / "f.yaml"
+    p.write_text("[" + ",".join(["1"] * (MAX_YAML_NODES - 1)) + "]\n")  # the list + its items
+    assert len(read_yaml(p, "test").data) == MAX_YAML_NODES - 1
+    p.write_text("[" + ",".join(["1"] * MAX_YAML_NODES) + "]\n")
+    with pytest.raises(ConfigError, match=rf"f\.yaml:1: not valid YAML: the file holds more than {MAX_YAML_NODES:,}"):
+        read_yaml(p, "test")
+    # `a` is 1 + 100 nodes; the mapping, its 2 keys and `a` itself: 104, and each alias 101 more
+    n_alias = (MAX_YAML_NODES - 104) // 101
+    def aliased(n):
+        return "a: &a [" + ",".join(["1"] * 100) + "]\nb: [" + ",".join(["*a"] * n) + "]\n"
+    p.write_text(aliased(n_alias))
+    assert len(read_yaml(p, "test").data["b"]) == n_alias
+    p.write_text(aliased(n_alias + 1))
+    with pytest.raises(ConfigError,
+                       match=rf"f\.yaml:2: not valid YAML: aliases expand to more than {MAX_YAML_NODES:,}"):
+        read_yaml(p, "test")
+
+
+def test_yaml_values_pyyaml_cannot_build_are_located(tmp_path):
+    p = tmp_path / "f.yaml"
+    p.write_text("name: x\ninner:\n  kind: 2020-13-45\n")
+    with pytest.raises(ConfigError, match=r"f\.yaml:3: inner\.kind: not a valid timestamp value: '2020-13-45'"):
+        check_file(Outer, p, "test")
+    p.write_text("name: x\ncount: !!int ''\n")
+    with pytest.raises(ConfigError, match=r"f\.yaml:2: count: not a valid int value"):
+        check_file(Outer, p, "test")
+    p.write_text('name: "a\\0b"\n')
+    with pytest.raises(ConfigError, match=r"f\.yaml:1: name: a NUL character"):
+        check_file(Outer, p, "test")
+    p.write_text("name: &n [x, *n]\n")
+    with pytest.raises(ConfigError, match=r"f\.yaml:1: not valid YAML: alias \*n refers to a node that contains it"):
+        check_file(Outer, p, "test")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        check_file(Outer, tmp_path, "test")
+
+
+def test_nul_in_a_string_outside_a_file_is_refused():
+    with pytest.raises(ConfigError, match=r"opts: name: a NUL character"):
+        build(Outer, {"name": "a\0b"}, "opts")
