@@ -398,4 +398,6 @@ def _g(x: Optional[float]) -> str:
 
 
 def _md(s: str) -> str:
-    return str(s).replace("|", "\\|")
+    """Text from claims files and runs made inert in a Markdown table or line: HTML escaped
+    (as harness.report.document.md_escape does; that module imports this one) and pipes."""
+    return str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")

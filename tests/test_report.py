@@ -215,7 +215,7 @@ claims:
     assert "SUPPORTED" in out and "REFUTED" in out and "1 required claim(s) refuted" in out
     text = md.read_text()
     assert "Best baseline configuration measured" in text
-    assert "3 repetition(s) (< 5)" in text  # the caveat for a 3-repetition run
+    assert "3 repetition(s) (&lt; 5)" in text  # the caveat for a 3-repetition run (Markdown escapes "<")
     assert "energy: fake-smi, sampled, cpu-package" in text
 
 

@@ -166,3 +166,13 @@ def test_table_markdown_escapes_cells_but_keeps_our_formatting():
     assert "<" not in md.replace("&lt;", "")
     assert "**bold** and `code` &amp; &lt;i&gt;x&lt;/i&gt;" in md
     assert "**FAILED &lt;script&gt;**" in md and "x\\|y" in md
+
+
+def test_verdict_and_compare_markdown_escape_html():
+    """verify --markdown and compare --markdown write Markdown themselves: names from claims
+    files and runs must be inert there too."""
+    from harness.verdicts import _md
+
+    payload = "<script>alert(1)</script> | <img src=x onerror=y>"
+    out = _md(payload)
+    assert "<script" not in out and "<img" not in out and "\\|" in out

@@ -10,6 +10,7 @@ from harness import stats
 from harness.cells import ResultCell
 from harness.figures import METRICS, metric_value
 from harness.records import MeterEnergy
+from harness.report.document import md_escape
 from harness.report.cell_summary import energy_tag, median_ci
 from harness.results import ResultsError
 
@@ -143,10 +144,10 @@ def compare_markdown(cmp: RunComparison) -> str:
     out = ["# Comparison", ""]
     refs = set(cmp.refs.values())
     if len(refs) == 1:
-        out += [f"Reference (A): **{cmp.config_labels[next(iter(refs))]}**", ""]
+        out += [f"Reference (A): **{md_escape(cmp.config_labels[next(iter(refs))])}**", ""]
     for other, ref in cmp.refs.items():
-        out += [f"## {cmp.config_labels[other]} (B) against A"
-                + ("" if len(refs) == 1 else f": {cmp.config_labels[ref]}"), ""]
+        out += [f"## {md_escape(cmp.config_labels[other])} (B) against A"
+                + ("" if len(refs) == 1 else f": {md_escape(cmp.config_labels[ref])}"), ""]
         rows = [r for r in cmp.rows if r.other.config_key == other]
         if not rows:
             out += ["No matching cells (same model, precision, batch, prompt and generation length, scenario).", ""]
@@ -155,7 +156,7 @@ def compare_markdown(cmp: RunComparison) -> str:
                 "|---|---|---:|---:|---:|---|"]
         for r in rows:
             unit = METRICS[r.metric].unit
-            out.append(f"| {workload_text(r.workload)} | {r.metric} ({unit}) | "
+            out.append(f"| {md_escape(workload_text(r.workload))} | {r.metric} ({unit}) | "
                        f"{compare_value(r.ref_summary, r.ref, r.ref_meter)} | "
                        f"{compare_value(r.other_summary, r.other, r.other_meter)} | "
                        f"{ratio_text(r.ratio)} | {r.judgement} |")
@@ -166,7 +167,7 @@ def compare_markdown(cmp: RunComparison) -> str:
             out += [f"- {pooled_text(m, r)}" for m, r in ov]
         out.append("")
     if cmp.unmatched:
-        out += ["## Cells without a match", ""] + [f"- {c.short} on {c.device_label}" for c in cmp.unmatched] + [""]
+        out += ["## Cells without a match", ""] + [f"- {md_escape(c.short)} on {md_escape(c.device_label)}" for c in cmp.unmatched] + [""]
     out += ["_Ratios are B / A of the metric as measured (for TTFT, TPOT and J/token lower is better). "
             "Medians with 95 % bootstrap intervals; \"no clear difference\" means the interval of the ratio "
             "contains 1._", ""]
