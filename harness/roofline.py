@@ -2,13 +2,18 @@
 
 decode: each step must read every weight once (the embedding table only if it is also
   the output head) plus each sequence's KV cache up to its position. Limit:
-  tokens/s = batch / (bytes per step / bandwidth).
+  tokens/s = batch / (bytes per step / read bandwidth). Decode only reads, so the ceiling
+  is the calibrated *read* bandwidth (harness/calibrate.py); calibrations made before it
+  was measured fall back to copy bandwidth, and say so in the basis.
 prefill: flops = batch x prompt_len x flops per token at the mean context (prompt/2).
   Limit: time = flops / calibrated matmul rate.
-Over 100 % is physically impossible: flagged "suspect", never a win. Each side is judged
-on its own ("decode_suspect", "prefill_suspect"): a prefill above its roofline says
-nothing about the decode figures of the same cell. "suspect" (either side) stays for
-readers of older records.
+Over 100 % (plus, for decode, the calibration's own noise margin) is physically
+impossible: flagged "suspect", never a win. Each side is judged on its own
+("decode_suspect", "prefill_suspect"): a prefill above its roofline says nothing about
+the decode figures of the same cell. "suspect" (either side) stays for readers of older
+records.
+A model whose decode bytes fit in the device's last-level cache is "cache-resident": the
+DRAM roofline does not apply to it, so it gets no decode % and no decode flag.
 """
 from __future__ import annotations
 
@@ -29,6 +34,16 @@ def prefill_limit_s(args: ModelArgs, batch: int, prompt_len: int, flops_per_s: f
     return batch * prompt_len * args.matmul_flops_per_token(context=prompt_len // 2) / flops_per_s
 
 
+def decode_ceiling(calibration: dict) -> tuple[float | None, float]:
+    """(bytes/s decode can read, relative noise margin of that figure)."""
+    read = calibration.get("read_bandwidth_Bps")
+    if isinstance(read, (int, float)) and read > 0:
+        noise = calibration.get("read_noise")
+        return float(read), float(noise) if isinstance(noise, (int, float)) and 0 <= noise < 1 else 0.0
+    copy = calibration.get("memory_bandwidth_Bps")
+    return (float(copy), 0.0) if isinstance(copy, (int, float)) and copy > 0 else (None, 0.0)
+
+
 def roofline(record: CellRecord, calibration: dict | None) -> dict:
     """{"decode_pct", "prefill_pct", "decode_suspect", "prefill_suspect", "suspect", "basis"} for one ok
     batch record (a side without its calibrated peak has neither pct nor flag); {} when unknown."""
@@ -43,18 +58,28 @@ def roofline(record: CellRecord, calibration: dict | None) -> dict:
         return {}
     matmul_dtype = precision if precision in ("fp32", "bf16", "fp16") else "fp16"
     out: dict = {"basis": f"calibration {calibration.get('device')} on {calibration.get('host')}"}
-    bw = calibration.get("memory_bandwidth_Bps")
+    bw, margin = decode_ceiling(calibration)
     if bw:
-        limit = decode_limit_tps(args, precision, record.batch, record.prompt_len, record.gen_len, bw)
-        out["decode_limit_tps"] = limit
-        out["decode_pct"] = 100 * m["decode_tps"]["median"] / limit
+        weight_bytes = args.decode_bytes_per_step(precision)
+        llc = calibration.get("llc_bytes")
+        if isinstance(llc, (int, float)) and llc > 0 and weight_bytes <= llc:
+            out["decode_cache_resident"] = True
+            out["basis"] += f" (decode: cache-resident, {weight_bytes / 2**20:.1f} MiB of weights in a " \
+                            f"{llc / 2**20:.0f} MiB cache: no DRAM roofline)"
+        else:
+            limit = decode_limit_tps(args, precision, record.batch, record.prompt_len, record.gen_len, bw)
+            out["decode_limit_tps"] = limit
+            out["decode_pct"] = 100 * m["decode_tps"]["median"] / limit
+            out["decode_margin_pct"] = 100 * margin
+            if "read_bandwidth_Bps" not in calibration:
+                out["basis"] += " (copy bandwidth: calibrated before read bandwidth was measured; overstates %)"
     peak = (calibration.get("matmul_flops") or {}).get(matmul_dtype)
     if peak:
         t_min = prefill_limit_s(args, record.batch, record.prompt_len, peak)
         out["prefill_pct"] = 100 * t_min / m["ttft_s"]["median"]
     for side in SIDES:
         if f"{side}_pct" in out:
-            out[f"{side}_suspect"] = out[f"{side}_pct"] > 100 * SUSPECT_ABOVE
+            out[f"{side}_suspect"] = out[f"{side}_pct"] > 100 * SUSPECT_ABOVE + out.get(f"{side}_margin_pct", 0.0)
     out["suspect"] = any(out.get(f"{side}_suspect", False) for side in SIDES)
     return out
 

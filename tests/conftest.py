@@ -10,6 +10,11 @@ if str(ROOT) not in sys.path:
 
 # Keep test processes from fighting over the 2 cores of CI machines.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Calibrations are also kept in the user's cache (harness/calibrate.py): tests, and the runs
+# they start as subprocesses, must neither read the developer's nor leave their own there.
+import tempfile  # noqa: E402
+
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="harness-test-cache-")
 
 
 @pytest.fixture

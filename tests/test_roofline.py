@@ -61,3 +61,57 @@ def test_records_from_before_the_per_side_flags_stay_readable(roof, decode, pref
 def test_unknown_without_calibration_or_model():
     assert roofline(record("fp32", 20.0), None) == {}
     assert roofline(record("fp32", 20.0, model="custom"), CAL) == {}
+
+
+# --- issue 18: the decode ceiling is read bandwidth, with the calibration's noise margin ---
+
+READ_CAL = dict(CAL, memory_bandwidth_Bps=20e9, read_bandwidth_Bps=30e9, read_noise=0.03)
+
+
+def _decode_bytes(precision="fp32", batch=1, prompt=64, gen=64):
+    """Bytes one decode step reads, by hand: weights (untied embedding skipped) + mean KV."""
+    a = ZOO["smollm2-135m"]
+    per_weight = {"fp32": 4, "fp16": 2}[precision]
+    weights = (a.param_count() - (0 if a.tie_embeddings else a.vocab_size * a.dim)) * per_weight
+    kv = batch * (prompt + gen / 2) * 2 * a.n_layers * a.kv_dim * per_weight
+    return weights + kv
+
+
+def test_decode_roofline_uses_read_not_copy_bandwidth():
+    limit = 30e9 / _decode_bytes()
+    r = roofline(record("fp32", 0.5 * limit), READ_CAL)
+    assert r["decode_pct"] == pytest.approx(50.0, rel=1e-6)
+    assert "copy bandwidth" not in r["basis"]
+
+
+def test_a_cell_between_copy_and_read_ceilings_is_not_suspect():
+    # the issue-18 case: faster than copy bandwidth allows, slower than read bandwidth
+    copy_limit, read_limit = 20e9 / _decode_bytes(), 30e9 / _decode_bytes()
+    tps = (copy_limit + read_limit) / 2
+    assert roofline(record("fp32", tps), CAL)["decode_suspect"] is True  # old copy-only calibration
+    assert roofline(record("fp32", tps), READ_CAL)["decode_suspect"] is False
+
+
+@pytest.mark.parametrize("share,suspect", [(1.02, False), (1.0299, False), (1.0301, True), (1.2, True)])
+def test_suspect_only_above_100_percent_plus_the_stated_noise_margin(share, suspect):
+    read_limit = 30e9 / _decode_bytes()
+    r = roofline(record("fp32", share * read_limit), READ_CAL)
+    assert r["decode_margin_pct"] == pytest.approx(3.0)
+    assert r["decode_suspect"] is suspect
+
+
+def test_old_calibration_falls_back_to_copy_and_says_so():
+    r = roofline(record("fp32", 1.0), CAL)
+    assert "copy bandwidth" in r["basis"]
+    assert r["decode_pct"] == pytest.approx(100 * 1.0 / (20e9 / _decode_bytes()), rel=1e-6)
+
+
+def test_a_model_that_fits_in_the_last_level_cache_is_cache_resident():
+    weights_mib = (ZOO["smollm2-135m"].decode_bytes_per_step("fp32")) / 2**20
+    big_cache = dict(READ_CAL, llc_bytes=int((weights_mib + 1) * 2**20))
+    small_cache = dict(READ_CAL, llc_bytes=int((weights_mib - 1) * 2**20))
+    resident = roofline(record("fp32", 1e6), big_cache)  # absurdly fast: but from cache
+    assert resident.get("decode_cache_resident") is True
+    assert "decode_pct" not in resident and not resident.get("decode_suspect")
+    assert "cache-resident" in resident["basis"]
+    assert roofline(record("fp32", 1e6), small_cache)["decode_suspect"] is True

@@ -1,0 +1,55 @@
+"""Calibration: read bandwidth measured for real, stored per host in the output and the user cache."""
+import json
+import subprocess
+import sys
+
+import torch
+
+from harness.calibrate import calibration_path, last_level_cache_bytes, load_for, read_bandwidth, save, \
+    user_cache_dir
+
+
+def test_read_bandwidth_is_measured_by_a_read_only_kernel():
+    got = read_bandwidth(torch.device("cpu"), 16 << 20, min_s=0.05, trials=3)
+    assert got["read_kernel"] in ("matvec", "reduce")
+    assert got["read_bytes"] == (16 << 20) // (4 * 4096) * 4096 * 4
+    best = max(max(v) for v in got["read_trials_Bps"].values())
+    assert got["read_bandwidth_Bps"] == best and best > 1e8  # any machine reads 100 MB/s
+    assert 0 <= got["read_noise"] < 1
+
+
+def test_saved_calibration_is_found_from_any_output_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cal = {"device": "cpu", "host": "labhost", "read_bandwidth_Bps": 3e10, "matmul_flops": {}}
+    paths = save(cal, tmp_path / "results_a")
+    assert paths == [calibration_path(tmp_path / "results_a", "cpu", "labhost"),
+                     calibration_path(user_cache_dir(), "cpu", "labhost")]
+    assert json.loads(paths[1].read_text()) == cal
+    monkeypatch.setattr("platform.node", lambda: "labhost")
+    # a run written to another folder still finds this host's calibration
+    assert load_for(tmp_path / "elsewhere", "cpu") == cal
+    # the output folder's own calibration wins over the cache's
+    local = dict(cal, read_bandwidth_Bps=1e9)
+    calibration_path(tmp_path / "elsewhere", "cpu", "labhost").parent.mkdir(parents=True)
+    calibration_path(tmp_path / "elsewhere", "cpu", "labhost").write_text(json.dumps(local))
+    assert load_for(tmp_path / "elsewhere", "cpu") == local
+    # a corrupt file is skipped, not a crash
+    calibration_path(tmp_path / "elsewhere", "cpu", "labhost").write_text("[1, 2")
+    assert load_for(tmp_path / "elsewhere", "cpu") == cal
+
+
+def test_last_level_cache_is_read_from_sysfs_when_present():
+    llc = last_level_cache_bytes()
+    assert llc is None or llc >= 64 << 10
+
+
+def test_calibrate_command_prints_read_and_copy_bandwidth(tmp_path):
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-m", "harness", "calibrate", "--quick", "--output", str(tmp_path / "r")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "read bandwidth" in out.stdout and "copy bandwidth" in out.stdout and "noise margin" in out.stdout
+    files = list((tmp_path / "r" / "calibration").glob("*.json")) + list((tmp_path / "cache").rglob("*.json"))
+    assert len(files) == 2
+    cal = json.loads(files[0].read_text())
+    assert cal["read_bandwidth_Bps"] > 0 and cal["memory_bandwidth_Bps"] > 0
