@@ -23,6 +23,7 @@ import json
 import os
 from pathlib import Path
 import platform
+import re
 import tempfile
 import time
 from typing import Any, Literal, Optional
@@ -30,6 +31,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 
 from backends.base import BackendError, DecodeResult, LoadInfo, ModelBackend, cpu_model
+from harness.schema import regular_file_problem
 from workloads.zoo import ModelSpec
 
 CPU_EP = "CPUExecutionProvider"
@@ -83,8 +85,8 @@ class OnnxOptions:
     #: cuda, openvino, qnn...) or {name, options} mappings; options are the provider's own
     #: (e.g. {device_type: NPU} for OpenVINO, {backend_path: libQnnHtp.so} for QNN)
     providers: list = field(default_factory=lambda: [CPU_EP])
-    intra_op_threads: int = 0  # 0: ONNX Runtime's choice (one per physical core)
-    inter_op_threads: int = 0
+    intra_op_threads: int = field(default=0, metadata={"range": (0, 4096)})  # 0: ONNX Runtime's choice
+    inter_op_threads: int = field(default=0, metadata={"range": (0, 4096)})  # (one per physical core)
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     allow_spinning: bool = True  # ORT's default; false frees cores between ops (less power, more latency)
     #: plugin EP libraries [{name, path}] registered with register_execution_provider_library
@@ -95,6 +97,36 @@ class OnnxOptions:
     device: Optional[str] = None  # label in tables; default from the first provider (cpu, cuda:0, openvino:npu...)
     session_config: dict = field(default_factory=dict)  # extra SessionOptions config entries, key: value
     cache_dir: Optional[str] = None  # export cache; default $ACCEL_HARNESS_CACHE/onnx or ~/.cache/accel-harness/onnx
+    #: weight-only quantization of our fp32 export: int8 (MatMulNBits, symmetric blocks of
+    #: 128, int8 compute); the cell's precision is then int8, activations stay fp32
+    weight_quant: Optional[Literal["int8"]] = None
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Checks done at validation that ONNX Runtime would otherwise make inside the worker."""
+        out = []
+        if self.device is not None and not _DEVICE_LABEL.fullmatch(self.device):
+            out.append(("device", f"expected a device label such as cpu, cuda:0 or openvino:npu (letters, "
+                                  f"digits, '_', '.', '-', ':'; at most 64), got {self.device[:60]!r}"))
+        if self.model_path is not None and (why := regular_file_problem(self.model_path, "ONNX model",
+                                                                        MAX_ONNX_MODEL_BYTES)):
+            out.append(("model_path", why))
+        if self.weight_quant is not None and self.model_path is not None:
+            out.append(("weight_quant", "quantizes the harness's own export; a model_path file is run as it is"))
+        try:
+            parse_providers(self.providers)
+        except BackendError as e:
+            out.append(("providers", str(e)[:300]))
+        for i, lib in enumerate(self.plugin_libraries):
+            if not isinstance(lib, dict) or not isinstance(lib.get("name"), str) or not isinstance(lib.get("path"), str):
+                out.append((f"plugin_libraries[{i}]", "expected {name: ..., path: ...} with two strings"))
+            elif why := regular_file_problem(lib["path"], "plugin library", MAX_ONNX_MODEL_BYTES):
+                out.append((f"plugin_libraries[{i}].path", why))
+        return out
+
+
+#: a device label (it names files); an ONNX file may hold its weights inline: up to 64 GiB
+_DEVICE_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+MAX_ONNX_MODEL_BYTES = 64 << 30
 
 
 def _ort():
@@ -415,6 +447,17 @@ class OnnxBackend(ModelBackend):
                 exp = ex.export_model(spec, dtype, cache_dir=self.options.cache_dir)
             except ex.ExportError as e:
                 raise BackendError(str(e)) from None
+            if self.options.weight_quant:
+                if dtype != "fp32":
+                    raise BackendError(f"weight_quant: {self.options.weight_quant} quantizes an fp32 export; "
+                                       f"this cell's dtype is {dtype}")
+                try:
+                    exp = ex.quantize_export(exp, self.options.weight_quant)
+                except ex.ExportError as e:
+                    raise BackendError(str(e)) from None
+                details.update(precision=self.options.weight_quant, weight_block=exp.meta.get("weight_block"),
+                               quantized_matmuls=exp.meta.get("quantized_matmuls"),
+                               fp32_matmuls_left=exp.meta.get("fp32_matmuls_left"))
             path = exp.path
             details.update(onnx_model=str(path), onnx_source="export", export_cache_hit=exp.cache_hit,
                            export_s=exp.export_s)

@@ -24,7 +24,7 @@ import numpy as np
 
 # Relative tolerance per precision; set from the spread seen on the zoo's models with
 # random weights (fp32 sits near 1e-6, bf16 near 1e-2).
-TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 6e-2, "q8_0": 6e-2, "q4_0": 2e-1}
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 6e-2, "q8_0": 6e-2, "q4_0": 2e-1, "int8": 6e-2}
 
 #: Sequences of a cell's batch whose timed tokens are re-scored (the first ones): the
 #: reference is an fp32 full forward per sequence, so the cost grows with the batch

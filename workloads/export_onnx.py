@@ -342,3 +342,75 @@ def check_onnx_file(path: str | os.PathLike, n_layers: int | None = None) -> Onn
     inits = {i.name for i in m.graph.initializer}
     return check_io([i.name for i in m.graph.input if i.name not in inits], [o.name for o in m.graph.output],
                     str(p), n_layers)
+
+
+# --- weight-only quantization of an export ------------------------------------------------
+
+#: weight schemes an fp32 export can be turned into: name -> (bits, block size). int8 is
+#: symmetric blocks of 128 weights with one fp32 scale each (1.03 bytes per weight), run
+#: by onnxruntime's MatMulNBits kernel with int8 compute (accuracy_level 4). Weight-only:
+#: activations stay fp32, as in llama.cpp's q8_0 path, so the two stand side by side.
+WEIGHT_SCHEMES = {"int8": (8, 128)}
+
+
+def quantize_export(exp: ExportedModel, scheme: str) -> ExportedModel:
+    """The cached weight-only quantized variant of an fp32 export (made once, beside it).
+
+    The export is first constant-folded (ORT basic level, provider independent) so that a
+    tied output head, a Transpose of the embedding table in the graph, becomes a constant
+    the quantizer sees; otherwise the largest matrix of a small model stays fp32."""
+    if scheme not in WEIGHT_SCHEMES:
+        raise ExportError(f"weight quantization {scheme!r} unknown; known: {', '.join(WEIGHT_SCHEMES)}")
+    bits, block = WEIGHT_SCHEMES[scheme]
+    final = exp.path.parent.with_name(exp.path.parent.name + f"-w{scheme}b{block}")
+    model_file = final / MODEL_FILE
+    if model_file.exists():
+        try:
+            meta = json.loads((final / META_FILE).read_text())
+        except (OSError, ValueError):
+            meta = {}
+        return ExportedModel(model_file, True, 0.0, meta)
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import matmul_nbits_quantizer as mnb
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        t0 = time.perf_counter()
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = str(tmp / "folded.onnx")
+        ort.InferenceSession(str(exp.path), so, providers=["CPUExecutionProvider"])
+        folded = onnx.load(str(tmp / "folded.onnx"))
+        import logging
+
+        quiet = logging.getLogger().level
+        logging.getLogger().setLevel(logging.WARNING)  # the quantizer logs one INFO line per node
+        try:
+            q = mnb.MatMulNBitsQuantizer(folded, bits=bits, block_size=block, is_symmetric=True, accuracy_level=4)
+            q.process()
+        finally:
+            logging.getLogger().setLevel(quiet)
+        quantized = sum(n.op_type == "MatMulNBits" for n in q.model.model.graph.node)
+        left = sum(n.op_type == "MatMul" for n in q.model.model.graph.node)
+        external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in folded.graph.initializer) \
+            or folded.ByteSize() > EXTERNAL_DATA_BYTES
+        q.model.save_model_to_file(str(tmp / MODEL_FILE), use_external_data_format=external)
+        (tmp / "folded.onnx").unlink()
+        for extra in tmp.glob("folded.onnx*"):
+            extra.unlink()
+        meta = dict(exp.meta, weight_scheme=scheme, weight_bits=bits, weight_block=block,
+                    quantized_matmuls=quantized, fp32_matmuls_left=left, source_export=str(exp.path),
+                    quantize_s=time.perf_counter() - t0)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not model_file.exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportedModel(model_file, False, meta["quantize_s"], meta)
