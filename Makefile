@@ -23,7 +23,7 @@ $(FULL): $(CORE)
 	rm -f $(VENV)/.full-*
 	touch $@
 
-.PHONY: install run test
+.PHONY: install run test fuzz
 install: $(FULL)
 
 run: $(CORE)
@@ -31,3 +31,10 @@ run: $(CORE)
 
 test: $(FULL)
 	$(BIN)/python -m pytest
+
+# Not part of `make test`: ~2,800 malformed inputs through the real CLI, one process each
+# (about 15-20 min on 2 cores); the table goes to results/fuzz/summary.md (issue 14).
+FUZZ_CASES ?= 2800
+FUZZ_SEED ?= 0
+fuzz: $(CORE)
+	$(BIN)/python scripts/fuzz_inputs.py --cases $(FUZZ_CASES) --seed $(FUZZ_SEED) --out results/fuzz

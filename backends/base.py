@@ -20,11 +20,14 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 import platform
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from workloads.zoo import ModelSpec
+
+if TYPE_CHECKING:
+    from backends.slots import SlotDecoder
 
 
 class BackendError(RuntimeError):
@@ -154,6 +157,12 @@ class Backend(ABC):
         (a vendor NPU runtime's server): request scenarios then measure that server
         rather than the harness's batching engine. None: the harness's engine is used.
         The backend owns the server it returns and closes it in its own close()."""
+        return None
+
+    def slot_decoder(self, n_slots: int, max_seq: int) -> "SlotDecoder | None":
+        """A batch that sequences join and leave between decode steps (backends/slots.py),
+        for the engine's continuous batching. None: this backend batches only sequences
+        that start together (the engine then batches statically)."""
         return None
 
     def close(self) -> None:

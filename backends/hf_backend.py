@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from backends.base import BackendError, DecodeResult, LoadInfo, ModelBackend
+from harness.schema import TORCH_DEVICE_TYPES, device_problem
 from workloads.zoo import ModelSpec
 
 
@@ -27,6 +28,17 @@ class HFOptions:
     device: str = "cpu"
     attn_implementation: str = "sdpa"  # sdpa | eager
     cache_implementation: str | None = None  # None (dynamic) | static
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if why := device_problem(self.device, TORCH_DEVICE_TYPES):
+            out.append(("device", why))
+        if self.attn_implementation not in ("sdpa", "eager"):
+            out.append(("attn_implementation", f"expected sdpa or eager, got {self.attn_implementation[:60]!r}"))
+        if self.cache_implementation not in (None, "static"):
+            out.append(("cache_implementation", f"expected static (or no value: dynamic), "
+                                                f"got {self.cache_implementation[:60]!r}"))
+        return out
 
 
 def _import():
@@ -103,13 +115,18 @@ class HFBackend(ModelBackend):
             tmp.cleanup()
         self.model.generation_config.pad_token_id = 0
         self.model.generation_config.eos_token_id = None  # fixed lengths: never stop early
+        self.max_seq = max_seq
         return LoadInfo(load_s=time.perf_counter() - t0, details={"stack": "transformers generate"})
 
     def _generate(self, input_ids, n: int, past=None, streamer=None):
         kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, return_dict_in_generate=True,
                   use_cache=True, streamer=streamer)
-        if self.options.cache_implementation and past is None:
-            kw["cache_implementation"] = self.options.cache_implementation
+        if self.options.cache_implementation == "static" and past is None:
+            # generate() would size a static cache it makes itself to this call (prompt + n),
+            # and the decode calls that continue it would write past its end ("index_copy_():
+            # index 32 is out of bounds"). One cache sized to the cell's longest sequence,
+            # made here, serves prefill and every decode after it.
+            past = self.transformers.StaticCache(config=self.model.config, max_cache_len=self.max_seq)
         if past is not None:
             kw["past_key_values"] = past
         return self.model.generate(input_ids, attention_mask=self.torch.ones_like(input_ids), **kw)

@@ -40,7 +40,7 @@ extra buffer types off where it crashed (details["extra_bufts"], ["extra_bufts_r
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import ctypes
 import hashlib
 import json
@@ -56,6 +56,7 @@ from typing import Any, Literal
 import numpy as np
 
 from backends.base import BackendError, DecodeResult, LoadInfo, ModelBackend, cpu_model
+from harness.schema import device_problem
 from workloads.zoo import ModelSpec
 
 INSTALL_HINT = "pip install 'accel-harness[llamacpp]'"
@@ -72,12 +73,12 @@ _FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 @dataclass
 class LlamaCppOptions:
     device: str = "cpu"  # label for tables; name the GPU (cuda:0, vulkan0, metal...) when layers are offloaded
-    threads: int | None = None  # decode threads; default: the CPUs this process may use
-    threads_batch: int | None = None  # prefill threads; default: threads
-    n_gpu_layers: int = 0  # layers offloaded to the build's GPU backend; -1 = all
+    threads: int | None = field(default=None, metadata={"range": (1, 4096)})  # decode; default: the CPUs we may use
+    threads_batch: int | None = field(default=None, metadata={"range": (1, 4096)})  # prefill; default: threads
+    n_gpu_layers: int = field(default=0, metadata={"range": (-1, 100_000)})  # offloaded to the GPU backend; -1 = all
     precision: Literal["f32", "f16", "q8_0", "q4_0", "fp32", "fp16"] | None = None  # default: from dtype
-    n_batch: int = 2048  # most tokens one llama_decode call takes (prefill is split at this)
-    n_ubatch: int = 512  # physical micro-batch
+    n_batch: int = field(default=2048, metadata={"range": (1, 1 << 20)})  # most tokens one llama_decode takes
+    n_ubatch: int = field(default=512, metadata={"range": (1, 1 << 20)})  # physical micro-batch
     kv_type: Literal["f32", "f16", "q8_0"] | None = None  # default: f32 for f32 weights, else f16
     flash_attn: Literal["auto", "on", "off"] | None = None  # default: off for f32 weights, else llama.cpp's auto
     kv_unified: bool = False  # one KV buffer shared by all sequences (llama.cpp's default: a stream each)
@@ -86,6 +87,11 @@ class LlamaCppOptions:
     # None = on, unless a one-off probe in a child process sees the AMX kernels crash
     extra_bufts: bool | None = None
     verbose: bool = False  # pass llama.cpp's own log through to stderr
+
+    def problems(self) -> list[tuple[str, str]]:
+        # a label only (llama.cpp picks its GPU itself), but it names files: bounded syntax
+        why = device_problem(self.device, label=True)
+        return [("device", why)] if why else []
 
 
 # --- llama-cpp-python import and logging ------------------------------------------------

@@ -107,9 +107,6 @@ class OnnxOptions:
         if self.device is not None and not _DEVICE_LABEL.fullmatch(self.device):
             out.append(("device", f"expected a device label such as cpu, cuda:0 or openvino:npu (letters, "
                                   f"digits, '_', '.', '-', ':'; at most 64), got {self.device[:60]!r}"))
-        if self.model_path is not None and (why := regular_file_problem(self.model_path, "ONNX model",
-                                                                        MAX_ONNX_MODEL_BYTES)):
-            out.append(("model_path", why))
         if self.weight_quant is not None and self.model_path is not None:
             out.append(("weight_quant", "quantizes the harness's own export; a model_path file is run as it is"))
         try:
@@ -119,7 +116,18 @@ class OnnxOptions:
         for i, lib in enumerate(self.plugin_libraries):
             if not isinstance(lib, dict) or not isinstance(lib.get("name"), str) or not isinstance(lib.get("path"), str):
                 out.append((f"plugin_libraries[{i}]", "expected {name: ..., path: ...} with two strings"))
-            elif why := regular_file_problem(lib["path"], "plugin library", MAX_ONNX_MODEL_BYTES):
+        return out
+
+    def file_problems(self) -> list[tuple[str, str]]:
+        """The files named, as they are when the suite is validated (harness.config calls
+        this; a worker that finds one gone says so when it loads)."""
+        out = []
+        if self.model_path is not None and (why := regular_file_problem(self.model_path, "ONNX model",
+                                                                        MAX_ONNX_MODEL_BYTES)):
+            out.append(("model_path", why))
+        for i, lib in enumerate(self.plugin_libraries):
+            if isinstance(lib, dict) and isinstance(lib.get("path"), str) and \
+                    (why := regular_file_problem(lib["path"], "plugin library", MAX_ONNX_MODEL_BYTES)):
                 out.append((f"plugin_libraries[{i}].path", why))
         return out
 

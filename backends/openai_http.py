@@ -1,9 +1,20 @@
 """`openai-http`: any OpenAI-compatible serving endpoint as a system under test.
 
 Many accelerators run LLMs only through their vendor's serving stack (vLLM-style
-servers with an OpenAI API). This backend streams ``POST /v1/completions`` with
-``stream: true`` and times every streamed chunk on arrival. Standard library
+servers with an OpenAI API). This backend streams ``POST /v1/completions`` or
+``POST /v1/chat/completions`` with ``stream: true`` and times every streamed chunk on
+arrival, the same way for both (a chunk counts when it carries text: ``choices[].text``
+or ``choices[].delta.content``; chat's role-only first delta does not). Standard library
 only (http.client): no new dependency.
+
+* ``api``: ``completions``, ``chat``, or ``auto`` (default): completions where the
+  server answers it, else chat (the probe at load: ``/v1/completions`` answered 404, 405
+  or 501), recorded as ``api`` and ``api_reason`` in the cell. Completions first because
+  it measures exactly the workload: prompts can go as token ids, and no chat template
+  adds tokens the workload did not ask for (Llama 3's adds a system header of ~25). Chat
+  is what vendor servers and other tools default to, and some servers have only it:
+  there prompts go as text in one user message, and their count is the server's
+  (``usage``, or ``/tokenize`` with ``messages``, vLLM's chat form), template included.
 
 * Fixed output length: ``max_tokens`` plus, by default, ``ignore_eos: true`` and
   ``min_tokens: max_tokens`` (vLLM extensions; set ``fixed_length_params: []``
@@ -77,9 +88,14 @@ bird dog king voice money color body war head face eye side week town street chi
 """.split()))
 
 
+APIS = ("auto", "completions", "chat")
+PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+
+
 @dataclass
 class OpenAIHttpOptions:
-    url: str = "http://127.0.0.1:8000"  # base URL (a trailing /v1 or /v1/completions is accepted)
+    url: str = "http://127.0.0.1:8000"  # base URL (a trailing /v1, /v1/completions or /v1/chat/completions is accepted)
+    api: str = "auto"  # completions | chat | auto (completions where answered, else chat)
     model: Optional[str] = None  # model id in the API; default: the first of GET /v1/models
     headers: dict = field(default_factory=dict)  # extra request headers (names are recorded, values never)
     api_key_env: Optional[str] = None  # NAME of an env var holding the key; sent as `Authorization: Bearer`
@@ -102,6 +118,8 @@ class OpenAIHttpOptions:
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
+        if self.api not in APIS:
+            out.append(("api", f"expected one of {', '.join(APIS)}, got {self.api!r}"))
         if self.text_words is not None and (not self.text_words or not all(isinstance(w, str) and w
                                                                               for w in self.text_words)):
             out.append(("text_words", f"expected a list of non-empty strings, got {self.text_words!r}"))
@@ -126,7 +144,7 @@ class OpenAIHttpClient:
             raise BackendError("openai-http url must be http(s)://host[:port][/prefix], "
                                f"got {redact_url(options.url)!r}")
         prefix = u.path.rstrip("/")
-        for tail in ("/v1/completions", "/v1"):
+        for tail in ("/v1/chat/completions", "/v1/completions", "/v1"):
             if prefix.endswith(tail):
                 prefix = prefix[: -len(tail)]
                 break
@@ -137,6 +155,10 @@ class OpenAIHttpClient:
         self.model = options.model
         self.send_token_ids = options.send_token_ids
         self.probe_notes: list[str] = []
+        # the API in use: `auto` starts as completions and may become chat at the probe
+        self.api = "completions" if options.api == "auto" else options.api
+        self.api_reason = ("auto: not probed, completions assumed" if options.api == "auto"
+                           else f"api: {options.api} in the options")
         self.words = tuple(options.text_words) if options.text_words else TEXT_WORDS
         self.text = TextCalibration(tokens_per_word=options.text_tokens_per_word or 1.0,
                                     source="option" if options.text_tokens_per_word else "not measured")
@@ -145,6 +167,20 @@ class OpenAIHttpClient:
         self._counts: dict[str, int] = {}  # prompt text -> the server's token count
         self._pool: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
+        if self.api == "chat":
+            self._use_chat()
+
+    def _use_chat(self) -> None:
+        self.api = "chat"
+        if self.send_token_ids:
+            self.send_token_ids = False
+            self.probe_notes.append("chat: prompts go as text in one user message (messages carry no token ids)")
+        with self._lock:
+            self._counts.clear()  # counts made on the completions path lack the chat template
+
+    @property
+    def path(self) -> str:
+        return PATHS[self.api]
 
     # secrets ---------------------------------------------------------------------------------------
     def _key(self) -> Optional[str]:
@@ -266,7 +302,10 @@ class OpenAIHttpClient:
         """The server's token count of `text` as a prompt, special tokens (BOS) included as
         a completion adds them. llama.cpp reads content/add_special, vLLM
         prompt/add_special_tokens; each ignores the other's keys."""
-        body = {"content": text, "prompt": text, "add_special": True, "add_special_tokens": True}
+        if self.api == "chat":  # vLLM's chat form: the template applied, as a chat request would be
+            body: dict[str, Any] = {"messages": [{"role": "user", "content": text}], "add_generation_prompt": True}
+        else:
+            body = {"content": text, "prompt": text, "add_special": True, "add_special_tokens": True}
         if self.model is not None:
             body["model"] = self.model
         out = self.post_json(self.tokenize_path, body)
@@ -294,10 +333,11 @@ class OpenAIHttpClient:
 
     def _completion_prompt_tokens(self, text: str) -> Optional[int]:
         """usage.prompt_tokens of a non-streamed 1-token completion of `text`, or None."""
-        body = dict(self.body(Request(id=-2000, prompt_len=1, max_tokens=1)), prompt=text, stream=False)
+        body = dict(self.body(Request(id=-2000, prompt_len=1, max_tokens=1)), stream=False)
+        body.update({"messages": _messages(text)} if self.api == "chat" else {"prompt": text})
         body.pop("stream_options", None)
         try:
-            usage = self.post_json("/v1/completions", body).get("usage") or {}
+            usage = self.post_json(self.path, body).get("usage") or {}
         except (OSError, http.client.HTTPException, ValueError, BackendError):
             return None
         n = usage.get("prompt_tokens")
@@ -335,8 +375,10 @@ class OpenAIHttpClient:
 
     def body(self, request: Request) -> dict:
         o = self.options
-        b: dict[str, Any] = {"model": self.model, "prompt": self._prompt(request), "max_tokens": request.max_tokens,
-                             "stream": True, "temperature": 0.0}
+        prompt = self._prompt(request)
+        b: dict[str, Any] = {"model": self.model, **({"messages": _messages(prompt)} if self.api == "chat"
+                                                      else {"prompt": prompt}),
+                             "max_tokens": request.max_tokens, "stream": True, "temperature": 0.0}
         if "ignore_eos" in o.fixed_length_params:
             b["ignore_eos"] = True
         if "min_tokens" in o.fixed_length_params:
@@ -368,7 +410,7 @@ class OpenAIHttpClient:
             payload = json.dumps(body).encode()
             headers = self._headers(stream=True)
             res.t_issue = time.perf_counter()
-            conn, resp = self._send("POST", "/v1/completions", payload, headers)
+            conn, resp = self._send("POST", self.path, payload, headers)
             if resp.status != 200:
                 data = resp.read(65536)
                 res.error = f"HTTP {resp.status}: {_message(data)}"
@@ -397,7 +439,8 @@ class OpenAIHttpClient:
                 for ch in obj.get("choices") or ([obj] if "tokens" in obj else []):
                     got = _chunk_ids(ch)
                     ids += got
-                    if ch.get("text") or got:
+                    # completions: text; chat: delta.content (the role-only first delta has none)
+                    if ch.get("text") or (ch.get("delta") or {}).get("content") or got:
                         res.token_times.append(t)
                         if res.t_first_token is None:
                             res.t_first_token = t
@@ -421,6 +464,8 @@ class OpenAIHttpClient:
         if res.t_end is None or not res.ok:
             res.t_end = time.perf_counter() if not res.ok else res.t_end
         text = body["prompt"] if isinstance(body.get("prompt"), str) else None
+        if self.api == "chat":
+            text = body["messages"][0]["content"]
         if usage and usage.get("completion_tokens") is not None:
             res.n_generated = int(usage["completion_tokens"])
             res.n_prompt = usage.get("prompt_tokens")
@@ -481,6 +526,19 @@ class OpenAIHttpClient:
         if self.options.probe:
             req = Request(id=-1000, prompt_len=4, max_tokens=2, prompt_ids=[11, 12, 13, 14])
             r, usage = self._stream(req)
+            if self.options.api == "auto":
+                if not r.ok and _route_missing(r.error):
+                    self.api_reason = (f"auto: {PATHS['completions']} answered {r.error.split(':')[0]}, so "
+                                       f"{PATHS['chat']}")
+                    self._use_chat()
+                    self.tokenize_path = "/tokenize"  # asked again, in its chat form
+                    if self.count_tokens("hello") is None:
+                        self.tokenize_path = None
+                    self.calibrate()
+                    r, usage = self._stream(req)
+                else:
+                    self.api_reason = (f"auto: the server answers {PATHS['completions']} (exact prompts: token ids "
+                                       "where accepted, no chat template in the count)")
             if not r.ok and self.send_token_ids:
                 # any rejection, not only 400/422: llama.cpp's server answers token ids with HTTP 500
                 refused = r.error
@@ -502,7 +560,8 @@ class OpenAIHttpClient:
 
     def _found(self) -> dict:
         """What load found out about the server, for the cell's record."""
-        out: dict[str, Any] = {"prompt_format": "token_ids" if self.send_token_ids else "text",
+        out: dict[str, Any] = {"api": self.api, "api_reason": self.api_reason,
+                               "prompt_format": "token_ids" if self.send_token_ids else "text",
                                "serves_reference_weights": self.options.serves_reference_weights,
                                "stream_usage": self.stream_usage, "tokenize_endpoint": self.tokenize_path,
                                "probe_notes": list(self.probe_notes)}
@@ -543,6 +602,17 @@ def prompt_text(ids: list[int], n_words: int, words: tuple[str, ...]) -> str:
     if len(seq) < n_words:
         seq += np.random.default_rng(seq[:16] or [0]).integers(0, len(words), n_words - len(seq)).tolist()
     return "".join(words[i % len(words)] for i in seq)
+
+
+def _messages(text: str) -> list[dict]:
+    """A chat request's messages for a prompt text: one user message, nothing else (a
+    system message would add tokens the workload did not ask for)."""
+    return [{"role": "user", "content": text}]
+
+
+def _route_missing(error: Optional[str]) -> bool:
+    """Does a failed request's error say the route is not there (not that the request was bad)?"""
+    return bool(error) and error.split(":")[0] in ("HTTP 404", "HTTP 405", "HTTP 501")
 
 
 def _chunk_ids(choice: dict) -> list[int]:

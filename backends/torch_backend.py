@@ -9,27 +9,61 @@ is n graph replays with no host synchronisation in between.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import functools
 import platform
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from backends.base import BackendError, DecodeResult, LoadInfo, ModelBackend
-from workloads.models import build_model, decode_step
-from workloads.models.llama import KVCache, Transformer
+from harness.schema import TORCH_DEVICE_TYPES, device_problem
 from workloads.zoo import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
+
+    from workloads.models.llama import KVCache, Transformer
+
+# torch (and the model code, which needs it) is imported when a backend is made, not when
+# this module is: validating a suite (`harness run --dry-run`) reads TorchOptions and the
+# class attributes only, and torch's import is ~2 s of a 2.5 s check.
+torch = build_model = decode_step = None
+
+
+def _import_torch() -> None:
+    global torch, build_model, decode_step
+    if torch is None:
+        import torch as _torch
+
+        from workloads.models import build_model as _build, decode_step as _step
+
+        torch, build_model, decode_step = _torch, _build, _step
+
+
+def _inference_mode(fn):
+    """torch.inference_mode() as a decorator, without torch at class definition."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.inference_mode():
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 @dataclass
 class TorchOptions:
     device: str = "cpu"  # cpu | cuda | cuda:N
-    threads: int | None = None  # CPU intra-op threads; default: torch's choice
+    threads: int | None = None  # CPU intra-op threads; default: torch's choice (range: schema.RANGES)
     cuda_graphs: bool = True  # capture the decode step (cuda only)
     compile: bool = False  # torch.compile (inductor, default mode) the decode step first;
     # check each batch size against the uncompiled path: on an H100 inductor made
     # batch 64 fourteen times slower.
+
+    def problems(self) -> list[tuple[str, str]]:
+        # checked at validation: torch.device() would refuse it only in the worker, and a
+        # 200 kB one becomes a file name first
+        why = device_problem(self.device, TORCH_DEVICE_TYPES)
+        return [("device", why)] if why else []
 
 
 @dataclass
@@ -76,6 +110,7 @@ class TorchBackend(ModelBackend):
 
     def __init__(self, options: TorchOptions):
         super().__init__(options)
+        _import_torch()
         self.device = torch.device(options.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BackendError(f"device {options.device!r} asked for, but this torch ({torch.__version__}) "
@@ -147,7 +182,7 @@ class TorchBackend(ModelBackend):
             self.model.set_caches(self._caches[key])
         return key
 
-    @torch.inference_mode()
+    @_inference_mode
     def prefill(self, token_ids: np.ndarray) -> _State:
         tokens = torch.from_numpy(np.ascontiguousarray(token_ids)).to(self.device, non_blocking=True)
         self._use_batch(tokens.shape[0])
@@ -159,7 +194,7 @@ class TorchBackend(ModelBackend):
     def first_tokens(self, state: _State) -> np.ndarray:
         return state.first[:, 0].cpu().numpy()
 
-    @torch.inference_mode()
+    @_inference_mode
     def decode(self, state: _State, n: int) -> DecodeResult:
         batch = state.next_token.shape[0]
         if state.pos + n > self.model.cache_len:
@@ -206,6 +241,16 @@ class TorchBackend(ModelBackend):
             return [{"type": "nvml", "index": self.device.index or 0}]
         return [{"type": "rapl"}]
 
+    def slot_decoder(self, n_slots: int, max_seq: int):
+        """Continuous batching (backends/torch_slots.py): per-sequence positions in one
+        cache of n_slots rows (the static path's cache set of that shape, reused)."""
+        from backends.torch_slots import TorchSlotDecoder
+
+        if (n_slots, max_seq) not in self._caches:
+            self._caches[(n_slots, max_seq)] = self.model.new_caches(n_slots, max_seq)
+        return TorchSlotDecoder(self.model, self._caches[(n_slots, max_seq)], n_slots, max_seq, self.device,
+                                cuda_graphs=self.options.cuda_graphs)
+
     def memory(self) -> dict[str, int]:
         """Peak device memory since the last call (cuda), for the cell's record."""
         if not self.is_cuda:
@@ -214,7 +259,7 @@ class TorchBackend(ModelBackend):
         torch.cuda.reset_peak_memory_stats(self.device)
         return {"device_peak_bytes": int(peak)}
 
-    @torch.inference_mode()
+    @_inference_mode
     def logits(self, token_ids: np.ndarray, n_prefill: int) -> np.ndarray:
         tokens = torch.from_numpy(np.ascontiguousarray(token_ids)).to(self.device)
         B, T = tokens.shape

@@ -40,6 +40,11 @@ class Selector:
     dtype: Optional[str | int] = None  # the suite's dtype or the precision the weights really have
     precision: Optional[str | int] = None  # the same as dtype
     host: Optional[str | int] = None
+    # a catalog device (harness.catalog): alone, the side is judged by the device's physical
+    # bound with no run at all; with other keys, the measured cells ran on that device
+    catalog: Optional[str] = None
+    # a measurement made outside the project, from the claims file's `external:` list
+    external: Optional[str] = None
 
     def given(self) -> dict[str, str]:
         """The keys the claim sets, as text (YAML may read `run: 2024` as a number)."""
@@ -48,10 +53,22 @@ class Selector:
     def describe(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.given().items()) or "any"
 
+    def measured_keys(self) -> dict[str, str]:
+        """The keys that select measured cells of the runs (all but catalog and external)."""
+        return {k: v for k, v in self.given().items() if k not in ("catalog", "external")}
+
+    @property
+    def catalog_only(self) -> bool:
+        """A side with no measurement: only a catalog device (and maybe its precision)."""
+        return self.catalog is not None and not (set(self.measured_keys()) - {"precision", "dtype"})
+
     def problems(self) -> list[tuple[str, str]]:
         if not self.given():
             return [("", f"expected at least one of {', '.join(f.name for f in fields(self))} "
                          "(a selector such as {backend: torch-cpu})")]
+        if self.external is not None and len(self.given()) > 1:
+            return [("external", "an external figure is selected by its name alone (its device, precision and "
+                                 "batch are in the claims file's `external:` list)")]
         return []
 
 
@@ -137,8 +154,43 @@ class ClaimSpec:
 
 
 @dataclass
+class ExternalFigure:
+    """A figure measured outside the project (a paper, a vendor, another lab's notes): a
+    baseline or subject that no run of ours holds. It has no repetitions, so no interval:
+    a verdict that rests on it says so."""
+
+    name: str  # the series; selectors write {external: NAME}; one entry per batch
+    device: str  # the catalog device it ran on
+    model: str
+    precision: str
+    batch: int = field(metadata={"range": (1, 1 << 20)})
+    source: str
+    j_per_token: Optional[float] = None  # per generated token
+    decode_tps: Optional[float] = None
+    prompt_len: Optional[int] = field(default=None, metadata={"range": (1, 1 << 20)})
+    gen_len: Optional[int] = field(default=None, metadata={"range": (1, 1 << 20)})
+    energy: Literal["gross", "net"] = "gross"
+    scope: Optional[str] = None  # gpu-board, wall, ...
+    stack: str = ""  # the software that ran it
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.j_per_token is None and self.decode_tps is None:
+            out.append(("", "expected j_per_token or decode_tps (the measured figure)"))
+        for k in ("j_per_token", "decode_tps"):
+            v = getattr(self, k)
+            if v is not None and not (0 < v < float("inf")):
+                out.append((k, f"expected a finite number > 0, got {v!r}"))
+        if not self.source.strip():
+            out.append(("source", "expected where the figure was measured and published"))
+        return out
+
+
+@dataclass
 class ClaimsFile:
     claims: list[ClaimSpec] = field(default_factory=list)
+    devices: Optional[str] = None  # a folder of device YAML beside the shipped catalog (relative to this file)
+    external: list[ExternalFigure] = field(default_factory=list)
 
     def problems(self) -> list[tuple[str, str]]:
         return [] if self.claims else [("claims", "expected a non-empty list of claims (name, metric, subject, "
@@ -159,6 +211,8 @@ class Claim:
     energy: str = "gross"  # gross | net
     scope: Optional[str] = None
     where: str = ""  # file:line
+    external: list[ExternalFigure] = field(default_factory=list)  # the claims file's external figures
+    catalog: Optional[Any] = None  # harness.catalog.Catalog; None: the shipped catalog
 
     def describe(self) -> str:
         m = METRICS[self.metric]
@@ -169,12 +223,34 @@ class Claim:
 
 def load_claims(path: str | Path) -> list[Claim]:
     """Read and check a claims file; ConfigError lists every problem as file:line: key: expected."""
+    from harness.catalog import load_catalog, shipped_catalog
+
     doc = read_yaml(path, "claims")
     chk = Checker.for_doc(doc)
     spec = chk.dataclass(ClaimsFile, doc.data, "")
     if chk.problems or spec is None:
         raise ConfigError(chk.problems or [f"{doc.path}: expected a mapping with the key `claims:`"])
+    folder = doc.path.parent / spec.devices if spec.devices else None
+    if folder is not None and not folder.exists():
+        chk.fail("devices", f"no such devices folder or file: {folder}")
+        raise ConfigError(chk.problems)
+    catalog = load_catalog([folder]) if folder is not None else shipped_catalog()
+    series = {e.name for e in spec.external}
+    for i, e in enumerate(spec.external):
+        if catalog.get(e.device) is None:
+            chk.fail(f"external[{i}].device", f"not a catalog device; known: {', '.join(catalog.devices)}")
+    for i, c in enumerate(spec.claims):
+        for side in ("subject", "baseline"):
+            sel = getattr(c, side)
+            if sel.catalog is not None and catalog.get(sel.catalog) is None:
+                chk.fail(f"claims[{i}].{side}.catalog", f"not a catalog device; known: {', '.join(catalog.devices)}")
+            if sel.external is not None and sel.external not in series:
+                chk.fail(f"claims[{i}].{side}.external", "no figure of that name in the file's `external:` list"
+                         + (f" (known: {', '.join(sorted(series))})" if series else ""))
+    if chk.problems:
+        raise ConfigError(chk.problems)
     return [Claim(name=c.name or f"claim {i + 1}", metric=canonical_metric(c.metric), subject=c.subject,
                   baseline=c.baseline, workload=c.workload, at_least=c.factor_value(), required=c.required,
-                  energy=c.energy, scope=c.scope, where=f"{doc.path}:{doc.lines.get(f'claims[{i}]', '?')}")
+                  energy=c.energy, scope=c.scope, where=f"{doc.path}:{doc.lines.get(f'claims[{i}]', '?')}",
+                  external=list(spec.external), catalog=catalog)
             for i, c in enumerate(spec.claims)]

@@ -18,7 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        parser.print_help()
+        parser.print_help(sys.stderr)
+        print("error: no command given: choose one of those above (harness run runs the smoke suite)",
+              file=sys.stderr)
         return EXIT_USER_ERROR
     from harness.registry import RegistryError
     from harness.results import ResultsError
@@ -46,15 +48,28 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("suite", nargs="?", help="suite YAML file or shipped suite name (smoke, standard, procurement)")
     r.add_argument("--name", help="run folder name under the output folder (default: timestamp-suite)")
     r.add_argument("--output", help="output folder (default: the suite's `output`, results/)")
-    r.add_argument("--resume", metavar="RUN_DIR", help="run only the cells of RUN_DIR that have no result")
+    r.add_argument("--resume", metavar="RUN_DIR",
+                   help="run only the cells of RUN_DIR that have no result, with the suite the run started with "
+                        "(RUN_DIR/suite.yaml, or SUITE when given); a suite that changed is refused unless --force")
+    r.add_argument("--force", action="store_true",
+                   help="with --resume: run a changed suite; cells whose settings changed run again and their old "
+                        "records (and those of cells no longer planned) move to results.superseded.jsonl")
+    r.add_argument("--retry-failed", action="store_true",
+                   help="with --resume: run failed cells again (their new record supersedes the failure)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--dry-run", action="store_true",
+                   help="validate the suite and print the planned cells; make no run folder, start no worker")
     r.set_defaults(func=cmd_run)
 
     from harness.report.commands import add_commands
 
     add_commands(sub)  # report, compare, verify
 
-    c = sub.add_parser("calibrate", help="measure a device's memory bandwidth and matmul rates (roofline basis)")
+    from harness.bound_cli import add_bound_command
+
+    add_bound_command(sub)  # bound: physical limits per device and workload, from the catalog
+
+    c = sub.add_parser("calibrate", help="measure a device's read and copy bandwidth and matmul rates (roofline basis)")
     c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     c.add_argument("--output", default="results", help="results folder that holds calibration/ (default results)")
     c.add_argument("--quick", action="store_true", help="smaller buffers, shorter timing (CI)")
@@ -63,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     from harness.serve import add_serve_command
 
     add_serve_command(sub)
+
+    from harness.importers import add_import_command
+
+    add_import_command(sub)  # import: other tools' exports (aiperf, guidellm) as result folders
 
     e = sub.add_parser("env", help="print this machine's inventory")
     e.add_argument("--json", action="store_true")
@@ -74,46 +93,138 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _sigterm_as_interrupt() -> None:
-    """A scheduler's SIGTERM stops a run like Ctrl-C: finished cells saved, status recorded."""
+    """A scheduler's SIGTERM, or SIGHUP (the terminal or ssh session closed), stops a run
+    like Ctrl-C: finished cells saved, run.json says interrupted, exit 130. Once: a second
+    signal during that cleanup would cut the run.json write short."""
     import signal
 
+    stop = (signal.SIGTERM, signal.SIGHUP)
+
     def handler(signum, frame):
+        for s in stop:
+            signal.signal(s, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, handler)
+    for s in stop:
+        signal.signal(s, handler)
+
+
+#: rows of the --dry-run table before "... and N more": enough to check a sweep's shape
+DRY_RUN_ROWS = 40
+
+
+def _resume_plan(args):
+    """The plan a resume runs: SUITE when given, else RUN_DIR/suite.yaml."""
+    from harness.config import load_plan, resolve_suite_path
+
+    run_dir = Path(args.resume)
+    if not (run_dir / "run.json").is_file() or not (run_dir / "suite.yaml").is_file():
+        raise UserError(f"{run_dir}: not a resumable run folder (no run.json or suite.yaml)")
+    if args.name or args.output:
+        raise UserError("--resume RUN_DIR names the run folder; --name and --output do not go with it")
+    path = resolve_suite_path(args.suite) if args.suite else run_dir / "suite.yaml"
+    plan = load_plan(path)
+    plan.source = str(path)
+    plan.suite.output = str(run_dir.parent)  # where the folder is (calibrations are looked up there)
+    return run_dir, plan
+
+
+def cmd_dry_run(args) -> int:
+    """Validate and plan only: nothing is written, no worker (and no torch) is started."""
+    from harness.config import load_plan, resolve_suite_path
+    from harness.results import safe_run_dir
+
+    if args.resume:
+        return _dry_run_resume(args)
+    path = resolve_suite_path(args.suite)
+    plan = load_plan(path)
+    for note in plan.skipped:
+        print(note, file=sys.stderr)
+    output = args.output or plan.suite.output
+    # the folder name a run would make, refused here as the run would refuse it (a bad
+    # --name, or a suite name that cannot be part of one)
+    from harness.runner import new_run_id
+
+    where = safe_run_dir(output, args.name or new_run_id(plan.suite.name))
+    _print_plan(plan.cells)
+    print(f"{len(plan.cells)} cell{'s' if len(plan.cells) != 1 else ''} planned from {path} "
+          f"(suite {plan.suite.name!r}, {plan.suite.repetitions} repetitions each); "
+          f"a run would write {where}; dry run: nothing written")
+    return 0
+
+
+def _dry_run_resume(args) -> int:
+    """What `--resume` would run, read without the lock and without changing the folder."""
+    from harness.results import read_records, read_run_json
+    from harness.resume import decide, planned_config
+
+    run_dir, plan = _resume_plan(args)
+    d = decide(plan.cells, planned_config(plan.suite), read_run_json(run_dir),
+               read_records(run_dir / "results.jsonl"), args.force, args.retry_failed, str(run_dir))
+    for line in d.changes:
+        print(f"--force: {line}")
+    for line in d.cosmetic:
+        print(f"suite changed (no cell's measurement depends on it): {line}")
+    if d.superseded:
+        print(f"--force: records of {len(d.superseded)} cells would move to results.superseded.jsonl")
+    _print_plan(d.todo)
+    print(f"{len(d.todo)} of {len(plan.cells)} cells would run ({len(d.retried)} failed cells again, "
+          f"{len(d.failed_kept)} failed cells kept); dry run: nothing written")
+    return 0
+
+
+def _print_plan(cells) -> None:
+    cols = ("backend", "model", "dtype", "batch", "prompt", "gen", "scenario")
+    rows = [(c.backend, c.model, c.dtype, str(c.batch), str(c.prompt_len), str(c.gen_len), c.scenario)
+            for c in cells[:DRY_RUN_ROWS]]
+    widths = [min(40, max([len(h)] + [len(r[i]) for r in rows])) for i, h in enumerate(cols)]
+    for row in [cols, *rows]:
+        print("  ".join(v[:40].ljust(w) for v, w in zip(row, widths)).rstrip())
+    if len(cells) > DRY_RUN_ROWS:
+        print(f"... and {len(cells) - DRY_RUN_ROWS} more")
 
 
 def cmd_run(args) -> int:
-    from harness.config import load_plan, resolve_suite_path
-    from harness.results import load_run, safe_run_dir
-    from harness.runner import new_run_id, run_plan
+    if (args.force or args.retry_failed) and not args.resume:
+        raise UserError(f"{'--force' if args.force else '--retry-failed'} goes with --resume RUN_DIR")
+    if args.dry_run:
+        return cmd_dry_run(args)
+    from harness.results import load_run
+    from harness.runner import run_plan
+    from harness.storage import StorageFault
 
     t0 = time.time()
     _sigterm_as_interrupt()
-    if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "suite.yaml").exists():
-            raise UserError(f"{run_dir}: not a resumable run folder (no suite.yaml)")
-        plan = load_plan(run_dir / "suite.yaml")
-        plan.source = str(run_dir / "suite.yaml")
-        run_plan(plan, run_dir=run_dir, quiet=args.quiet, resume=True)
-    else:
-        path = resolve_suite_path(args.suite)
-        plan = load_plan(path)
-        for note in plan.skipped:
-            print(note, file=sys.stderr)
-        if args.output:
-            plan.suite.output = args.output
-        run_dir = safe_run_dir(plan.suite.output, args.name or new_run_id(plan.suite.name))
-        # run_plan locks the folder, then refuses one that already holds a run.json: a check
-        # here, before the lock, would race a second run of the same name
-        run_plan(plan, run_dir=run_dir, quiet=args.quiet)
+    run_dir, plan = _resume_plan(args) if args.resume else _new_run_plan(args)
+    try:
+        # a new run: run_plan locks the folder, then refuses one that already holds a
+        # run.json (a check here, before the lock, would race a second run of the same name)
+        run_plan(plan, run_dir=run_dir, quiet=args.quiet, resume=bool(args.resume), force=args.force,
+                 retry_failed=args.retry_failed)
+    except StorageFault as e:  # not the user's input: exit 1; the folder holds whole records only
+        print(f"error: {run_dir}: {e.reason}; finished cells are saved and the cell in flight was not recorded: "
+              f"make room (or make the folder writable), then `harness run --resume {run_dir}` runs the rest",
+              file=sys.stderr)
+        return 1
     _, records = load_run(run_dir)
     _print_records(records, title=f"{plan.suite.name}: {run_dir}")
     failed = sum(r.failed for r in records)
     invalid = sum(r.status == "invalid" for r in records)
     print(f"{len(records)} cells ({failed} failed, {invalid} invalid) in {time.time() - t0:.1f} s; results in {run_dir}")
     return 1 if failed == len(records) and records else 0
+
+
+def _new_run_plan(args):
+    from harness.config import load_plan, resolve_suite_path
+    from harness.results import safe_run_dir
+    from harness.runner import new_run_id
+
+    plan = load_plan(resolve_suite_path(args.suite))
+    for note in plan.skipped:
+        print(note, file=sys.stderr)
+    if args.output:
+        plan.suite.output = args.output
+    return safe_run_dir(plan.suite.output, args.name or new_run_id(plan.suite.name)), plan
 
 
 def _print_records(records, title=None) -> None:
@@ -133,15 +244,25 @@ def cmd_calibrate(args) -> int:
 
     from harness.calibrate import calibrate, save
 
+    try:
+        kind = torch.device(args.device).type
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise UserError(f"--device {args.device[:80]!r}: not a torch device ({str(e).splitlines()[0][:200]})") \
+            from None
+    if kind not in ("cpu", "cuda"):
+        raise UserError(f"--device {args.device[:80]!r}: calibrate measures cpu or cuda[:N]")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA device")
     cal = calibrate(args.device, quick=args.quick)
-    path = save(cal, args.output)
-    print(f"{cal['device']} on {cal['host']}: copy bandwidth {cal['memory_bandwidth_Bps'] / 1e9:.1f} GB/s "
-          "(bytes read + written)")
+    paths = save(cal, args.output)
+    print(f"{cal['device']} on {cal['host']}: read bandwidth {cal['read_bandwidth_Bps'] / 1e9:.1f} GB/s "
+          f"({cal['read_kernel']}, noise margin {100 * cal['read_noise']:.1f} %; the decode roofline)")
+    print(f"  copy bandwidth {cal['memory_bandwidth_Bps'] / 1e9:.1f} GB/s (bytes read + written; information only)")
+    if cal.get("llc_bytes"):
+        print(f"  last-level cache {cal['llc_bytes'] / 2**20:.0f} MiB (smaller models are cache-resident)")
     for dt, v in cal["matmul_flops"].items():
         print(f"  matmul {dt}: {v / 1e12:.2f} TFLOP/s" if v else f"  matmul {dt}: unavailable")
-    print(f"saved {path}; later runs on this host and device show roofline %")
+    print(f"saved {', '.join(map(str, paths))}; later runs on this host and device show roofline %")
     return 0
 
 

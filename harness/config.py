@@ -13,9 +13,17 @@ from pathlib import Path
 
 from harness.records import PlannedCell
 from harness.scenarios.base import Scenario
-from harness.schema import Checker, ConfigError, read_yaml, short
+from harness.schema import Checker, ConfigError, name_problem, read_yaml, regular_file_problem, short
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "workloads" / "suites"
+
+#: The most cells one suite may plan. A real suite plans tens to a few thousand cells (the
+#: standard suite: hundreds); each takes seconds to minutes, so 100,000 is already weeks of
+#: machine time. Above it the plan alone costs seconds and hundreds of MB (a million cells:
+#: 17 s, 570 MB), so the count is taken from the axis lengths before anything is expanded.
+MAX_CELLS = 100_000
+#: a backend label is part of each worker's log and timeline file names (255-byte limit)
+MAX_LABEL_CHARS = 100
 
 
 # --- the schema ---------------------------------------------------------------------
@@ -117,6 +125,9 @@ def load_plan(path: str | Path) -> Plan:
     if chk.problems or scenario is None:
         raise ConfigError(chk.problems)
     suite.backends = [b for b in suite.backends if b.name not in skipped]
+    _check_cell_count(suite, scenario, chk)
+    if chk.problems:
+        raise ConfigError(chk.problems)
     cells = [
         PlannedCell(b.name, b.type, w.model, dt, bs, p, g, point.label, point.rate)
         for b in suite.backends
@@ -125,6 +136,23 @@ def load_plan(path: str | Path) -> Plan:
         for point in scenario.points()
     ]
     return Plan(suite, str(path), cells, scenario, [f"{k}: {v}" for k, v in skipped.items()])
+
+
+def count_cells(suite: SuiteConfig, scenario: Scenario) -> int:
+    """How many cells the suite plans: a product of list lengths, nothing expanded."""
+    per_backend = sum(len(w.dtypes) * len(w.batch_sizes) * len(w.prompt_lens) * len(w.gen_lens)
+                      for w in suite.workloads if w is not None)
+    return len(suite.backends) * per_backend * len(scenario.points())
+
+
+def _check_cell_count(suite: SuiteConfig, scenario: Scenario, chk: Checker) -> None:
+    n = count_cells(suite, scenario)
+    if n > MAX_CELLS:
+        points = len(scenario.points())
+        chk.fail("workloads", f"the suite plans {n:,} cells ({len(suite.backends)} backends x "
+                              f"{n // max(1, len(suite.backends) * points):,} workload combinations "
+                              f"(dtypes x batch_sizes x prompt_lens x gen_lens) x {points} scenario points); "
+                              f"the limit is {MAX_CELLS:,}: split it into several suites")
 
 
 def scenario_dict(suite: SuiteConfig) -> dict:
@@ -148,6 +176,8 @@ def _check_semantics(suite: SuiteConfig, chk: Checker) -> tuple[dict[str, str], 
     for key in ("backends", "workloads"):
         if not getattr(suite, key) and key in chk.lines:
             chk.fail(key, "expected a list with at least one entry")
+    if suite.name and (why := name_problem(suite.name)):  # it names the run folder
+        chk.fail("name", why)
     labels: set[str] = set()
     backend_classes = {}
     skipped: dict[str, str] = {}
@@ -160,14 +190,22 @@ def _check_semantics(suite: SuiteConfig, chk: Checker) -> tuple[dict[str, str], 
         except RegistryError as e:
             chk.fail(f"{p}.type", str(e))
             continue
+        n_before = len(chk.problems)
         opts = chk.dataclass(cls.Options, b.options, f"{p}.options")
+        for key, msg in (opts.file_problems() if opts and hasattr(opts, "file_problems") else []):
+            chk.fail(f"{p}.options.{key}", msg)  # files the options name, as they are now
         if not b.name:
-            b.name = f"{b.type}-{cls.device_of(opts) if opts else 'default'}".replace(":", "")
+            # from the device; a device already reported as bad would only be reported again here
+            device = cls.device_of(opts) if opts and len(chk.problems) == n_before else "default"
+            b.name = f"{b.type}-{device}".replace(":", "")
         if b.name in labels:
             chk.fail(f"{p}.name", f"backend label {b.name!r} used twice; give each backend a distinct name")
         labels.add(b.name)
         if "/" in b.name or b.name.startswith("."):
-            chk.fail(f"{p}.name", f"expected a label without '/' or a leading '.', got {b.name!r}")
+            chk.fail(f"{p}.name", f"expected a label without '/' or a leading '.', got {short(b.name)}")
+        elif len(b.name) > MAX_LABEL_CHARS or not b.name.isprintable():  # it names log and timeline files
+            chk.fail(f"{p}.name", f"expected a label of at most {MAX_LABEL_CHARS} printable characters, "
+                                  f"got {short(b.name)}")
         missing = _missing_packages(cls)
         if missing and b.optional:
             skipped[b.name] = f"optional backend skipped: not installed here (pip install {' '.join(missing)})"
@@ -186,7 +224,10 @@ def _check_semantics(suite: SuiteConfig, chk: Checker) -> tuple[dict[str, str], 
             chk.fail(f"{p}.model", f"unknown model {w.model!r}{hint}; expected one of {', '.join(ZOO)} "
                                    "or a `checkpoint:` folder")
         if w.checkpoint and not (Path(w.checkpoint) / "config.json").exists():
-            chk.fail(f"{p}.checkpoint", f"expected a Hugging Face Llama folder with config.json, got {w.checkpoint!r}")
+            chk.fail(f"{p}.checkpoint", f"expected a Hugging Face Llama folder with config.json, got {short(w.checkpoint)}")
+        elif w.checkpoint and (why := regular_file_problem(str(Path(w.checkpoint) / "config.json"), "checkpoint config",
+                                                           1 << 20)):
+            chk.fail(f"{p}.checkpoint", why)  # a FIFO or a huge file would hang or flood the worker
         for j, dt in enumerate(w.dtypes):
             if dt not in DTYPE_BYTES:
                 chk.fail(f"{p}.dtypes[{j}]", f"expected one of {', '.join(DTYPE_BYTES)}, got {dt!r}")
@@ -272,4 +313,8 @@ def _check_meters(meters: list[dict], chk: Checker) -> None:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             chk.fail(f"{p}.type", f"unknown meter type {m['type']!r}{hint}; expected one of {', '.join(METER_TYPES)}")
             continue
-        chk.dataclass(cls.Options, {k: v for k, v in m.items() if k != "type"}, p)
+        opts = chk.dataclass(cls.Options, {k: v for k, v in m.items() if k != "type"}, p)
+        # the files a meter reads, as they are now (a log that exists must be a regular file
+        # whose header names the columns): said here, not when a worker first reads it
+        for key, msg in (opts.file_problems() if opts and hasattr(opts, "file_problems") else []):
+            chk.fail(f"{p}.{key}", msg)

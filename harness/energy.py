@@ -320,6 +320,15 @@ def _meter_energy(key: str, by_phase: dict[str, EnergyReading], windows: dict[st
     if quality == "unavailable" and all(r.joules is None for r in by_phase.values()):
         warnings[:] = [w for w in warnings if not w.startswith("idle-")]   # one reason is enough
 
+    # a figure that overflowed (finite joules, an inf ratio) is dropped by _fin below; the
+    # meter's figures are then not "ok", whatever its readings said
+    overflowed = sorted(k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v))
+    if overflowed:
+        why = f"non-finite figures dropped: {', '.join(overflowed)}"
+        warnings.append(why)
+        if quality in ("ok", "estimate"):
+            quality, reason = "unavailable", why
+
     check = counter_vs_sampled(by_phase[main])
     if check is not None and check["rel_diff"] is not None:
         check["tolerance"] = s.cross_check_tolerance

@@ -8,15 +8,18 @@ results/<run-id>/
   logs/             each worker's stderr
 
 Only the parent process appends to results.jsonl, one whole line per write(), flushed
-and fsynced: a kill -9 can at worst leave a partial last line, which loaders skip.
+and fsynced: a kill -9 can at worst leave a partial last line, which loaders skip and a
+resume moves out (repair_torn_lines). A write a full disk cuts short is cut back off.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
 import re
+import stat
 import typing
 from typing import Any
 
@@ -59,6 +62,12 @@ def open_nofollow(path: Path, flags: int, mode: int = 0o644) -> int:
         raise
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # a short write (a full disk) returns less than asked; the next one raises
+        view = view[os.write(fd, view):]
+
+
 def write_bytes_nofollow(path: Path, data: bytes) -> None:
     """Replace path's content, never through a symlink."""
     fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -91,14 +100,23 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def append_record(path: Path, record: CellRecord) -> None:
+    """One whole line or nothing: a write that fails part-way (disk full) is cut back off,
+    so the file never holds a fragment this process made."""
     line = (json.dumps(record.to_json(), default=_json_default) + "\n").encode()
     fd = open_nofollow(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
     try:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             line = b"\n" + line  # a torn last line (a killed writer): start a fresh one, not glue onto it
-        os.write(fd, line)
-        os.fsync(fd)
+        try:
+            _write_all(fd, line)
+            os.fsync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, size)  # the caller holds the run folder's lock: nobody appended since
+            except OSError:
+                pass
+            raise
     finally:
         os.close(fd)
 
@@ -116,17 +134,70 @@ def _json_default(o):
     return str(o)
 
 
+_JSON_STRING = re.compile(rb'"(?:[^"\\\\]|\\\\.)*"')
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _shallow(raw: bytes, limit: int = MAX_DEPTH) -> bool:
+    """True when the JSON text (already parsed: well-formed) nests at most `limit` deep: its
+    brackets outside strings, counted at C speed. Walking a parsed record costs ~0.5 ms, a
+    report reads thousands (issue 21)."""
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKET)
+    if len(brackets) // 2 <= limit:
+        return True
+    depth = deepest = 0
+    for ch in brackets:
+        depth += 1 if ch in (91, 123) else -1
+        deepest = max(deepest, depth)
+    return deepest <= limit
+
+
 def _depth_ok(value: Any, limit: int = MAX_DEPTH) -> bool:
     """Iterative: a record nested past `limit` is refused before anything recurses into it
     (asdict, deepcopy and the report all recurse)."""
-    stack = [(value, 1)]
-    while stack:
+    stack = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:  # only containers are pushed: a record's thousands of numbers are looked at once
         v, d = stack.pop()
-        if isinstance(v, (dict, list)):
-            if d > limit:
-                return False
-            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+        if d > limit:
+            return False
+        stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v) if isinstance(x, (dict, list)))
     return True
+
+
+def open_regular(path: Path):
+    """A binary file object on `path`, refused (ResultsError) unless it is a regular file: a
+    FIFO, device or directory planted in a run folder from elsewhere must not block or
+    stream forever (O_NONBLOCK: opening a FIFO does not wait for a writer)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise ResultsError(f"{path}: cannot read ({e.strerror or e})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise ResultsError(f"{path}: expected a regular file, found {kind}")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _lone_surrogate(data: Any) -> bool:
+    """A string (or key) holding half of a UTF-16 surrogate pair (JSON's "\\ud800"): valid
+    JSON, but no file or terminal can be written with it."""
+    stack = [data]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
 
 
 def _parse_json(raw: bytes, where: str) -> Any:
@@ -137,10 +208,49 @@ def _parse_json(raw: bytes, where: str) -> Any:
     try:
         data = json.loads(text)
     except RecursionError:
-        raise ResultsError(f"{where}: JSON nested too deeply") from None
-    if not _depth_ok(data):
-        raise ResultsError(f"{where}: JSON nested more than {MAX_DEPTH} levels deep")
+        raise ResultsError(f"{_at_line(where, text, _too_deep_at(text))}: JSON nested more than {MAX_DEPTH} "
+                           "levels deep") from None
+    except json.JSONDecodeError:
+        raise  # callers skip a torn last line
+    except ValueError as e:  # Python's guard on huge integers (a 5000-digit number), not a decode error
+        raise ResultsError(f"{where}: {str(e).split(';')[0]}") from None
+    if not _shallow(raw) and not _depth_ok(data):  # the walk only where the text may be deep
+        raise ResultsError(f"{_at_line(where, text, _too_deep_at(text))}: JSON nested more than {MAX_DEPTH} "
+                           "levels deep")
+    if "\\u" in text and _lone_surrogate(data):
+        m = re.search(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}", text)
+        raise ResultsError(f"{_at_line(where, text, m.start() if m else -1)}: a string holds a lone UTF-16 "
+                           f"surrogate ({m.group(0) if m else 'escape'}), not text")
     return data
+
+
+def _too_deep_at(text: str, limit: int = MAX_DEPTH) -> int:
+    """Offset of the first bracket nested past `limit` (outside strings), -1 if none."""
+    depth, in_str, esc = 0, False, False
+    for i, ch in enumerate(text):
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return i
+        elif ch in "]}":
+            depth -= 1
+    return -1
+
+
+def _at_line(where: str, text: str, offset: int) -> str:
+    """`where` with the line of `offset` in a whole file (a results line's `where` has its line already)."""
+    if offset < 0 or re.search(r":\d+$", where):
+        return where
+    return f"{where}:{text.count(chr(10), 0, offset) + 1}"
 
 
 def _type_name(v: Any) -> str:
@@ -152,12 +262,30 @@ def _type_name(v: Any) -> str:
 _UNCHECKED = {(EnergyRecord, "tokens")}
 
 
+@functools.lru_cache(maxsize=None)
+def _type_hints(tp: type) -> dict:
+    # resolving a dataclass's annotations is ~1 ms; a report checks thousands of records (issue 21)
+    return typing.get_type_hints(tp)
+
+
+_SHAPES: dict[int, tuple] = {}  # id(annotation) -> (annotation, origin, args, fields); hashing a typing object is slow
+
+
+def _shape(tp: Any) -> tuple:
+    """(origin, args, dataclass fields to check) of an annotation, worked out once per type."""
+    hit = _SHAPES.get(id(tp))
+    if hit is None or hit[0] is not tp:
+        fields = tuple(f.name for f in dataclasses.fields(tp) if (tp, f.name) not in _UNCHECKED) \
+            if dataclasses.is_dataclass(tp) else None
+        hit = _SHAPES[id(tp)] = (tp, typing.get_origin(tp), typing.get_args(tp), fields)
+    return hit[1:]
+
+
 def _check_type(value: Any, tp: Any, key: str) -> None:
     """value against a dataclass field annotation (str, int, float, bool, Optional[...],
     list[...], dict[...], a dataclass). Raises RecordError's message body as ValueError."""
-    origin = typing.get_origin(tp)
+    origin, args, fields = _shape(tp)
     if origin is typing.Union:
-        args = typing.get_args(tp)
         if value is None and type(None) in args:
             return
         first = None
@@ -172,15 +300,13 @@ def _check_type(value: Any, tp: Any, key: str) -> None:
         raise first or ValueError(f"{key}: unexpected {_type_name(value)}")
     if tp is Any:
         return
-    if dataclasses.is_dataclass(tp):
+    if fields is not None:
         obj = value
         if not isinstance(obj, tp):
             raise ValueError(f"{key}: expected a mapping, got {_type_name(value)}")
-        hints = typing.get_type_hints(tp)
-        for f in dataclasses.fields(tp):
-            if (tp, f.name) in _UNCHECKED:
-                continue
-            _check_type(getattr(obj, f.name), hints[f.name], f"{key}.{f.name}" if key else f.name)
+        hints = _type_hints(tp)
+        for name in fields:
+            _check_type(getattr(obj, name), hints[name], f"{key}.{name}" if key else name)
         return
     if tp is bool:
         ok = isinstance(value, bool)
@@ -192,14 +318,14 @@ def _check_type(value: Any, tp: Any, key: str) -> None:
         ok = isinstance(value, str)
     elif tp is dict or origin is dict:
         ok = isinstance(value, dict)
-        if ok and typing.get_args(tp):
+        if ok and args:
             for k, v in value.items():
-                _check_type(v, typing.get_args(tp)[1], f"{key}.{k}")
+                _check_type(v, args[1], f"{key}.{k}")
     elif tp is list or origin is list:
         ok = isinstance(value, list)
-        if ok and typing.get_args(tp):
+        if ok and args:
             for i, v in enumerate(value):
-                _check_type(v, typing.get_args(tp)[0], f"{key}[{i}]")
+                _check_type(v, args[0], f"{key}[{i}]")
     else:
         return
     if not ok:
@@ -213,6 +339,8 @@ def _number(v: Any) -> bool:
 
 #: keys of a metric summary (harness.stats / request_metrics): numbers wherever they appear
 _SUMMARY_KEYS = ("mean", "sd", "median", "min", "max", "n", "p50", "p90", "p99")
+#: metrics every table reads as a summary mapping (a number there crashed the run table)
+_SUMMARY_METRICS = ("prefill_tps", "decode_tps", "ttft_s", "tpot_s", "e2e_s", "itl_s", "issue_lag_s")
 #: accuracy fields the gate and reports compare as numbers or flags
 _ACCURACY_NUMBERS = ("rel_err", "tolerance")
 _ACCURACY_FLAGS = ("passed", "logits_passed")
@@ -225,6 +353,8 @@ def check_record(record: CellRecord) -> None:
     (describe, load details) are left as they are."""
     _check_type(record, CellRecord, "")
     for name, m in record.metrics.items():
+        if name in _SUMMARY_METRICS and not (m is None or isinstance(m, dict)):
+            raise ValueError(f"metrics.{name}: expected a mapping (mean, sd, median, ...), got {_type_name(m)}")
         if isinstance(m, dict):
             for k in _SUMMARY_KEYS:
                 if k in m and not _number(m[k]):
@@ -284,11 +414,7 @@ def read_records(path: Path) -> list[CellRecord]:
     if not path.exists():
         return []
     out = []
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise ResultsError(f"{path}: cannot read ({e.strerror or e})") from None
-    with f:
+    with open_regular(path) as f:
         for n, raw in _lines(f, path):
             raw = raw.strip()
             if not raw:
@@ -300,13 +426,130 @@ def read_records(path: Path) -> list[CellRecord]:
                 if raw.startswith((b"{", b"[")) and not raw.endswith((b"}", b"]")):
                     continue  # a torn line (killed writer): skipped, as before
                 raise
-            except json.JSONDecodeError:
+            except json.JSONDecodeError as e:
+                _refuse_unless_torn(raw, where, e)
                 continue
             try:
                 out.append(parse_record(data, where))
             except RecordError as e:
                 raise ResultsError(str(e)) from None
     return out
+
+
+def _torn(raw: bytes, where: str) -> bool:
+    """A line read_records skips as a killed writer's fragment: not JSON, or an unfinished
+    object. Lines it would refuse (a JSON value that is not a record, ...) are not torn:
+    they raise here, as there."""
+    body = raw.strip()
+    if not body:
+        return False
+    try:
+        _parse_json(body, where)
+    except ResultsError:
+        if body.startswith((b"{", b"[")) and not body.endswith((b"}", b"]")):
+            return True
+        raise
+    except json.JSONDecodeError as e:
+        _refuse_unless_torn(body, where, e)
+        return True
+    return False
+
+
+def _refuse_unless_torn(body: bytes, where: str, e: json.JSONDecodeError) -> None:
+    """A killed writer leaves a prefix of one record's line, which starts with '{'. Any other
+    line that is not JSON (a BOM, a comment, garbage) was never written by the harness: refuse
+    it, rather than let a record vanish from every report without a word."""
+    if not body.startswith(b"{"):
+        raise ResultsError(f"{where}: not a JSON record ({e.msg} at column {e.colno}): "
+                           f"{body[:40].decode('utf-8', 'replace')!r}")
+
+
+def repair_torn_lines(path: Path, fragments_path: Path) -> int:
+    """Leave results.jsonl holding whole lines only (the resuming run holds the folder's
+    lock): every torn fragment (a kill -9 mid-write, at the end or, from older harness
+    versions, mid-file) is moved to `fragments_path` and the file is rewritten without it,
+    atomically. A last line that is a whole record without its newline gets the newline,
+    not the bin. Returns how many fragments were moved; writes nothing when there are none."""
+    if not path.exists():
+        return 0
+
+    def scan():
+        with open(path, "rb") as f:
+            for n, raw in _lines(f, path):
+                yield raw, raw.strip() and _torn(raw, f"{path}:{n}")
+
+    needs = False
+    last_newline = True
+    for raw, torn in scan():
+        needs = needs or torn
+        last_newline = raw.endswith(b"\n")
+    if not needs and last_newline:
+        return 0
+    moved = 0
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    frag_fd = None
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as out:
+            for raw, torn in scan():
+                if torn:
+                    if frag_fd is None:
+                        frag_fd = open_nofollow(fragments_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                    _write_all(frag_fd, raw if raw.endswith(b"\n") else raw + b"\n")
+                    moved += 1
+                elif raw.strip():
+                    out.write(raw if raw.endswith(b"\n") else raw + b"\n")
+            out.flush()
+            os.fsync(out.fileno())
+        if frag_fd is not None:
+            os.fsync(frag_fd)  # the fragment is safe elsewhere before it leaves results.jsonl
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        if frag_fd is not None:
+            os.close(frag_fd)
+    return moved
+
+
+def supersede_records(path: Path, cell_ids: set[str], to_path: Path) -> int:
+    """Move every record of `cell_ids` from results.jsonl to `to_path` (appended; nothing
+    is deleted), rewriting results.jsonl atomically. Run after repair_torn_lines, under the
+    run folder's lock. Returns how many lines moved."""
+    if not path.exists() or not cell_ids:
+        return 0
+    moved = 0
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    to_fd = None
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as out, open(path, "rb") as f:
+            for n, raw in _lines(f, path):
+                if not raw.strip():
+                    continue
+                data = _parse_json(raw.strip(), f"{path}:{n}")
+                if isinstance(data, dict) and data.get("cell_id") in cell_ids:
+                    if to_fd is None:
+                        to_fd = open_nofollow(to_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                    _write_all(to_fd, raw)
+                    moved += 1
+                else:
+                    out.write(raw)
+            out.flush()
+            os.fsync(out.fileno())
+        if to_fd is not None:
+            os.fsync(to_fd)  # kept elsewhere before it leaves results.jsonl
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        if to_fd is not None:
+            os.close(to_fd)
+    return moved
 
 
 def read_run_json(run_dir: Path) -> dict:
@@ -316,7 +559,7 @@ def read_run_json(run_dir: Path) -> dict:
         size = meta_path.stat().st_size
         if size > MAX_RUN_JSON_BYTES:
             raise ResultsError(f"{meta_path}: {size} bytes, over the {MAX_RUN_JSON_BYTES // 2**20} MiB limit")
-        with open(meta_path, "rb") as f:
+        with open_regular(meta_path) as f:
             raw = f.read(MAX_RUN_JSON_BYTES + 1)
     except OSError as e:
         raise ResultsError(f"{meta_path}: cannot read ({e.strerror or e})") from None
@@ -338,6 +581,12 @@ def read_run_json(run_dir: Path) -> dict:
             raise ResultsError(f"{meta_path}: inventory.{key}: expected {tp.__name__}, got {_type_name(inv[key])}")
     if any(not isinstance(g, dict) for g in inv.get("gpus") or []):
         raise ResultsError(f"{meta_path}: inventory.gpus: expected a list of mappings")
+    # the names reports match against a device catalog (harness.catalog) and print
+    named = [("inventory.cpu.model", (inv.get("cpu") or {}).get("model"))]
+    named += [(f"inventory.gpus[{i}].name", g.get("name")) for i, g in enumerate(inv.get("gpus") or [])]
+    for key, v in named:
+        if v is not None and not isinstance(v, str):
+            raise ResultsError(f"{meta_path}: {key}: expected a string, got {_type_name(v)}")
     return meta
 
 

@@ -19,10 +19,12 @@ import time
 
 from harness.config import Plan, scenario_dict
 from harness.inventory import inventory
-from harness.redact import redact_suite
 from harness.records import CellJob, CellRecord, PlannedCell, record_from_json
-from harness.results import (ResultsError, append_record, open_nofollow, read_records, read_run_json, safe_run_dir,
-                             write_bytes_nofollow, write_json_atomic)
+from harness.results import (ResultsError, append_record, open_nofollow, read_records, read_run_json,
+                             repair_torn_lines, safe_run_dir, supersede_records, write_bytes_nofollow,
+                             write_json_atomic)
+from harness.resume import ResumeDecision, decide, planned_config
+from harness.storage import StorageFault, describe, is_storage_error, release, reserve, storage_errors, storage_problem
 
 LOCK_NAME = ".harness.lock"
 
@@ -52,7 +54,10 @@ class Progress:
         return self
 
     def __exit__(self, *exc):
-        self.bar.stop()
+        try:
+            self.bar.stop()
+        except OSError:
+            pass  # SIGHUP: the terminal is gone (EIO); what matters is the run.json write after this
 
     def describe(self, text: str) -> None:
         self.bar.update(self.task, description=text)
@@ -65,15 +70,25 @@ class Progress:
             self.console.print(f"[red]failed[/red] {_escape(record.cell_id)}: {_escape(first)}")
 
 
+SUPERSEDED_NAME = "results.superseded.jsonl"
+TORN_NAME = "logs/torn-lines.txt"
+#: what run.json may grow by between its first and last write of an attempt
+RUN_JSON_GROWTH = 64 << 10
+
+
 def run_plan(plan: Plan, run_dir: Path | None = None, run_id: str | None = None, quiet: bool = False,
-             resume: bool = False) -> Path:
+             resume: bool = False, force: bool = False, retry_failed: bool = False) -> Path:
+    """Run the plan's cells into run_dir. Raises KeyboardInterrupt (after recording the
+    run as interrupted), StorageFault (the folder stopped taking writes: the run ended
+    cleanly, the cell in flight unrecorded), ResultsError or SuiteChanged (nothing ran)."""
     suite = plan.suite
     if run_dir is None:
         run_dir = safe_run_dir(suite.output, run_id or new_run_id(suite.name))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock_fd = lock_run_dir(run_dir)  # before anything is read or written: no check-then-write race
+    with storage_errors(f"{run_dir} (making the run folder)"):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock_fd = lock_run_dir(run_dir)  # before anything is read or written: no check-then-write race
     try:
-        return _run_locked(plan, run_dir, quiet, resume)
+        return _run_locked(plan, run_dir, quiet, resume, force, retry_failed)
     finally:
         unlock_run_dir(lock_fd)
 
@@ -104,8 +119,11 @@ def lock_run_dir(run_dir: Path) -> int:
         owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
         raise ResultsError(f"{run_dir} is being written by another harness run (pid {owner})") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass  # a full disk: the pid is for a message only; the flock is what locks
     return fd
 
 
@@ -117,43 +135,48 @@ def _check_subdir(path: Path) -> Path:
     return path
 
 
-def _run_locked(plan: Plan, run_dir: Path, quiet: bool, resume: bool) -> Path:
+def _run_locked(plan: Plan, run_dir: Path, quiet: bool, resume: bool, force: bool, retry_failed: bool) -> Path:
     suite = plan.suite
-    _check_subdir(run_dir / "logs")
-    _check_subdir(run_dir / "timelines")
+    with storage_errors("the run folder's logs/ and timelines/"):
+        _check_subdir(run_dir / "logs")
+        _check_subdir(run_dir / "timelines")
     results_path = run_dir / "results.jsonl"
     if results_path.is_symlink():  # refused before any cell runs, not at its first append
         raise ResultsError(f"{results_path}: is a symbolic link; refusing to write through it")
-    done: set[str] = set()
+    attempt: dict = {"started_at": time.time(), "resume": resume}
     if resume:
         if not (run_dir / "run.json").exists():
             raise ResultsError(f"{run_dir}: not a resumable run folder (no run.json)")
         meta = read_run_json(run_dir)
-        done = {r.cell_id for r in read_records(results_path)}
+        todo = _prepare_resume(plan, run_dir, meta, results_path, force, retry_failed, attempt)
     else:
         # checked again under the lock: two runs of one --name that both passed the CLI's
         # check meet here, and the second finds the first one's run.json
         if (run_dir / "run.json").exists():
             raise ResultsError(f"{run_dir} already holds a run; pick another --name or use --resume {run_dir}")
         # the suite as given, for --resume: it may hold header values, so only its owner reads it
-        write_bytes_nofollow(run_dir / "suite.yaml", Path(plan.source).read_bytes())
-        os.chmod(run_dir / "suite.yaml", 0o600)
+        with storage_errors("suite.yaml"):
+            write_bytes_nofollow(run_dir / "suite.yaml", Path(plan.source).read_bytes())
+            os.chmod(run_dir / "suite.yaml", 0o600)
         meta = {"run_id": run_dir.name, "suite": suite.name, "suite_file": plan.source,
                 "harness_version": _version(), "started_at": time.time(), "status": "running",
-                "config": redact_suite(asdict(suite)), "cells": [c.id for c in plan.cells],
+                "config": planned_config(suite), "cells": [c.id for c in plan.cells],
                 "inventory": inventory()}
+        todo = list(plan.cells)
     from harness.calibrate import load_for
 
     devices = {b.name: _device(b) for b in suite.backends}
     cals = {device: load_for(suite.output, device) for device in devices.values()}
     meta["calibration"] = cals
     meta["status"] = "running"
-    meta.setdefault("attempts", []).append({"started_at": time.time(), "resume": resume})
-    write_json_atomic(run_dir / "run.json", meta)
+    meta.setdefault("attempts", []).append(attempt)
+    with storage_errors("run.json"):
+        write_json_atomic(run_dir / "run.json", meta)
 
-    todo = [c for c in plan.cells if c.id not in done]
-    status = "complete"
+    status, fault = "complete", None
     try:
+        # room for the last run.json write, given back first when the disk fills up
+        reserve(run_dir, (run_dir / "run.json").stat().st_size + RUN_JSON_GROWTH)
         with Progress(len(plan.cells), quiet=quiet) as progress:
             progress.bar.update(progress.task, completed=len(plan.cells) - len(todo))
             for group, cells in _groups(todo).items():
@@ -161,13 +184,102 @@ def _run_locked(plan: Plan, run_dir: Path, quiet: bool, resume: bool) -> Path:
                 _run_group(plan, group, cells, run_dir, results_path, progress, device, cals.get(device))
     except KeyboardInterrupt:
         status = "interrupted"
+    except StorageFault as e:
+        status, fault = f"failed: {e.reason}", e
+    except Exception as e:  # a refused record, a bug: run.json must not say complete
+        status = f"failed: {e}"[:500]
+        raise
     finally:
+        release(run_dir)
         meta["status"] = status
         meta["finished_at"] = time.time()
-        write_json_atomic(run_dir / "run.json", meta)
+        try:
+            write_json_atomic(run_dir / "run.json", meta)
+        except OSError as e:
+            if not is_storage_error(e):
+                raise
+            if fault is None:
+                fault = StorageFault(f"{describe(e)} writing run.json, which still says running")
+            else:
+                fault.reason += f"; run.json could not be updated ({describe(e)}) and still says running"
     if status == "interrupted":
         raise KeyboardInterrupt
+    if fault is not None:
+        raise fault
     return run_dir
+
+
+def _prepare_resume(plan: Plan, run_dir: Path, meta: dict, results_path: Path, force: bool, retry_failed: bool,
+                    attempt: dict) -> list[PlannedCell]:
+    """Check the suite against the run's, tidy the folder, update `meta`; the cells to run."""
+    # everything is read and checked before anything is written: a refused resume
+    # (a bad record, a changed suite) leaves the folder as it was
+    records = read_records(results_path)
+    new_config = planned_config(plan.suite)
+    d: ResumeDecision = decide(plan.cells, new_config, meta, records, force, retry_failed, str(run_dir))
+    _remove_leftovers(run_dir)
+    with storage_errors("results.jsonl (moving a torn line out)"):
+        torn = repair_torn_lines(results_path, run_dir / TORN_NAME)
+    if torn:
+        _note(f"results.jsonl: moved {torn} torn line{'s' if torn > 1 else ''} (a killed writer's) to {TORN_NAME}")
+    if d.superseded:
+        with storage_errors(f"{SUPERSEDED_NAME}"):
+            moved = supersede_records(results_path, d.superseded, run_dir / SUPERSEDED_NAME)
+        _note(f"--force: {moved} record{'s' if moved != 1 else ''} of {len(d.superseded)} cell"
+              f"{'s' if len(d.superseded) != 1 else ''} whose settings changed or that are no longer planned "
+              f"moved to {SUPERSEDED_NAME}")
+        attempt["superseded"] = sorted(d.superseded)
+    for line in d.changes:
+        _note(f"--force: {line}")
+    for line in d.cosmetic:
+        _note(f"suite changed (no cell's measurement depends on it): {line}")
+    if d.changes or d.cosmetic:
+        attempt["suite_changes"] = d.changes + d.cosmetic
+    if d.retried:
+        attempt["retried"] = d.retried
+    if d.failed_kept:
+        _note(f"{len(d.failed_kept)} failed cell{'s' if len(d.failed_kept) != 1 else ''} kept as failed; "
+              "--retry-failed runs them again")
+    if force:
+        attempt["forced"] = True
+    source = Path(plan.source)
+    if source.resolve() != (run_dir / "suite.yaml").resolve():  # `harness run SUITE --resume RUN_DIR`
+        with storage_errors("suite.yaml"):
+            write_bytes_nofollow(run_dir / "suite.yaml", source.read_bytes())
+            os.chmod(run_dir / "suite.yaml", 0o600)
+        meta["suite_file"] = plan.source
+    meta["config"] = new_config  # what the cells run from now on were planned with
+    meta["cells"] = [c.id for c in plan.cells]
+    meta["suite"] = plan.suite.name
+    return d.todo
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _remove_leftovers(run_dir: Path) -> None:
+    """Temp files, job files and the ballast of an attempt that was killed or ended on a
+    full or read-only disk. Under the folder's lock nobody else writes them."""
+    for folder in (run_dir, run_dir / "logs", run_dir / "timelines"):
+        for pattern in (".*.tmp", ".*.job.json", ".harness.probe.*"):
+            for p in folder.glob(pattern):
+                _unlink_quietly(p)
+    release(run_dir)
+
+
+def _remove_temp_files(run_dir: Path, pid: int) -> None:
+    """The temp files a worker (pid) was writing when it died (a timeline half-written to a full disk)."""
+    for folder in (run_dir, run_dir / "logs", run_dir / "timelines"):
+        for p in folder.glob(f".*.{pid}.tmp"):
+            _unlink_quietly(p)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass  # gone, or a read-only folder: the next resume removes it
 
 
 def _device(b) -> str:
@@ -223,10 +335,17 @@ def _run_group(plan: Plan, group, cells: list[PlannedCell], run_dir: Path, resul
         job_path = run_dir / "logs" / f".{slug}.job.json"
         events_path = run_dir / "logs" / f".{slug}.events.jsonl"
         job = _job(plan, remaining, run_dir, device, calibration)
-        write_json_atomic(job_path, job.to_json())
-        os.chmod(job_path, 0o600)  # the worker needs the real backend options (header values)
-        events_path.unlink(missing_ok=True)
-        log = os.fdopen(open_nofollow(run_dir / "logs" / f"{slug}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab")
+        try:
+            with storage_errors(f"logs/{job_path.name} (the worker's job)"):
+                write_json_atomic(job_path, job.to_json())
+                os.chmod(job_path, 0o600)  # the worker needs the real backend options (header values)
+                events_path.unlink(missing_ok=True)
+            with storage_errors(f"logs/{slug}.log"):
+                log = os.fdopen(open_nofollow(run_dir / "logs" / f"{slug}.log",
+                                              os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab")
+        except BaseException:
+            _unlink_quietly(job_path)  # it holds header values: never left behind
+            raise
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")])),
                    HARNESS_RUNNER_PID=str(os.getpid()))  # the worker ends itself if this process dies
         proc = subprocess.Popen([sys.executable, "-m", "harness.worker", str(job_path), str(events_path)],
@@ -239,9 +358,13 @@ def _run_group(plan: Plan, group, cells: list[PlannedCell], run_dir: Path, resul
             _kill(proc)
             _save_finished(events_path, remaining, results_path, progress)
             raise
+        except BaseException:  # a full disk (StorageFault), or a bug: no worker outlives the run
+            _kill(proc)
+            raise
         finally:
             log.close()
-            job_path.unlink(missing_ok=True)  # read by the worker at start; nothing of it stays on disk
+            _unlink_quietly(job_path)  # read by the worker at start; nothing of it stays on disk
+            _remove_temp_files(run_dir, proc.pid)
 
 
 def _watch(proc, events_path: Path, remaining: list[PlannedCell], timeout: float, results_path: Path,
@@ -322,7 +445,15 @@ def _save_finished(events_path: Path, cells: list[PlannedCell], results_path: Pa
 
 
 def _record(results_path: Path, progress: Progress, record: CellRecord) -> None:
-    append_record(results_path, record)
+    """Append one record. A failure is first checked against the folder itself: a worker
+    that died, or raised, because the disk filled up or went read-only did not fail its
+    cell, and a failed record would keep --resume from running it again."""
+    if record.failed:
+        problem = storage_problem(results_path.parent)
+        if problem:
+            raise StorageFault(problem)
+    with storage_errors("results.jsonl"):
+        append_record(results_path, record)
     progress.advance(record)
 
 

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 from dataclasses import MISSING, fields, is_dataclass
 import difflib
+import math
 import os
 from pathlib import Path
+import re
 import stat
 import types
 import typing
@@ -45,8 +47,84 @@ RANGES = {
     "idle_s": (0, 3600), "min_window_s": (0, 3600), "min_updates": (1, 100000),
     "seq_len": (2, 100000), "prefill_len": (1, 100000), "batch": (1, 4096), "seed": (0, 2**63 - 1),
     "threads": (1, 4096),
+    # scenario and meter keys (issue 14): upper bounds where a huge value would allocate or
+    # sleep without end in a worker; lower bounds left to each schema's own message
+    "requests": (0, 1_000_000), "warmup_requests": (0, 100_000), "max_in_flight": (1, 100_000),
+    "concurrency": (0, 100_000), "shared_prefix_tokens": (0, 1 << 20),
+    "drain_timeout_s": (0.0, 7 * 24 * 3600.0), "cooldown_s": (-86400.0, 86400.0),
+    "period_s": (0.0, 3600.0), "stall_s": (0.0, 86400.0), "max_gap_s": (0.0, 86400.0), "index": (0, 65535),
 }
-ITEM_RANGES = {"batch_sizes": (1, 65536), "prompt_lens": (1, 1 << 20), "gen_lens": (2, 1 << 20)}
+ITEM_RANGES = {"batch_sizes": (1, 65536), "prompt_lens": (1, 1 << 20), "gen_lens": (2, 1 << 20),
+               "devices": (0, 65535), "token_range": (0, 1 << 24)}
+
+
+#: Every string value of a schema (a suite, claims, prices, meter or backend options): a
+#: device name, a path or a description is tens of characters; a 200 kB one must be refused
+#: here, not when it becomes a file name halfway through a run.
+MAX_STRING_CHARS = 4096
+#: A number without a range of its own still has to fit what it is handed to: a C int64
+#: (thread counts, sizes), or a finite double (inf seconds or watts make inf joules).
+INT_BOUNDS = (-(2**63), 2**63 - 1)
+
+#: A name that becomes part of a file or folder name (suite name, backend label): the run
+#: folder's rule (harness.results) with room left for the timestamp prefix.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+SAFE_NAME_RULE = "letters, digits, '.', '_', '+' or '-', starting with a letter or digit, at most 100 characters"
+
+#: device strings: a type and an optional index (cpu, cuda, cuda:1, mps, xpu:0, npu:3...)
+DEVICE = re.compile(r"[a-z][a-z0-9_]{0,31}(:[0-9]{1,4})?")
+#: the device types torch knows (c10::DeviceType names); torch.device() refuses others
+TORCH_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu", "hip", "hpu", "npu", "mtia", "meta", "xla", "lazy", "ipu",
+                      "ve", "fpga", "maia", "vulkan", "metal", "mkldnn", "opengl", "opencl", "ideep",
+                      "privateuseone")
+
+
+#: a device that is only a label in tables (llama.cpp's CUDA0, vulkan0, openvino:npu...)
+DEVICE_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+
+
+def device_problem(value: str, types: tuple[str, ...] | None = None, label: bool = False) -> str | None:
+    """Why `value` is not a device string (None: it is): `type` or `type:N`, the type one of
+    `types` when given; with `label`, any short name of letters, digits, '_', '.', '-', ':'."""
+    if label:
+        if isinstance(value, str) and DEVICE_LABEL.fullmatch(value):
+            return None
+        return (f"expected a device label such as cpu, cuda:0 or vulkan0 (letters, digits, '_', '.', '-', ':'; "
+                f"at most 64), got {short(value)}")
+    if not isinstance(value, str) or not DEVICE.fullmatch(value):
+        return (f"expected a device such as cpu, cuda or cuda:0 (a lower-case type, optionally ':' and "
+                f"an index), got {short(value)}")
+    kind = value.split(":")[0]
+    if types is not None and kind not in types:
+        return f"expected a device type among {', '.join(types)}, got {short(kind)}"
+    return None
+
+
+def name_problem(value: str) -> str | None:
+    """Why `value` cannot name a file or folder (None: it can)."""
+    if isinstance(value, str) and SAFE_NAME.fullmatch(value) and ".." not in value:
+        return None
+    return f"expected {SAFE_NAME_RULE} (it names files and folders), got {short(value)}"
+
+
+def regular_file_problem(path: str, what: str, max_bytes: int | None) -> str | None:
+    """Why `path` is not a readable regular file of at most `max_bytes` (None: it is).
+    Opened with O_NONBLOCK and checked with fstat, so a FIFO or device never blocks the
+    check, and what was checked is what was opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        return f"cannot read {what} {short(path)}: {e.strerror or e}"
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a device, pipe or socket"
+        return f"{what} {short(path)} is {kind}, not a regular file"
+    if max_bytes is not None and st.st_size > max_bytes:
+        return f"{what} {short(path)} is too large ({st.st_size:,} bytes; the limit is {max_bytes:,})"
+    return None
 
 
 def short(v, n: int = 60) -> str:
@@ -324,8 +402,19 @@ class Checker:
             ok = isinstance(data, (int, float)) and not isinstance(data, bool) and (hint is float or isinstance(data, int))
             if not ok:
                 return self._bad(path, f"expected {'an integer' if hint is int else 'a number'}, got {short(data)}")
-            if hint is float and data != data:  # NaN passes every comparison below
-                return self._bad(path, f"expected a number, got {short(data)}")
+            if hint is float:
+                try:
+                    data = float(data)
+                except OverflowError:  # an integer too large for a float
+                    return self._bad(path, f"expected a number a float can hold (at most about 1.8e308), "
+                                           f"got {short(data)}")
+                if data != data:  # NaN passes every comparison below
+                    return self._bad(path, f"expected a number, got {short(data)}")
+                if not math.isfinite(data) and not rng:  # inf seconds or watts would become inf
+                    # joules; with a range, the range's message says it
+                    return self._bad(path, f"expected a finite number, got {short(data)}")
+            if rng is None and hint is int:
+                rng = INT_BOUNDS
             if rng and not (rng[0] <= data <= rng[1]):
                 return self._bad(path, f"expected a value from {rng[0]:g} to {rng[1]:g}, got {short(data)}"
                                  if isinstance(rng[0], float) or isinstance(rng[1], float) else
@@ -337,6 +426,9 @@ class Checker:
         if hint is str:
             if isinstance(data, str) and "\0" in data:  # read_yaml refuses these too; build() gets here
                 return self._bad(path, "a NUL character (\\0) in a string")
+            if isinstance(data, str) and len(data) > MAX_STRING_CHARS:
+                return self._bad(path, f"expected a string of at most {MAX_STRING_CHARS:,} characters, "
+                                       f"got {len(data):,}")
             return data if isinstance(data, str) else self._bad(path, f"expected a string, got {short(data)}")
         return data
 
@@ -374,7 +466,10 @@ class Checker:
         try:
             obj = cls(**kwargs)
         except Exception as e:  # noqa: BLE001 - an Options' own __post_init__ may raise anything
-            self.fail(path, str(e))
+            # "option 'x' must be ..." (the meters' checks) is about key x: report it there
+            m = re.match(r"option '([A-Za-z_][A-Za-z0-9_]*)'", str(e))
+            key = m.group(1) if m and m.group(1) in by_name else ""
+            self.fail(f"{path}.{key}" if path and key else (key or path), str(e))
             return None
         check = getattr(obj, "problems", None)
         if callable(check):

@@ -13,18 +13,31 @@ scenarios drive the engine directly.
 API (the subset of OpenAI's that benchmarking needs):
 
 * ``GET /v1/models``; ``GET /health``; ``GET /stats`` (engine counters, not OpenAI)
-* ``POST /v1/completions``: ``prompt`` as a list of token ids or as text (a
-  deterministic byte-level tokenizer: one token per UTF-8 byte, id = byte mod
-  vocab), ``max_tokens``, ``stream``, ``ignore_eos``, ``min_tokens``. Sampling
-  is greedy whatever ``temperature`` says. Streams are SSE ``data: {...}``
-  chunks, one token each, over chunked HTTP/1.1, the last token's chunk
-  carrying ``finish_reason`` and ``usage``, then ``data: [DONE]``. Generated
+* ``GET /metrics``: Prometheus text with vLLM's metric names (harness.serve_metrics)
+* ``POST /v1/completions``: ``prompt`` as a list of token ids or as text (the byte-level
+  tokenizer of harness.serve_tokenizer: one token per UTF-8 byte, id = byte),
+  ``max_tokens``, ``stream``, ``stream_options.include_usage``, ``ignore_eos``,
+  ``min_tokens``. Sampling is greedy whatever ``temperature`` says. Streams are SSE
+  ``data: {...}`` chunks, one token each, over chunked HTTP/1.1, the last token's chunk
+  carrying ``finish_reason``, then ``data: [DONE]``. ``usage``: with
+  ``stream_options.include_usage: true`` in a last chunk of its own with no choices
+  (OpenAI's rule); not asked, on the last token's chunk; ``false``, not sent. Generated
   text is one printable ASCII character per token (so it re-tokenizes 1:1).
   ``return_token_ids: true`` (vLLM's extension) adds each token's id to its chunk's
   choice as ``token_ids`` (the whole list on a non-streamed answer).
-* ``POST /tokenize``: ``{"content": text}`` (llama.cpp's key) or ``{"prompt": text}``
-  (vLLM's) -> ``{"tokens": [...], "count": n}``, the ids a completion of that prompt
-  would see; the ``openai-http`` client counts text prompts with it.
+* ``POST /v1/chat/completions``: ``messages`` rendered to a prompt by the server's chat
+  template (contents joined by newlines, roles unmarked: harness.serve_tokenizer), then as
+  above; ``max_completion_tokens`` or ``max_tokens``; streamed deltas in
+  ``choices[0].delta.content``, the role in a first delta sent with the first token.
+  ``--api chat`` or ``--api completions`` serves only one of the two routes.
+* ``POST /tokenize``: ``{"prompt": text}`` (vLLM's key), ``{"content": text}``
+  (llama.cpp's) or ``{"messages": [...]}`` (vLLM's chat form: the template applied)
+  -> ``{"tokens": [...], "count": n, "max_model_len": m}``, the ids a completion of that
+  prompt would see; the ``openai-http`` client counts text prompts with it.
+  ``POST /detokenize``: ``{"tokens": [...]}`` -> ``{"prompt": text}``, its inverse (ids
+  of 256 and above have no text: 400).
+* ``--export-tokenizer DIR``: the same tokenizer and chat template as a Hugging Face
+  folder, for tools that need one (aiperf, guidellm, inference-perf).
 * ``--api-key-env NAME``: require ``Authorization: Bearer $NAME`` on every route, GET included.
 
 Limits (every malformed request gets a 4xx JSON error and the server stays up):
@@ -67,18 +80,12 @@ import numpy as np
 
 from backends.base import ModelBackend
 from harness.scenarios.engine import BatchingEngine, Job
+from harness.serve_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricsUnavailable, RequestTrace, ServeMetrics
+from harness.serve_tokenizer import decode_ids, encode_text, render_chat, token_text
 
-# --- tokenizer ------------------------------------------------------------------------------------
+APIS = ("both", "completions", "chat")  # --api: which OpenAI routes this server answers
 
-def encode_text(text: str, vocab: int) -> list[int]:
-    """Byte-level: one token per UTF-8 byte, id = byte mod vocab."""
-    return [b % vocab for b in text.encode("utf-8")]
-
-
-def token_text(token: int) -> str:
-    """One printable ASCII character per token id (re-encodes to exactly one token)."""
-    return chr(32 + int(token) % 95)
-
+# --- tokenizer: harness.serve_tokenizer (byte level; kept importable from here) -----------------------
 
 # --- faults ---------------------------------------------------------------------------------------------
 
@@ -223,6 +230,9 @@ class _Server(ThreadingHTTPServer):
     fault: Optional[FaultSpec]
     verbose: bool
     max_wait_s: float
+    api: str  # APIS: which generation routes are served
+    metrics: Optional[ServeMetrics]  # None: prometheus_client missing, metrics_missing says so
+    metrics_missing: Optional[str]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -252,6 +262,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def parse_request(self) -> bool:
         if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":  # "GET /path" alone: the stdlib would answer a bare body
+            self.send_error(400, "request line without an HTTP version (HTTP/0.9 is not served)")
             return False
         size = sum(len(k) + len(v) + 4 for k, v in self.headers.items())
         if size > self.server.max_header_bytes:
@@ -288,7 +301,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # HEAD: the headers GET would send, never a body
+            self.wfile.write(body)
 
     def _error(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
         self._json(status, {"error": {"message": message, "type": kind, "code": status}})
@@ -310,8 +324,24 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, {"status": "ok"})
         elif path == "/stats":
             self._json(200, self.server.engine.stats_json())
+        elif path == "/metrics":
+            if self.server.metrics is None:
+                self._error(501, self.server.metrics_missing or "no metrics", "server_error")
+                return
+            body = self.server.metrics.render()
+            self.send_response(200)
+            self.send_header("Content-Type", METRICS_CONTENT_TYPE)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
         else:
-            self._error(404, f"no route {path}")
+            self._error(404, f"no route {path[:200]}")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        # scrapers probe /metrics with HEAD before GET (aiperf does): a 405 here made it
+        # give up on the server's metrics
+        self.do_GET()
 
     def _authorized(self) -> bool:
         key = self.server.api_key
@@ -347,6 +377,14 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return raw
 
+    def _routes(self) -> dict:
+        r = {"/tokenize": self._tokenize, "/detokenize": self._detokenize}
+        if self.server.api in ("both", "completions"):
+            r["/v1/completions"] = lambda body: self._generate(body, chat=False)
+        if self.server.api in ("both", "chat"):
+            r["/v1/chat/completions"] = lambda body: self._generate(body, chat=True)
+        return r
+
     def do_POST(self) -> None:  # noqa: N802
         path = self.path.split("?")[0]
         if not self._authorized():  # before the body is read: no work for a client without the key
@@ -356,8 +394,9 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self._read_body()
         if raw is None:
             return
-        if path not in ("/v1/completions", "/tokenize"):
-            self._error(404, f"no route {path[:200]} (this server has /v1/completions and /tokenize)")
+        routes = self._routes()
+        if path not in routes:
+            self._error(404, f"no route {path[:200]} (this server has {', '.join(sorted(routes))})")
             return
         try:
             if not json_depth_ok(raw):
@@ -368,21 +407,28 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, RecursionError) as e:
             self._error(400, f"request body is not valid JSON: {e}")
             return
-        if path == "/tokenize":
-            self._tokenize(body)
-            return
+        routes[path](body)
+
+    def _generate(self, body: dict, chat: bool) -> None:
+        """POST /v1/completions (chat false) or /v1/chat/completions: checked, queued on the
+        engine, answered whole or streamed."""
         model = body.get("model")
         if model is not None and model != self.server.model_name:
             self._error(404, f"model {str(model)[:200]!r} not served here; this server has {self.server.model_name!r}",
                         "not_found_error")
             return
         try:
-            prompt = self._prompt_ids(body.get("prompt"))
-            # ranges beyond the context are the engine's to explain (prompt + max_tokens)
-            max_tokens = _json_int(body, "max_tokens", 16, 1, 1 << 31)
+            prompt = self._chat_ids(body.get("messages")) if chat else self._prompt_ids(body.get("prompt"))
+            # ranges beyond the context are the engine's to explain (prompt + max_tokens);
+            # chat's newer name for the output cap wins over the older one, as on OpenAI's API
+            cap = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
+            max_tokens = _json_int(body, cap, 16, 1, 1 << 31)
             min_tokens = _json_int(body, "min_tokens", 0, 0, 1 << 31)
+            if _json_int(body, "n", 1, 1, 1 << 31) != 1:
+                raise ValueError("n must be 1: one choice per request is served here")
             ignore_eos = bool(body.get("ignore_eos", False))
             stream = bool(body.get("stream", False))
+            include_usage = _include_usage(body.get("stream_options"))
         except ValueError as e:
             self._error(400, str(e))
             return
@@ -390,6 +436,7 @@ class _Handler(BaseHTTPRequestHandler):
         if err:
             self._error(500, "injected fault: internal server error", "server_error")
             return
+        t_arrival = time.perf_counter()
         try:
             job = self.server.engine.submit(prompt, max_tokens, ignore_eos=ignore_eos, min_tokens=int(min_tokens))
         except ValueError as e:
@@ -398,20 +445,47 @@ class _Handler(BaseHTTPRequestHandler):
         except RuntimeError as e:
             self._error(503, str(e), "server_error")
             return
-        rid = f"cmpl-{job.id}"
-        ids = body.get("return_token_ids") is True
-        if stream:
-            self._stream(job, rid, len(prompt), drop_after, ids)
-        else:
-            self._complete(job, rid, len(prompt), ids)
+        trace = self.server.metrics.begin(len(prompt), t_arrival) if self.server.metrics else None
+        fmt = _Format(chat, f"{'chatcmpl' if chat else 'cmpl'}-{job.id}", self.server.model_name, int(time.time()),
+                      body.get("return_token_ids") is True)
+        try:
+            if stream:
+                self._stream(job, fmt, len(prompt), drop_after, include_usage, trace)
+            else:
+                self._complete(job, fmt, len(prompt), trace)
+        finally:
+            if trace is not None:
+                trace.finish(None)  # a request that failed or was dropped leaves the gauges (no-op once finished)
+
+    def _chat_ids(self, messages: Any) -> list[int]:
+        return encode_text(render_chat(messages), self.server.engine.vocab_size)
 
     def _tokenize(self, body: dict) -> None:
-        text = body.get("content", body.get("prompt"))
-        if not isinstance(text, str):
-            self._error(400, "expected `content` (or `prompt`): the text to tokenize")
+        """vLLM's shape: {"prompt": text} or {"messages": [...]} (the chat template applied),
+        also llama.cpp's {"content": text} -> {"tokens", "count", "max_model_len"}."""
+        try:
+            if "messages" in body:
+                ids = self._chat_ids(body["messages"])
+            else:
+                text = body.get("content", body.get("prompt"))
+                if not isinstance(text, str):
+                    raise ValueError("expected `prompt` (or `content`): the text to tokenize, or `messages`")
+                ids = encode_text(text, self.server.engine.vocab_size)
+        except ValueError as e:
+            self._error(400, str(e))
             return
-        ids = encode_text(text, self.server.engine.vocab_size)
         self._json(200, {"tokens": ids, "count": len(ids), "max_model_len": self.server.engine.max_seq})
+
+    def _detokenize(self, body: dict) -> None:
+        """vLLM's shape: {"tokens": [...]} -> {"prompt": text}, the inverse of /tokenize."""
+        tokens = body.get("tokens")
+        if not isinstance(tokens, list):
+            self._error(400, "expected `tokens`: a list of token ids")
+            return
+        try:
+            self._json(200, {"prompt": decode_ids(tokens)})
+        except ValueError as e:
+            self._error(400, str(e))
 
     def _prompt_ids(self, prompt: Any) -> list[int]:
         vocab = self.server.engine.vocab_size
@@ -437,10 +511,7 @@ class _Handler(BaseHTTPRequestHandler):
             ev = (ev[0], self.server.fault.token(ev[1], self.server.engine.vocab_size), *ev[2:])
         return ev
 
-    def _usage(self, n_prompt: int, n_out: int) -> dict:
-        return {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
-
-    def _complete(self, job: Job, rid: str, n_prompt: int, with_ids: bool) -> None:
+    def _complete(self, job: Job, fmt: "_Format", n_prompt: int, trace: Optional[RequestTrace]) -> None:
         toks, reason = [], None
         while True:
             ev = self._next(job)
@@ -448,23 +519,30 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(500, ev[1], "server_error")
                 return
             toks.append(ev[1])
+            if trace is not None:
+                trace.token(ev[2])
             if ev[3]:
                 reason = ev[3]
                 break
-        choice = {"index": 0, "text": "".join(token_text(t) for t in toks), "logprobs": None, "finish_reason": reason}
-        if with_ids:
-            choice["token_ids"] = [int(t) for t in toks]
-        self._json(200, {"id": rid, "object": "text_completion", "created": int(time.time()),
-                         "model": self.server.model_name, "choices": [choice],
-                         "usage": self._usage(n_prompt, len(toks))})
+        if trace is not None:
+            trace.finish(reason)
+        self._json(200, fmt.whole(toks, reason, _usage(n_prompt, len(toks))))
 
-    def _stream(self, job: Job, rid: str, n_prompt: int, drop_after: Optional[int], with_ids: bool) -> None:
+    def _stream(self, job: Job, fmt: "_Format", n_prompt: int, drop_after: Optional[int],
+                include_usage: Optional[bool], trace: Optional[RequestTrace]) -> None:
+        """SSE, one token a chunk. Usage: with stream_options.include_usage true, a last chunk
+        of its own with no choices (OpenAI's rule); not asked, on the last token's chunk (this
+        server's habit, so a client that never asks still gets counts); false, none."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        created, sent = int(time.time()), 0
+        sent = 0
+
+        def event(obj: dict) -> None:
+            self._chunk(b"data: " + json.dumps(obj).encode() + b"\n\n")
+
         try:
             while True:
                 if drop_after is not None and sent >= drop_after:
@@ -477,20 +555,24 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 ev = self._next(job)
                 if ev[0] == "error":  # headers are out: report in-band, then end the stream
-                    self._chunk(b"data: " + json.dumps({"error": {"message": ev[1], "type": "server_error"}}).encode()
-                                + b"\n\n")
+                    event({"error": {"message": ev[1], "type": "server_error"}})
                     break
-                _, tok, _, reason = ev
-                choice = {"index": 0, "text": token_text(tok), "logprobs": None, "finish_reason": reason}
-                if with_ids:
-                    choice["token_ids"] = [int(tok)]
-                chunk = {"id": rid, "object": "text_completion", "created": created, "model": self.server.model_name,
-                         "choices": [choice]}
+                _, tok, t, reason = ev
+                if trace is not None:
+                    trace.token(t)
+                if sent == 0 and fmt.chat:  # the role first, with the first token (as vLLM sends it)
+                    event(fmt.role_chunk())
+                chunk = fmt.chunk(tok, reason)
                 sent += 1
                 if reason:
-                    chunk["usage"] = self._usage(n_prompt, sent)
-                self._chunk(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                    if trace is not None:
+                        trace.finish(reason)
+                    if include_usage is None:
+                        chunk["usage"] = _usage(n_prompt, sent)
+                event(chunk)
                 if reason:
+                    if include_usage:
+                        event(fmt.usage_chunk(_usage(n_prompt, sent)))
                     break
             self._chunk(b"data: [DONE]\n\n")
             self.wfile.write(b"0\r\n\r\n")
@@ -498,6 +580,60 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.engine.cancel(job)
             self.close_connection = True
 
+
+def _usage(n_prompt: int, n_out: int) -> dict:
+    return {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}
+
+
+def _include_usage(options: Any) -> Optional[bool]:
+    """stream_options.include_usage: True, False, or None where not given."""
+    if options is None:
+        return None
+    if not isinstance(options, dict):
+        raise ValueError("stream_options must be an object")
+    v = options.get("include_usage")
+    if v is not None and not isinstance(v, bool):
+        raise ValueError(f"stream_options.include_usage must be true or false, got {str(v)[:40]!r}")
+    return v
+
+
+@dataclass
+class _Format:
+    """The JSON of one answer: OpenAI's completion or chat completion objects."""
+
+    chat: bool
+    rid: str
+    model: str
+    created: int
+    with_ids: bool  # vLLM's return_token_ids: each choice carries its tokens' ids
+
+    def _obj(self, kind: str, choices: list) -> dict:
+        return {"id": self.rid, "object": kind, "created": self.created, "model": self.model, "choices": choices}
+
+    def role_chunk(self) -> dict:
+        return self._obj("chat.completion.chunk", [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                                    "logprobs": None, "finish_reason": None}])
+
+    def chunk(self, tok: int, reason: Optional[str]) -> dict:
+        text = token_text(tok)
+        choice: dict[str, Any] = ({"index": 0, "delta": {"content": text}} if self.chat
+                                  else {"index": 0, "text": text})
+        choice.update(logprobs=None, finish_reason=reason)
+        if self.with_ids:
+            choice["token_ids"] = [int(tok)]
+        return self._obj("chat.completion.chunk" if self.chat else "text_completion", [choice])
+
+    def usage_chunk(self, usage: dict) -> dict:
+        return dict(self._obj("chat.completion.chunk" if self.chat else "text_completion", []), usage=usage)
+
+    def whole(self, toks: list[int], reason: Optional[str], usage: dict) -> dict:
+        text = "".join(token_text(t) for t in toks)
+        choice: dict[str, Any] = ({"index": 0, "message": {"role": "assistant", "content": text}} if self.chat
+                                  else {"index": 0, "text": text})
+        choice.update(logprobs=None, finish_reason=reason)
+        if self.with_ids:
+            choice["token_ids"] = [int(t) for t in toks]
+        return dict(self._obj("chat.completion" if self.chat else "text_completion", [choice]), usage=usage)
 
 # --- starting and stopping ----------------------------------------------------------------------------
 
@@ -528,7 +664,7 @@ class ServerHandle:
 
 def build_engine(backend: str = "torch", model: str = "tiny", *, dtype: str = "fp32", options: dict | None = None,
                  max_batch: int = 8, max_seq: int = 512, seed: int = 0, batch_wait_s: float = 0.0,
-                 eos_token_id: int | None = None) -> BatchingEngine:
+                 eos_token_id: int | None = None, batching: str = "auto") -> BatchingEngine:
     """Load a registered backend with a zoo model and start a batching engine on it."""
     from harness.registry import load_backend_class
     from harness.schema import build
@@ -544,8 +680,12 @@ def build_engine(backend: str = "torch", model: str = "tiny", *, dtype: str = "f
         raise ValueError(f"--max-seq {max_seq} exceeds {model}'s {spec.args.max_seq_len} positions")
     be = cls(opts)
     be.load(spec, dtype, max_batch, max_seq)
-    return BatchingEngine(be, spec.args.vocab_size, max_batch=max_batch, max_seq=max_seq,
-                          batch_wait_s=batch_wait_s, eos_token_id=eos_token_id).start()
+    try:
+        return BatchingEngine(be, spec.args.vocab_size, max_batch=max_batch, max_seq=max_seq,
+                              batch_wait_s=batch_wait_s, eos_token_id=eos_token_id, batching=batching).start()
+    except ValueError:  # --batching continuous on a backend without it
+        be.close()
+        raise
 
 
 def start_server(backend: str = "torch", model: str = "tiny", *, host: str = "127.0.0.1", port: int = 0,
@@ -553,17 +693,20 @@ def start_server(backend: str = "torch", model: str = "tiny", *, host: str = "12
                  seed: int = 0, fault: str | FaultSpec | None = None, api_key_env: str | None = None,
                  engine: BatchingEngine | None = None, served_model_name: str | None = None,
                  batch_wait_s: float = 0.0, eos_token_id: int | None = None, verbose: bool = False,
-                 max_wait_s: float = 600.0, max_body_bytes: int = MAX_BODY_BYTES,
-                 max_header_bytes: int = MAX_HEADER_BYTES, max_connections: int = MAX_CONNECTIONS) -> ServerHandle:
+                 batching: str = "auto", max_wait_s: float = 600.0, max_body_bytes: int = MAX_BODY_BYTES,
+                 max_header_bytes: int = MAX_HEADER_BYTES, max_connections: int = MAX_CONNECTIONS,
+                 api: str = "both") -> ServerHandle:
     """Serve in this process on a background thread (port 0: a free port).
 
     Returns a handle with ``url`` (``http://host:port``) and ``stop()``; it also unpacks
     as ``url, stop``. Pass ``engine`` to put another HTTP front (say, with faults) on an
     engine that is already loaded; that engine is then not stopped with this server."""
+    if api not in APIS:
+        raise ValueError(f"--api must be one of {', '.join(APIS)}, got {api!r}")
     owns = engine is None
     if engine is None:
         engine = build_engine(backend, model, dtype=dtype, options=options, max_batch=max_batch, max_seq=max_seq,
-                              seed=seed, batch_wait_s=batch_wait_s, eos_token_id=eos_token_id)
+                              seed=seed, batch_wait_s=batch_wait_s, eos_token_id=eos_token_id, batching=batching)
     api_key = None
     if api_key_env:
         api_key = os.environ.get(api_key_env)
@@ -587,7 +730,11 @@ def start_server(backend: str = "torch", model: str = "tiny", *, host: str = "12
     srv.engine, srv.model_name = engine, served_model_name or model
     srv.api_key = api_key
     srv.fault = FaultSpec.parse(fault) if isinstance(fault, str) or fault is None else fault
-    srv.verbose, srv.max_wait_s = verbose, max_wait_s
+    srv.verbose, srv.max_wait_s, srv.api = verbose, max_wait_s, api
+    try:
+        srv.metrics, srv.metrics_missing = ServeMetrics(srv.model_name), None
+    except MetricsUnavailable as e:  # the server runs without; GET /metrics says what to install
+        srv.metrics, srv.metrics_missing = None, str(e)
     th = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, name="serve-http", daemon=True)
     th.start()
     h, p = srv.server_address[:2]
@@ -614,13 +761,17 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
                    help="backend option, repeatable (e.g. --option device=cuda --option threads=4)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: loopback only)")
-    s.add_argument("--port", type=int, default=0, help="port (default 0: a free one, printed at start)")
+    s.add_argument("--port", type=_port, default=0, help="port (default 0: a free one, printed at start)")
     s.add_argument("--max-batch", type=int, default=8, help="largest batch the scheduler forms (default 8)")
     s.add_argument("--max-seq", type=int, default=512, help="positions per sequence: prompt + max_tokens (default 512)")
     s.add_argument("--seed", type=int, default=0, help="weight seed")
     s.add_argument("--served-model-name", help="model id in the API (default: --model)")
     s.add_argument("--api-key-env", metavar="NAME", help="require `Authorization: Bearer $NAME`")
     s.add_argument("--batch-wait-ms", type=float, default=0.0, help="wait this long for more requests before a batch")
+    s.add_argument("--batching", choices=("auto", "continuous", "static"), default="auto",
+                   help="continuous: requests join the running batch at the next step (torch); static: only equal "
+                        "prompt lengths arriving together batch (the old policy); auto (default): continuous where "
+                        "the backend can")
     s.add_argument("--eos-token-id", type=int, help="stop at this token unless ignore_eos (default: never stop early)")
     s.add_argument("--fault", help="fault injection: error-rate=P,drop-rate=P,drop-after=N,wrong-tokens=P,seed=N")
     s.add_argument("--ready-file", help="write the server's URL to this file once it accepts requests")
@@ -630,26 +781,80 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
                    help=f"largest total of request headers; more gets 431 (default {MAX_HEADER_BYTES})")
     s.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
                    help=f"open connections at once; one more gets 503 and is closed (default {MAX_CONNECTIONS})")
+    s.add_argument("--api", choices=APIS, default="both",
+                   help="OpenAI routes to serve: both (default), completions or chat (to stand in for a server "
+                        "that has only one)")
+    s.add_argument("--export-tokenizer", metavar="DIR",
+                   help="write a Hugging Face tokenizer folder matching this server's token ids (for aiperf, "
+                        "guidellm, inference-perf offline), then serve")
     s.add_argument("--verbose", action="store_true", help="log every request")
     s.set_defaults(func=cmd_serve)
     return s
+
+
+def _export(args) -> None:
+    """--export-tokenizer DIR, before the model loads (a bad folder fails at once)."""
+    from harness.serve_tokenizer import export_tokenizer
+    from workloads.zoo import get_model
+
+    m = get_model(args.model)
+    if args.max_seq > m.max_seq_len:
+        raise ValueError(f"--max-seq {args.max_seq} exceeds {args.model}'s {m.max_seq_len} positions")
+    export_tokenizer(args.export_tokenizer, vocab_size=m.vocab_size, max_model_len=args.max_seq,
+                     model=args.served_model_name or args.model)
+    print(f"tokenizer for {args.served_model_name or args.model} written to {args.export_tokenizer}", flush=True)
 
 
 def _sigterm(*_):
     raise KeyboardInterrupt
 
 
+def _port(text: str) -> int:
+    """argparse type: a TCP port (0: any free one)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text[:40]!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {port}")
+    return port
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why host:port cannot be bound, found before a model is loaded (a bad --host
+    would otherwise surface as a bare resolver error after the load)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, ValueError) as e:
+        return f"--host {host[:80]!r}: cannot resolve it ({e})"
+    family, kind, proto, _, addr = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(addr)
+    except OSError as e:
+        return f"--host {host[:80]!r} --port {port}: cannot bind ({e.strerror or e})"
+    return None
+
+
 def cmd_serve(args) -> int:
+    if (why := _bind_problem(args.host, args.port)) is not None:
+        print(f"error: {why}", file=sys.stderr)
+        return 2
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {args.host}: this reference server has no TLS and no rate limiting", file=sys.stderr)
     try:
+        if args.export_tokenizer:
+            _export(args)
         handle = start_server(args.backend, args.model, host=args.host, port=args.port, max_batch=args.max_batch,
                               max_seq=args.max_seq, dtype=args.dtype, options=dict(args.option), seed=args.seed,
                               fault=args.fault, api_key_env=args.api_key_env,
                               served_model_name=args.served_model_name, batch_wait_s=args.batch_wait_ms / 1000,
-                              eos_token_id=args.eos_token_id, verbose=args.verbose,
+                              eos_token_id=args.eos_token_id, verbose=args.verbose, batching=args.batching,
                               max_body_bytes=args.max_body_bytes, max_header_bytes=args.max_header_bytes,
-                              max_connections=args.max_connections)
+                              max_connections=args.max_connections, api=args.api)
     except Exception as e:  # noqa: BLE001 - bad backend, model, option or port: one clear line
         from harness.registry import RegistryError
         from harness.schema import ConfigError
@@ -676,6 +881,7 @@ def cmd_serve(args) -> int:
         pass
     finally:
         handle.stop()
+        print(handle.engine.batch_stats().format(), file=sys.stderr, flush=True)  # how full the steps were
     return 0
 
 

@@ -36,6 +36,7 @@ if not, about how many repetitions would make it so (half-width shrinks as 1/sqr
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+import functools
 import math
 from typing import Callable, Sequence
 import warnings
@@ -98,6 +99,27 @@ def _clean(samples: Sequence[float] | None) -> np.ndarray:
     return x[np.isfinite(x)]
 
 
+def _stats_of(xs: list[np.ndarray], fn: Callable) -> list[float]:
+    """fn(x) of each array, computed for all arrays of one length at once (the same floats as
+    one call per array: a row reduction is the same reduction)."""
+    out = [math.nan] * len(xs)
+    by_len: dict[int, list[int]] = {}
+    for i, x in enumerate(xs):
+        by_len.setdefault(len(x), []).append(i)
+    for n, pos in by_len.items():
+        if n == 0:
+            continue
+        for i, v in zip(pos, fn(np.stack([xs[i] for i in pos]), axis=1).tolist()):
+            out[i] = v
+    return out
+
+
+def median(samples: Sequence[float] | None) -> float | None:
+    """The median of the finite samples (what Summary.median holds), without an interval."""
+    x = _clean(samples)
+    return float(np.median(x)) if len(x) else None
+
+
 def _stat_fn(statistic: str) -> Callable:
     if statistic == "median":
         return np.median
@@ -129,51 +151,310 @@ def _bootstrap(data: tuple, fn: Callable, *, paired: bool, confidence: float, n_
 def summarize(samples: Sequence[float] | None, *, statistic: str = "median", confidence: float = CONFIDENCE,
               n_resamples: int = N_RESAMPLES, method: str = METHOD, seed: int = SEED) -> Summary:
     """Median (mean, sd) of the samples and a bootstrap CI of ``statistic``."""
-    x = _clean(samples)
-    n = len(x)
-    if n == 0:
-        return Summary(None, None, None, 0, None, None, confidence, method)
-    med, mean = float(np.median(x)), float(np.mean(x))
-    sd = float(np.std(x, ddof=1)) if n > 1 else 0.0
-    if n < 2:
-        return Summary(med, mean, sd, n, None, None, confidence, method)
-    if np.ptp(x) == 0:  # every repetition identical: the interval is that value
-        return Summary(med, mean, sd, n, float(x[0]), float(x[0]), confidence, method)
-    fn = _stat_fn(statistic)
-    lo, hi, used = _bootstrap((x,), lambda a, axis=-1: fn(a, axis=axis), paired=False, confidence=confidence,
-                              n_resamples=n_resamples, method=method, seed=seed)
-    return Summary(med, mean, sd, n, lo, hi, confidence, used)
+    return summarize_many([samples], statistic=statistic, confidence=confidence, n_resamples=n_resamples,
+                          method=method, seed=seed)[0]
+
+
+def summarize_many(samples_list: Sequence[Sequence[float] | None], *, statistic: str = "median",
+                   confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES, method: str = METHOD,
+                   seed: int = SEED) -> list[Summary]:
+    """summarize() of many sample lists at once, with the same results bit for bit.
+
+    The percentile interval of the median is computed for all lists of one length in a
+    few array operations (harness.stats' engine below: scipy's own resample indices, its
+    quantile rule); other statistics and methods go through scipy one list at a time.
+    """
+    xs = [_clean(s) for s in samples_list]
+    out: list[Summary | None] = [None] * len(xs)
+    boot: dict[int, list[int]] = {}  # sample length -> positions that need an interval
+    for i, x in enumerate(xs):
+        n = len(x)
+        if n == 0:
+            out[i] = Summary(None, None, None, 0, None, None, confidence, method)
+        elif n < 2:
+            out[i] = Summary(float(x[0]), float(x[0]), 0.0, n, None, None, confidence, method)
+        else:
+            boot.setdefault(n, []).append(i)
+    for n, pos in boot.items():
+        X = np.stack([xs[i] for i in pos])  # one row per list
+        med, mean, sd = np.median(X, axis=1), np.mean(X, axis=1), np.std(X, ddof=1, axis=1)
+        flat = (X.max(axis=1) - X.min(axis=1)) == 0
+        todo = [k for k in range(len(pos)) if not flat[k]]
+        if statistic == "median" and method == "percentile" and todo:
+            lows, highs = _median_intervals(X[todo], n_resamples, confidence, seed)
+        else:
+            lows, highs = [None] * len(todo), [None] * len(todo)
+        ci = dict(zip(todo, zip(lows, highs)))
+        for k, i in enumerate(pos):
+            m_, a_, s_ = float(med[k]), float(mean[k]), float(sd[k])
+            if flat[k]:  # every repetition identical: the interval is that value
+                out[i] = Summary(m_, a_, s_, n, float(X[k, 0]), float(X[k, 0]), confidence, method)
+                continue
+            used = method
+            if statistic == "median" and method == "percentile":
+                lo, hi = ci[k]
+            else:
+                fn = _stat_fn(statistic)
+                lo, hi, used = _bootstrap((X[k],), lambda a, axis=-1: fn(a, axis=axis), paired=False,
+                                          confidence=confidence, n_resamples=n_resamples, method=method, seed=seed)
+            out[i] = Summary(m_, a_, s_, n, lo, hi, confidence, used)
+    return out  # type: ignore[return-value]
 
 
 def ratio(a: Sequence[float], b: Sequence[float], *, statistic: str = "median", confidence: float = CONFIDENCE,
           n_resamples: int = N_RESAMPLES, method: str = METHOD, seed: int = SEED) -> Ratio:
     """statistic(a) / statistic(b), with A and B resampled independently (unpaired repetitions)."""
-    xa, xb = _clean(a), _clean(b)
+    return ratio_many([(a, b)], statistic=statistic, confidence=confidence, n_resamples=n_resamples,
+                      method=method, seed=seed)[0]
+
+
+def ratio_many(pairs: Sequence[tuple[Sequence[float], Sequence[float]]], *, statistic: str = "median",
+               confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES, method: str = METHOD,
+               seed: int = SEED) -> list[Ratio]:
+    """ratio(a, b) of many pairs at once, with the same results bit for bit (see summarize_many)."""
     fn = _stat_fn(statistic)
-    if len(xa) == 0 or len(xb) == 0 or fn(xb) == 0:
-        return Ratio(None, None, None, len(xa), len(xb), confidence, "independent", statistic)
-    point = float(fn(xa) / fn(xb))
-    if len(xa) < 2 and len(xb) < 2:
-        return Ratio(point, None, None, len(xa), len(xb), confidence, "independent", statistic)
-    if np.ptp(xa) == 0 and np.ptp(xb) == 0:
-        return Ratio(point, point, point, len(xa), len(xb), confidence, "independent", statistic)
-    # A side with one sample (a single energy window, say) is a constant: resample the other only.
+    fast = statistic == "median" and method == "percentile"
+    out: list[Ratio | None] = [None] * len(pairs)
+    two: dict[tuple[int, int], list[int]] = {}  # (len a, len b) -> positions
+    one: dict[int, list[tuple[int, float, bool]]] = {}  # length of the resampled side -> (position, constant, a fixed)
+    cleaned = [(_clean(a), _clean(b)) for a, b in pairs]
+    stat_a = _stats_of([xa for xa, _ in cleaned], fn)
+    stat_b = _stats_of([xb for _, xb in cleaned], fn)
+    spread_a = _stats_of([xa for xa, _ in cleaned], np.ptp)
+    spread_b = _stats_of([xb for _, xb in cleaned], np.ptp)
+    points: list[float] = [0.0] * len(pairs)
+    for i, (xa, xb) in enumerate(cleaned):
+        na, nb = len(xa), len(xb)
+        if na == 0 or nb == 0 or stat_b[i] == 0:
+            out[i] = Ratio(None, None, None, na, nb, confidence, "independent", statistic)
+            continue
+        point = points[i] = float(np.float64(stat_a[i]) / np.float64(stat_b[i]))
+        if na < 2 and nb < 2:
+            out[i] = Ratio(point, None, None, na, nb, confidence, "independent", statistic)
+        elif spread_a[i] == 0 and spread_b[i] == 0:
+            out[i] = Ratio(point, point, point, na, nb, confidence, "independent", statistic)
+        elif not fast:
+            lo, hi = _ratio_scipy(xa, xb, fn, confidence, n_resamples, method, seed)
+            out[i] = Ratio(point, lo, hi, na, nb, confidence, "independent", statistic)
+        elif na < 2 or nb < 2:
+            # A side with one sample (a single energy window, say) is a constant: resample the other only.
+            a_fixed = na < 2
+            var = xb if a_fixed else xa
+            one.setdefault(len(var), []).append((i, float((xa if a_fixed else xb)[0]), a_fixed))
+        else:
+            two.setdefault((na, nb), []).append(i)
+    for n, items in one.items():
+        X = np.stack([cleaned[i][1] if a_fixed else cleaned[i][0] for i, _, a_fixed in items])
+        meds = _boot_medians(X, (n, n_resamples, seed, ()))
+        c = np.array([[c] for _, c, _ in items])
+        fixed = np.array([[a_fixed] for _, _, a_fixed in items])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            theta = np.where(fixed, c / meds, meds / c)
+        for (i, _, _), (lo, hi) in zip(items, zip(*_percentile_interval(theta, confidence))):
+            xa, xb = cleaned[i]
+            out[i] = Ratio(points[i], lo, hi, len(xa), len(xb), confidence, "independent", statistic)
+    for (na, nb), pos in two.items():
+        for start in range(0, len(pos), _CHUNK_ROWS):
+            chunk = pos[start:start + _CHUNK_ROWS]
+            A = np.stack([cleaned[i][0] for i in chunk])
+            B = np.stack([cleaned[i][1] for i in chunk])
+            # one generator per pair: A's indices are drawn first, then B's (scipy's order)
+            ma = _boot_medians(A, (na, n_resamples, seed, ()))
+            mb = _boot_medians(B, (nb, n_resamples, seed, (na,)))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                theta = ma / mb
+            for i, lo, hi in zip(chunk, *_percentile_interval(theta, confidence)):
+                out[i] = Ratio(points[i], lo, hi, na, nb, confidence, "independent", statistic)
+    return out  # type: ignore[return-value]
+
+
+def _ratio_scipy(xa: np.ndarray, xb: np.ndarray, fn: Callable, confidence: float, n_resamples: int, method: str,
+                 seed: int) -> tuple[float | None, float | None]:
+    """One ratio's interval through scipy (statistics and methods the engine does not cover)."""
     if len(xa) < 2 or len(xb) < 2:
         const, var, a_fixed = (xa, xb, True) if len(xa) < 2 else (xb, xa, False)
         c = float(const[0])
         f = (lambda v, axis=-1: c / fn(v, axis=axis)) if a_fixed else (lambda v, axis=-1: fn(v, axis=axis) / c)
         with np.errstate(divide="ignore", invalid="ignore"):
-            lo, hi, used = _bootstrap((var,), f, paired=False, confidence=confidence, n_resamples=n_resamples,
-                                      method=method, seed=seed)
-        return Ratio(point, lo, hi, len(xa), len(xb), confidence, "independent", statistic)
+            lo, hi, _ = _bootstrap((var,), f, paired=False, confidence=confidence, n_resamples=n_resamples,
+                                   method=method, seed=seed)
+        return lo, hi
 
     def f2(u, v, axis=-1):
         with np.errstate(divide="ignore", invalid="ignore"):
             return fn(u, axis=axis) / fn(v, axis=axis)
 
-    lo, hi, used = _bootstrap((xa, xb), f2, paired=False, confidence=confidence, n_resamples=n_resamples,
-                              method=method, seed=seed)
-    return Ratio(point, lo, hi, len(xa), len(xb), confidence, "independent", statistic)
+    lo, hi, _ = _bootstrap((xa, xb), f2, paired=False, confidence=confidence, n_resamples=n_resamples,
+                           method=method, seed=seed)
+    return lo, hi
+
+
+# --- The bootstrap engine: scipy.stats.bootstrap's percentile interval of the median, for many
+# samples at once, identical to it bit for bit.
+#
+# scipy draws a fresh default_rng(seed) per call, so every sample of one length n is resampled
+# with the same index matrix rng.integers(0, n, (n_resamples, n)) (a two-sample call draws B's
+# after A's from the same generator). The engine draws each matrix once. The median of resample
+# j is then an order statistic of the sample (odd n), or the mean of two (even n), and which one
+# depends only on how the sample's values are ordered, not on the values: for every subset S of
+# positions, count the resamples with more than k draws in S (a table of 2**n x n_resamples
+# booleans, once per matrix); the k-th order statistic of resample j sits at the rank m where the
+# m+1 smallest positions first hold more than k draws. Each sample costs a sort of its n values
+# and table lookups, where np.median over the resamples costs a partition of n_resamples x n.
+# The interval is scipy.stats.quantile's "linear" rule at the two tails, applied to the same
+# order statistics of the bootstrap distribution, so the figures are the same floats.
+
+_SUBSET_MAX_N = 12  # above this the subset table grows (2**n rows): resample and take medians directly
+_CHUNK_ROWS = 2000  # samples per array operation (a chunk holds rows x n_resamples floats)
+
+
+@functools.lru_cache(maxsize=256)
+def _indices(n: int, n_resamples: int, seed: int, after: tuple[int, ...] = ()) -> np.ndarray:
+    """The resample indices scipy.stats.bootstrap uses for a sample of length n (after the
+    draws for the earlier samples of lengths `after` in the same call)."""
+    rng = np.random.default_rng(seed)
+    for m in after:
+        rng.integers(0, m, (n_resamples, m))
+    idx = rng.integers(0, n, (n_resamples, n))
+    idx.flags.writeable = False
+    return idx
+
+
+@functools.lru_cache(maxsize=256)
+def _above_table(idx_key: tuple, k: int) -> np.ndarray:
+    """[subset mask, resample] -> more than k of the resample's draws fall in the subset."""
+    idx = _indices(*idx_key)
+    n_res, n = idx.shape
+    counts = np.zeros((n_res, n), dtype=np.int32)
+    np.add.at(counts, (np.arange(n_res)[:, None], idx), 1)
+    bits = ((np.arange(1 << n)[:, None] >> np.arange(n)) & 1).astype(np.int32)  # (2**n, n)
+    return (bits @ counts.T) > k  # (2**n, n_resamples)
+
+
+def _order_ranks(X: np.ndarray, idx_key: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each row of X (sorted values s) and each resample: the rank(s) in s of the
+    resample's median order statistic(s). Returns (sorted X, codes per distinct ordering
+    (orderings x n_resamples), each row's ordering), codes = m for odd n, m1 * n + m2 for even n."""
+    n = X.shape[1]
+    order = np.argsort(X, axis=1, kind="stable")
+    s = np.take_along_axis(X, order, axis=1)
+    perms, inverse = np.unique(order, axis=0, return_inverse=True)
+    prefix = np.cumsum(np.left_shift(1, perms), axis=1)  # subset of the m+1 smallest positions
+    ks = (n // 2,) if n % 2 else (n // 2 - 1, n // 2)
+    codes = None
+    for k in ks:
+        table = _above_table(idx_key, k)
+        m = np.empty((len(perms), table.shape[1]), dtype=np.int16)
+        for a in range(0, len(perms), 256):
+            m[a:a + 256] = n - table[prefix[a:a + 256]].sum(axis=1, dtype=np.int16)
+        codes = m if codes is None else codes * n + m
+    return s, codes, inverse.reshape(-1)
+
+
+def _boot_medians(X: np.ndarray, key: tuple) -> np.ndarray:
+    """The median of every resample of every row of X: (rows, n_resamples), equal to
+    np.median(X[:, idx], axis=-1) with idx = _indices(*key)."""
+    n = X.shape[1]
+    if n > _SUBSET_MAX_N:
+        idx = _indices(*key)
+        out = np.empty((X.shape[0], idx.shape[0]))
+        step = max(1, _CHUNK_ROWS // n)
+        for a in range(0, X.shape[0], step):
+            out[a:a + step] = np.median(X[a:a + step][:, idx], axis=-1)
+        return out
+    s, perm_codes, inverse = _order_ranks(X, key)
+    codes = perm_codes[inverse].astype(np.intp)
+    if n % 2:
+        return np.take_along_axis(s, codes, axis=1)
+    m1, m2 = np.divmod(codes, n)
+    return (np.take_along_axis(s, m1, axis=1) + np.take_along_axis(s, m2, axis=1)) / 2
+
+
+def _median_intervals(X: np.ndarray, n_resamples: int, confidence: float, seed: int) -> tuple[list, list]:
+    """Percentile intervals of the median of each row of X (rows of one length n), equal to
+    scipy.stats.bootstrap's. The bootstrap distribution of a row takes at most n (odd) or n*n
+    (even) distinct values, with counts that depend only on the row's ordering: its order
+    statistics come from those counts, without materialising n_resamples values per row."""
+    n = X.shape[1]
+    if n <= _SUBSET_MAX_N and len(X) > 10 * _CHUNK_ROWS:  # bounded memory: rows x n * n values at a time
+        lows, highs = [], []
+        for a in range(0, len(X), 10 * _CHUNK_ROWS):
+            lo, hi = _median_intervals(X[a:a + 10 * _CHUNK_ROWS], n_resamples, confidence, seed)
+            lows += lo
+            highs += hi
+        return lows, highs
+    if n > _SUBSET_MAX_N:
+        lows, highs = [], []
+        for a in range(0, len(X), _CHUNK_ROWS):
+            lo, hi = _percentile_interval(_boot_medians(X[a:a + _CHUNK_ROWS], (n, n_resamples, seed, ())),
+                                          confidence)
+            lows += lo
+            highs += hi
+        return lows, highs
+    s, perm_codes, inverse = _order_ranks(X, (n, n_resamples, seed, ()))
+    if n % 2:
+        values = s  # code m -> s[m]
+    else:
+        values = ((s[:, :, None] + s[:, None, :]) / 2).reshape(len(s), n * n)  # code m1*n+m2
+    n_codes = values.shape[1]
+    # how many resamples take each code, per distinct ordering (never rows x n_resamples)
+    perm_rows = np.arange(len(perm_codes))
+    per_perm = np.bincount((perm_codes + (perm_rows * n_codes)[:, None]).ravel(),
+                           minlength=len(perm_codes) * n_codes).reshape(len(perm_codes), n_codes)
+    counts = per_perm[inverse]
+    rows = np.arange(len(X))
+    order = np.argsort(values, axis=1, kind="stable")
+    sorted_vals = np.take_along_axis(values, order, axis=1)
+    cum = np.cumsum(np.take_along_axis(counts, order, axis=1), axis=1)
+
+    def order_stat(t: int) -> np.ndarray:  # the t-th smallest (0-based) bootstrap median of each row
+        return sorted_vals[rows, (cum <= t).sum(axis=1)]
+
+    return _interpolate(order_stat, n_resamples, confidence, len(X))
+
+
+def _quantile_rule(n_resamples: int, confidence: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """scipy.stats.quantile's "linear" positions for the two tails, computed as scipy does:
+    (j, j + 1, g), the value being (1 - g) * y[j] + g * y[j + 1]."""
+    alpha = np.asarray((1 - confidence) / 2, dtype=np.float64)
+    p = np.stack([alpha, 1 - alpha])
+    n = np.asarray(float(n_resamples))
+    jg = p * n + (1 - p)
+    jp1 = jg // 1
+    j = jp1 - 1
+    g = jg % 1
+    g[j < 0] = 0
+    j = np.clip(j, 0., n - 1)
+    jp1 = np.clip(jp1, 0., n - 1)
+    return j.astype(np.intp), jp1.astype(np.intp), g
+
+
+def _interpolate(order_stat: Callable[[int], np.ndarray], n_resamples: int, confidence: float,
+                 rows: int) -> tuple[list, list]:
+    j, jp1, g = _quantile_rule(n_resamples, confidence)
+    ends = []
+    for t in range(2):
+        with np.errstate(invalid="ignore"):
+            ends.append((1 - g[t]) * order_stat(int(j[t])) + g[t] * order_stat(int(jp1[t])))
+    lows, highs = [], []
+    for lo, hi in zip(ends[0].tolist(), ends[1].tolist()):
+        ok = math.isfinite(lo) and math.isfinite(hi)
+        lows.append(lo if ok else None)
+        highs.append(hi if ok else None)
+    return lows, highs
+
+
+def _percentile_interval(theta: np.ndarray, confidence: float) -> tuple[list, list]:
+    """The percentile interval of each row's bootstrap distribution (rows x n_resamples), as
+    scipy.stats.quantile computes it (a row holding NaN has none)."""
+    j, jp1, g = _quantile_rule(theta.shape[1], confidence)
+    kth = sorted({int(v) for v in (*j, *jp1)})
+    part = np.partition(theta, kth, axis=1)
+    lows, highs = _interpolate(lambda t: part[:, t], theta.shape[1], confidence, len(theta))
+    nan = np.isnan(theta).any(axis=1)
+    for r in np.flatnonzero(nan):
+        lows[r] = highs[r] = None
+    return lows, highs
 
 
 def pooled_ratio(pairs: Sequence[tuple[Sequence[float], Sequence[float]]], *, statistic: str = "median",
@@ -195,22 +476,38 @@ def pooled_ratio(pairs: Sequence[tuple[Sequence[float], Sequence[float]]], *, st
     n = len(items)
     if n == 0:
         return Ratio(None, None, None, 0, 0, confidence, "pooled", "geomean")
-    point = float(np.exp(np.mean([np.log(fn(a) / fn(b)) for a, b in items])))
+    sa, sb = _stats_of([a for a, _ in items], fn), _stats_of([b for _, b in items], fn)
+    point = float(np.exp(np.mean([np.log(np.float64(x) / np.float64(y)) for x, y in zip(sa, sb)])))
     if any(len(a) < 2 and len(b) < 2 for a, b in items):
         return Ratio(point, None, None, n, n, confidence, "pooled", "geomean")
+    # each workload's sorted bootstrap replicates of its log ratio (row i, column = rank): the
+    # replicates its own ratio interval is made of (ratio_many's resamples, shared by every
+    # workload of the same repetition counts, as scipy's fixed seed shares them)
+    ranked = np.empty((n, n_resamples))
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (a, b) in enumerate(items):
+        groups.setdefault((len(a), len(b)), []).append(i)
+    for (na, nb), pos in groups.items():
+        for start in range(0, len(pos), _CHUNK_ROWS):
+            chunk = pos[start:start + _CHUNK_ROWS]
+            ra = _boot_stat(np.stack([items[i][0] for i in chunk]), (na, n_resamples, seed, ()), statistic)
+            rb = _boot_stat(np.stack([items[i][1] for i in chunk]),
+                            (nb, n_resamples, seed, (na,) if na >= 2 else ()), statistic)
+            ranked[chunk] = np.sort(np.log(ra / rb), axis=1)
     rng = np.random.default_rng(seed)
-
-    def replicates(x: np.ndarray) -> np.ndarray:  # statistic of n_resamples resamples of x
-        return fn(x[rng.integers(0, len(x), (n_resamples, len(x)))], axis=1)
-
-    # each workload's sorted bootstrap replicates of its log ratio: row i, column = rank
-    ranked = np.stack([np.sort(np.log(replicates(a) / replicates(b))) for a, b in items])
     drawn = rng.integers(0, n, (n_resamples, n))  # workloads drawn with replacement
     rank = rng.integers(0, n_resamples, (n_resamples, 1))  # one shared rank per replicate
     pooled = ranked[drawn, rank].mean(axis=1)
     tail = 100 * (1 - confidence) / 2
     lo, hi = np.percentile(pooled, [tail, 100 - tail])
     return Ratio(point, float(np.exp(lo)), float(np.exp(hi)), n, n, confidence, "pooled", "geomean")
+
+
+def _boot_stat(X: np.ndarray, key: tuple, statistic: str) -> np.ndarray:
+    """The statistic of every resample of every row of X (rows x n_resamples)."""
+    if statistic == "median":
+        return _boot_medians(X, key)
+    return np.mean(X[:, _indices(*key)], axis=-1)
 
 
 def stability(summary: Summary, *, target_rel_half_width: float = STABLE_REL_HALF_WIDTH,

@@ -36,8 +36,12 @@ from harness.cells import ResultCell
 from harness.claims import Claim, Selector, Workload
 from harness.figures import METRICS, MetricValue, improvement, is_estimate, metric_value, samples
 from harness.roofline import SIDES, side_suspect
+from harness.bounds import WEIGHT_BYTES, Bound, BoundWorkload, bound, bound_at, fmt_j, fmt_tps, terms_text
+from workloads.zoo import ZOO
 
 SUPPORTED, REFUTED, INCONCLUSIVE = "SUPPORTED", "REFUTED", "INCONCLUSIVE"
+# the claimed factor exceeds what physics allows (harness.bounds): refuted before any measurement
+IMPLAUSIBLE = "IMPLAUSIBLE"
 ROOFLINE_FLOOR_PCT = 50.0  # a baseline under this share of its roofline is "far under" it
 
 
@@ -50,6 +54,9 @@ class ClaimComparison:
     subject_value: MetricValue
     baseline_value: MetricValue
     ratio: stats.Ratio
+    # a baseline that is no cell of these runs (a figure measured outside the project): what
+    # it is, shown instead of the baseline cell (which then repeats the subject's)
+    baseline_text: Optional[str] = None
 
 
 @dataclass
@@ -65,14 +72,17 @@ class Verdict:
     # that failed, failed the accuracy gate, or is above the metric's roofline; None when judged
     blocked: Optional[str] = None
     best_baseline_blocked: Optional[str] = None
+    bound: Optional["BoundCheck"] = None  # what physics allows (harness.bounds), when a catalog device is known
 
     @property
     def failed_required(self) -> bool:
-        return self.claim.required and self.verdict == REFUTED
+        return self.claim.required and self.verdict in (REFUTED, IMPLAUSIBLE)
 
 
 def _match_selector(c: ResultCell, sel: Selector) -> bool:
-    for k, v in sel.given().items():
+    if sel.external is not None or sel.catalog_only:
+        return False  # a figure from outside the runs, or a device judged by its catalog figures alone
+    for k, v in sel.measured_keys().items():
         if k == "run":
             if v not in (c.run_id, c.run_dir.name, str(c.run_dir)) and Path(v).resolve() != c.run_dir.resolve():
                 return False
@@ -128,10 +138,15 @@ def _roofline_at(roof: dict, side: str) -> str:
     return f"at {pct:.0f} %" if pct is not None else "above 100 %"
 
 
-def _blocker(metric: str, subject: ResultCell, baseline: ResultCell) -> Optional[str]:
+def _blocker(metric: str, subject: ResultCell, baseline: ResultCell, claim: Optional[Claim] = None) -> Optional[str]:
     """Why no ratio of these two cells can be judged (None when it can): a side that failed,
-    failed the accuracy gate, or is faster than the roofline bounding the metric allows."""
+    failed the accuracy gate, is faster than the roofline bounding the metric allows, or beats
+    its catalog device's physical bound (above its tok/s bound, below its J/token floor)."""
     why = []
+    if claim is not None and "decode" in METRICS[metric].rooflines:
+        for label, c, sel in (("subject", subject, claim.subject), ("baseline", baseline, claim.baseline)):
+            if c.ok:
+                why += [f"{label} {r}" for r in bound_suspect(c, _device_of(c, sel, claim), claim.energy, claim.scope)]
     for label, c in (("subject", subject), ("baseline", baseline)):
         if not c.ok:
             why.append(f"{label} cell {c.short} is {c.status_label}"
@@ -158,8 +173,11 @@ def fmt_ratio(r: Optional[stats.Ratio]) -> str:
 
 
 def shown_ratio(v: "Verdict") -> str:
-    """A verdict's ratio as a summary table shows it: flagged when a side blocks its judgement."""
+    """A verdict's ratio as a summary table shows it: flagged when a side blocks its judgement;
+    with no measured ratio, what the physical bound allows."""
     text = fmt_ratio(v.comparison.ratio if v.comparison else None)
+    if text == "-" and v.bound is not None and v.bound.allowed is not None:
+        return f"bound allows <= {v.bound.allowed:.3g}x"
     return f"{text} (not judged)" if v.blocked and text != "-" else text
 
 
@@ -170,7 +188,20 @@ def _compare(metric: str, s: ResultCell, b: ResultCell, kind: str, scope: Option
 
 
 def evaluate(claim: Claim, cells: list[ResultCell]) -> Verdict:
-    """The verdict on one claim over the given cells, with every caveat that limits it."""
+    """The verdict on one claim over the given cells, with every caveat that limits it; a
+    claimed factor beyond what the subject's physical floor allows is IMPLAUSIBLE."""
+    if claim.subject.catalog_only or claim.subject.external is not None or claim.baseline.external is not None \
+            or claim.baseline.catalog_only:
+        return _evaluate_by_bounds(claim, cells)
+    v = _evaluate_measured(claim, cells)
+    if v.comparison is not None:
+        v.bound = _bound_of_measured(claim, v.comparison)
+        _apply_bound(v)
+    return v
+
+
+def _evaluate_measured(claim: Claim, cells: list[ResultCell]) -> Verdict:
+    """The verdict from the measured ratio of two sets of cells (the verdict before bounds)."""
     metric, kind, scope = claim.metric, claim.energy, claim.scope
     batch = claim.workload.batch
     caveats: list[str] = []
@@ -218,7 +249,7 @@ def evaluate(claim: Claim, cells: list[ResultCell]) -> Verdict:
     best_b = best_cell(b_pool, metric, kind, scope)
     if best_b is not None:
         v.best_baseline = comp if best_b is b_cell else _compare(metric, s_cell, best_b, kind, scope)
-        v.best_baseline_blocked = _blocker(metric, s_cell, best_b)
+        v.best_baseline_blocked = _blocker(metric, s_cell, best_b, claim)
         if v.best_baseline_blocked is None:
             v.best_baseline_verdict = _verdict_of(v.best_baseline.ratio, claim.at_least)
         if best_b is not b_cell:
@@ -229,7 +260,7 @@ def evaluate(claim: Claim, cells: list[ResultCell]) -> Verdict:
                    f" ({_no_verdict(v.best_baseline_blocked, v.blocked)})"))
 
     measured = _verdict_of(comp.ratio, claim.at_least)
-    v.blocked = _blocker(metric, s_cell, b_cell)
+    v.blocked = _blocker(metric, s_cell, b_cell, claim)
     if v.blocked:
         v.reason = v.blocked
     elif comp.ratio.ratio is None:
@@ -339,11 +370,338 @@ def verify(claims: list[Claim], cells: list[ResultCell]) -> list[Verdict]:
 
 
 def exit_code(verdicts: list[Verdict], strict: bool = False) -> int:
-    """1 when a required claim is REFUTED (or, with strict, not SUPPORTED); else 0."""
+    """1 when a required claim is REFUTED or IMPLAUSIBLE (or, with strict, not SUPPORTED); else 0."""
     for v in verdicts:
-        if v.claim.required and (v.verdict == REFUTED or (strict and v.verdict != SUPPORTED)):
+        if v.claim.required and (v.verdict in (REFUTED, IMPLAUSIBLE) or (strict and v.verdict != SUPPORTED)):
             return 1
     return 0
+
+
+# --- physical bounds (harness.bounds, harness.catalog) -----------------------------------------
+
+#: metrics a physical bound limits: decode energy per token and decode throughput
+BOUND_METRICS = ("j_per_token", "tokens_per_joule", "j_per_1k_tokens", "decode_tps")
+#: meter scopes that see only part of the memory path: a package meter leaves out the DRAM,
+#: a DRAM meter the compute, so a whole-device floor says nothing about them
+PARTIAL_SCOPES = ("cpu-package", "dram")
+
+
+@dataclass
+class BoundCheck:
+    """What physics allows a claim: the largest factor, and the numbers and constants that decide it."""
+
+    allowed: Optional[float]  # the largest improvement factor the subject's bound allows; None: unknown
+    subject: str  # the subject's bound, with its terms
+    baseline: str  # the baseline figure it is held against, and where it comes from
+    constants: list[str] = field(default_factory=list)  # catalog constants used, with their sources
+    catalog_only: bool = False  # no subject measured: the verdict rests on the catalog alone
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        allowed = f"at most {self.allowed:.3g}x" if self.allowed is not None else "unknown (no bound for this metric)"
+        out = [f"Physical bound: the subject can be {allowed} better: baseline {self.baseline}; subject {self.subject}"]
+        if self.catalog_only:
+            out.append("No subject was measured: this verdict rests on the catalog only (harness.catalog figures "
+                       "and the work model of harness.bounds)")
+        out += [f"Constant: {c}" for c in self.constants]
+        return out + self.notes
+
+
+def _catalog(claim: Claim):
+    from harness.catalog import shipped_catalog
+
+    return claim.catalog if claim.catalog is not None else shipped_catalog()
+
+
+def _device_of(c: ResultCell, sel: Selector, claim: Claim):
+    """The catalog device a measured cell ran on: the selector's `catalog:`, else by device name."""
+    from harness.catalog import device_name
+
+    cat = _catalog(claim)
+    return cat.get(sel.catalog) if sel.catalog else cat.for_name(device_name(c.record.device,
+                                                                              c.meta.get("inventory") or {}))
+
+
+def cell_bound(c: ResultCell, dev) -> Optional[Bound]:
+    r = c.record
+    args = ZOO.get(r.model)
+    if dev is None or args is None or c.precision not in WEIGHT_BYTES:
+        return None
+    return bound(dev, BoundWorkload(args, c.precision, r.batch, r.prompt_len, r.gen_len))
+
+
+def _floor(b: Bound, kind: str) -> float:
+    """Net energy has idle power taken out: its floor has no idle term."""
+    return b.decode.floor_j if kind == "gross" else b.decode.floor_without_idle()
+
+
+def bound_suspect(c: ResultCell, dev, kind: str = "gross", scope: Optional[str] = None) -> list[str]:
+    """Why a measured cell beats physics on its catalog device (empty when it does not, or when
+    no catalog device is known): decode faster than the bound, or J/token below the floor.
+    Like a roofline above 100 %, this is a measurement error, never a win."""
+    b = cell_bound(c, dev)
+    # weights in the measured cache (harness.roofline, from the calibration): no DRAM bound applies
+    if b is None or (c.record.roofline or {}).get("decode_cache_resident"):
+        return []
+    out = []
+    tps = plain_median(metric_value(c, "decode_tps").samples)
+    if b.decode.tps is not None and tps is not None and tps > b.decode.tps:
+        out.append(f"decodes {tps:.4g} tok/s, above the physical bound of {dev.name} ({fmt_tps(b.decode.tps)} tok/s, "
+                   f"{b.decode.limit}-bound; {dev.where}) (SUSPECT): check the measurement")
+    jv = metric_value(c, "j_per_token", kind, scope)
+    j = plain_median(jv.samples)
+    floor = _floor(b, kind)
+    if j is not None and jv.meter is not None and jv.meter.scope not in PARTIAL_SCOPES and floor > 0 and j < floor:
+        out.append(f"spends {fmt_j(j)}/token, below the floor of {dev.name} ({fmt_j(floor)}/token: "
+                   f"{terms_text(b.decode)}) (SUSPECT): check the meter and its scope")
+    return out
+
+
+def plain_median(xs: list[float]) -> Optional[float]:
+    """The plain median (no bootstrap: checked for every cell of a report)."""
+    import statistics
+
+    return statistics.median(xs) if xs else None
+
+
+def _as_joules(metric: str, value: float) -> float:
+    return {"j_per_token": value, "j_per_1k_tokens": value / 1000, "tokens_per_joule": 1 / value}[metric]
+
+
+def _allowed(metric: str, kind: str, sub: Bound, base_value: float) -> Optional[float]:
+    """The largest improvement factor the subject's bound allows against a baseline figure."""
+    if metric == "decode_tps":
+        return sub.decode.tps / base_value if sub.decode.tps is not None else None
+    floor = _floor(sub, kind)
+    return _as_joules(metric, base_value) / floor if floor > 0 else None
+
+
+def _subject_text(metric: str, kind: str, b: Bound, how: str) -> str:
+    w = b.workload
+    at = f"{w.model.name} {w.precision} batch {'(large-batch limit)' if w.batch is None else w.batch}"
+    if metric == "decode_tps":
+        return f"{b.device.name} ({how}) at {at}: bound {fmt_tps(b.decode.tps)} tok/s ({b.decode.limit}-bound)"
+    missing = [t for t in b.decode.missing if not (kind == "net" and t == "idle")]
+    return (f"{b.device.name} ({how}) at {at}: floor {fmt_j(_floor(b, kind))}/token = {terms_text(b.decode)}"
+            + (f"; left out as not published: {', '.join(missing)} (the floor is only lower for it)" if missing else ""))
+
+
+def _constants(dev) -> list[str]:
+    out = []
+    for label, f in (("memory energy", dev.memory.pj_per_bit), ("MAC energy", dev.mac_pj), ("idle power", dev.idle_w),
+                     ("bandwidth", dev.memory.bandwidth_gb_s)):
+        if f is not None:
+            unit = {"memory energy": "pJ/bit", "MAC energy": "pJ", "idle power": "W", "bandwidth": "GB/s"}[label]
+            out.append(f"{dev.name} {label} {f.value:g} {unit} ({f.source})")
+    return out
+
+
+def _generous(metric: str, v) -> Optional[float]:
+    """The end of a measured baseline's interval that allows the subject the most: a floor is
+    held against the baseline at its best plausible showing for the claim."""
+    s = v.summary()
+    if s.median is None:
+        return None
+    if metric == "decode_tps" or METRICS[metric].higher_is_better:
+        return s.ci_low if s.ci_low is not None else s.median
+    return s.ci_high if s.ci_high is not None else s.median
+
+
+def _bound_of_measured(claim: Claim, comp: ClaimComparison) -> Optional[BoundCheck]:
+    """The bound check of a claim whose both sides were measured (None when no catalog device is known)."""
+    if claim.metric not in BOUND_METRICS:
+        return None
+    if (comp.subject.record.roofline or {}).get("decode_cache_resident"):
+        return None  # its weights sit in a cache: the off-chip bound says nothing about it
+    dev = _device_of(comp.subject, claim.subject, claim)
+    sub = cell_bound(comp.subject, dev)
+    base = _generous(claim.metric, comp.baseline_value)
+    if sub is None or base is None or base <= 0:
+        return None
+    unit = METRICS[claim.metric].unit
+    return BoundCheck(_allowed(claim.metric, claim.energy, sub, base),
+                      _subject_text(claim.metric, claim.energy, sub, f"catalog, {dev.where}"),
+                      f"{stats.fmt_num(base, 4)} {unit} (measured: {comp.baseline.short}, the favourable end of its "
+                      "interval)", _constants(dev))
+
+
+def _apply_bound(v: Verdict) -> None:
+    """IMPLAUSIBLE when the claimed factor exceeds what the bound allows; the measured verdict
+    stays as a caveat."""
+    b = v.bound
+    if b is None or b.allowed is None or v.claim.at_least <= b.allowed:
+        return
+    v.caveats.insert(0, f"the measurements alone would give {v.verdict} ({v.reason})")
+    v.verdict = IMPLAUSIBLE
+    v.reason = (f"claimed {v.claim.at_least:g}x exceeds the {b.allowed:.3g}x the subject's physical bound allows "
+                "against this baseline")
+
+
+def _external_value(metric: str, e) -> Optional[float]:
+    if metric == "decode_tps":
+        return e.decode_tps
+    if e.j_per_token is None:
+        return None
+    return {"j_per_token": e.j_per_token, "j_per_1k_tokens": 1000 * e.j_per_token,
+            "tokens_per_joule": 1 / e.j_per_token}[metric]
+
+
+def _pick_external(claim: Claim, name: str, batch) -> tuple[Optional[object], Optional[object], str]:
+    """(the figure at the claim's batch or its best, the series' best figure, why none)."""
+    m, w = claim.metric, claim.workload
+    series = [e for e in claim.external if e.name == name and e.model == w.model
+              and _external_value(m, e) is not None]
+    if not series:
+        return None, None, f"the external figure {name!r} has no {m} figure for {w.model}"
+    best = max(series, key=lambda e: _external_value(m, e)) if METRICS[m].higher_is_better or m == "decode_tps" \
+        else min(series, key=lambda e: _external_value(m, e))
+    if batch == "best":
+        return best, best, ""
+    at = [e for e in series if e.batch == batch]
+    return (at[0] if at else None), best, ("" if at else f"the external figure {name!r} has no entry at batch {batch}")
+
+
+def _evaluate_by_bounds(claim: Claim, cells: list[ResultCell]) -> Verdict:
+    """A claim with a side that no run measured: a catalog device (judged by its bound) or a
+    figure measured outside the project. IMPLAUSIBLE when the claimed factor exceeds what the
+    subject's bound allows against the baseline (measured here, measured outside, or bounded);
+    else judged by the measured subject where there is one, INCONCLUSIVE where there is not."""
+    m, w, kind = claim.metric, claim.workload, claim.energy
+    v = Verdict(claim, INCONCLUSIVE)
+    if claim.subject.external is not None:
+        v.reason = "the subject is an external figure: claims are judged for a measured or catalog subject"
+        return v
+    if m not in BOUND_METRICS:
+        v.reason = (f"no physical bound for {m} (bounds cover {', '.join(BOUND_METRICS)}), and a side was not "
+                    "measured in these runs")
+        return v
+    args = ZOO.get(w.model)
+    if args is None:
+        v.reason = f"model {w.model!r} is not in the zoo: no work model to bound it"
+        return v
+    cat = _catalog(claim)
+    unit = METRICS[m].unit
+
+    # the baseline: an external figure, a catalog bound, or measured cells
+    base_prec, base_best_note = None, None
+    if claim.baseline.external is not None:
+        e, best, why = _pick_external(claim, claim.baseline.external, w.batch)
+        if e is None:
+            v.reason = why
+            return v
+        base_value, base_prec = _external_value(m, e), e.precision
+        base_text = (f"{stats.fmt_num(base_value, 4)} {unit} at batch {e.batch} on {e.device} ({e.precision}, "
+                     f"{e.energy}{', ' + e.scope if e.scope else ''}{', ' + e.stack if e.stack else ''}), MEASURED "
+                     f"OUTSIDE THE PROJECT: {e.source}; one published figure, no interval")
+        if e.prompt_len is None or e.gen_len is None:
+            v.caveats.append("the external baseline does not state its prompt and generation lengths; the subject's "
+                             f"bound uses the claim's ({w.prompt_len} / {w.gen_len})")
+        if best is not e:
+            base_best_note = (best, f"the baseline's best published figure is at batch {best.batch} "
+                                    f"({stats.fmt_num(_external_value(m, best), 4)} {unit})")
+    elif claim.baseline.catalog_only:
+        bdev = cat.get(claim.baseline.catalog)
+        base_prec = str(claim.baseline.precision or claim.baseline.dtype or claim.subject.precision
+                        or claim.subject.dtype or "bf16")
+        bb = bound_at(bdev, args, base_prec, w.batch, w.prompt_len, w.gen_len)
+        f = _floor(bb, kind)
+        if m == "decode_tps":
+            base_value = bb.decode.tps
+        else:
+            base_value = None if f <= 0 else {"j_per_token": f, "j_per_1k_tokens": 1000 * f, "tokens_per_joule": 1 / f}[m]
+        if not base_value:
+            v.reason = f"the baseline {bdev.name} has no bound for {m} in the catalog"
+            return v
+        base_text = (f"{bdev.name} AS BOUNDED, not measured: {_subject_text(m, kind, bb, 'catalog')}; a real "
+                     "baseline runs above its floor, so this allowance holds only for a baseline at its bound")
+        v.caveats.append("neither side was measured: the verdict compares two catalog bounds")
+    else:
+        pool = [c for c in cells if _match_selector(c, claim.baseline) and _match_workload(c, w) and c.ok]
+        if w.batch == "best":
+            bc = best_cell(pool, m, kind, claim.scope)
+        else:
+            at = [c for c in pool if c.record.batch == w.batch]
+            bc = at[0] if len(at) == 1 else None
+        if bc is None:
+            v.reason = f"no single valid measured baseline cell ({claim.baseline.describe()}; {w.describe()})"
+            return v
+        base_value = _generous(m, metric_value(bc, m, kind, claim.scope))
+        if base_value is None:
+            v.reason = f"the baseline {bc.short} has no {m} figure"
+            return v
+        base_prec = bc.precision
+        base_text = f"{stats.fmt_num(base_value, 4)} {unit} (measured: {bc.short}, the favourable end of its interval)"
+
+    # the subject: a catalog device alone, or measured cells on a known device
+    if claim.subject.catalog_only:
+        dev = cat.get(claim.subject.catalog)
+        prec = str(claim.subject.precision or claim.subject.dtype or base_prec or "bf16")
+        if prec not in WEIGHT_BYTES:
+            v.reason = f"precision {prec!r} has no bytes-per-weight in harness.bounds ({', '.join(WEIGHT_BYTES)})"
+            return v
+        sub = bound_at(dev, args, prec, w.batch, w.prompt_len, w.gen_len)
+        if base_prec and prec != base_prec:
+            v.caveats.append(f"precisions differ: subject {prec}, baseline {base_prec} (fewer bytes per weight lower "
+                             "the floor; check accuracy)")
+        check = BoundCheck(_allowed(m, kind, sub, base_value), _subject_text(m, kind, sub, f"catalog, {dev.where}"),
+                           base_text, _constants(dev), catalog_only=True)
+        if w.batch != "best":
+            gen = bound_at(dev, args, prec, "best", w.prompt_len, w.gen_len)
+            a = _allowed(m, kind, gen, base_value)
+            if a is not None:
+                check.notes.append(f"Were the subject run at its best batch ({'large-batch limit' if gen.workload.batch is None else gen.workload.batch}) "
+                                   f"against the baseline at batch {w.batch}, the bound would allow {a:.3g}x: not "
+                                   "like for like (the baseline could batch too)")
+        if base_best_note is not None:
+            best, text = base_best_note
+            gen = bound_at(dev, args, prec, "best", w.prompt_len, w.gen_len)
+            a = _allowed(m, kind, gen, _external_value(m, best))
+            check.notes.append(text + (f": against it, with the subject at its best batch, the bound allows {a:.3g}x"
+                                       if a is not None else ""))
+        v.bound = check
+        if check.allowed is None:
+            v.reason = f"the catalog gives {dev.name} no bound for {m}; nothing measured: rests on the catalog only"
+        elif claim.at_least > check.allowed:
+            v.verdict = IMPLAUSIBLE
+            v.reason = (f"claimed {claim.at_least:g}x exceeds the {check.allowed:.3g}x that {dev.name}'s physical "
+                        "bound allows against this baseline; rests on the catalog only (no subject measured)")
+        else:
+            v.reason = (f"within the physical bound (at most {check.allowed:.3g}x); no subject measured: rests on "
+                        "the catalog only; measure the subject to judge the claim")
+        return v
+
+    # a measured subject against a baseline figure from outside these runs
+    pool = [c for c in cells if _match_selector(c, claim.subject) and _match_workload(c, w) and c.ok]
+    if w.batch == "best":
+        sc = best_cell(pool, m, kind, claim.scope)
+    else:
+        at = [c for c in pool if c.record.batch == w.batch]
+        sc = at[0] if len(at) == 1 else None
+    if sc is None:
+        v.reason = f"no single valid measured subject cell ({claim.subject.describe()}; {w.describe()})"
+        return v
+    sv = metric_value(sc, m, kind, claim.scope)
+    bv = MetricValue(m, [base_value])
+    ratio = improvement(sv, bv) if sv.n else stats.Ratio(None, None, None, 0, 1, stats.CONFIDENCE, "independent",
+                                                         "median")
+    v.comparison = ClaimComparison(sc, sc, sv, bv, ratio, baseline_text=base_text)
+    dev = _device_of(sc, claim.subject, claim)
+    sub = cell_bound(sc, dev)
+    if sub is not None:
+        v.bound = BoundCheck(_allowed(m, kind, sub, base_value), _subject_text(m, kind, sub, f"catalog, {dev.where}"),
+                             base_text, _constants(dev))
+    suspect = bound_suspect(sc, dev, kind, claim.scope)
+    if not sc.ok or suspect:
+        v.blocked = v.reason = "; ".join(f"subject {r}" for r in suspect) or f"subject cell {sc.short} is not ok"
+    elif ratio.ci_low is None:
+        v.reason = "no confidence interval on the subject (fewer than 2 repetitions)"
+    else:
+        v.verdict = _verdict_of(ratio, claim.at_least)
+        v.reason = (f"interval of the measured subject against one external figure [{ratio.ci_low:.3g}, "
+                    f"{ratio.ci_high:.3g}] vs {claim.at_least:g}")
+    v.caveats.append("the baseline was not measured in these runs: " + base_text)
+    _apply_bound(v)
+    return v
 
 
 # --- as text -------------------------------------------------------------------------------
@@ -367,10 +725,15 @@ def verdict_lines(v: Verdict) -> list[str]:
     c = v.claim
     m = METRICS[c.metric]
     out = [f"- Claim: {_md(c.describe())} ({c.where})", f"- Verdict: **{v.verdict}** ({_md(v.reason)})"]
+    if v.bound is not None:
+        out += [f"- {_md(x)}" for x in v.bound.lines()]
     if v.comparison:
         comp = v.comparison
         for label, cell, val in (("Subject", comp.subject, comp.subject_value),
                                  ("Baseline", comp.baseline, comp.baseline_value)):
+            if label == "Baseline" and comp.baseline_text is not None:
+                out.append(f"- Baseline: {_md(comp.baseline_text)}")
+                continue
             s = val.summary()
             src = ""
             if val.meter:

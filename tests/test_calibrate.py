@@ -53,3 +53,32 @@ def test_calibrate_command_prints_read_and_copy_bandwidth(tmp_path):
     assert len(files) == 2
     cal = json.loads(files[0].read_text())
     assert cal["read_bandwidth_Bps"] > 0 and cal["memory_bandwidth_Bps"] > 0
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("device,needle", [("npu", "not a torch device"), ("", "not a torch device"),
+                                           ("meta", "cpu or cuda"), ("cuda:0", None)])
+def test_a_bad_device_is_one_error_not_a_traceback(device, needle, tmp_path):
+    from harness.cli import main
+
+    if device == "cuda:0" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: cuda:0 is a good device here")
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["calibrate", "--quick", "--device", device, "--output", str(tmp_path)])
+    assert rc == 2 and err.getvalue().startswith(f"error: --device"), err.getvalue()
+    assert needle is None or needle in err.getvalue()
+    assert not (tmp_path / "calibration").exists()
+
+
+def test_no_command_is_an_error_on_stderr(capsys):
+    from harness.cli import main
+
+    assert main([]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and "error: no command given" in out.err

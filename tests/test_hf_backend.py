@@ -46,3 +46,17 @@ def test_transformers_backend_generates_the_same_tokens_and_passes_the_gate():
     assert len(hr.step_times) == 10
     gate = gate_tokens(spec.args.vocab_size, 2, 24, 1)
     assert compare(hf.logits(gate, 16), reference_logits(spec, gate), "fp32")["passed"]
+
+
+def test_static_cache_decodes_past_the_prefill_and_matches_the_dynamic_cache():
+    # issue 20: cache_implementation: static failed every cell ("index_copy_(): index 32 is
+    # out of bounds"): generate() sized its own static cache to the prefill call
+    spec = ModelSpec(ZOO["tiny"], seed=0)
+    prompts = np.random.default_rng(1).integers(0, spec.args.vocab_size, (2, 32))
+    static, dynamic = HFBackend(HFOptions(cache_implementation="static")), HFBackend(HFOptions())
+    for b in (static, dynamic):
+        b.load(spec, "fp32", 2, 32 + 1 + 12)
+    ss, ds = static.prefill(prompts), dynamic.prefill(prompts)
+    first, second = static.decode(ss, 6), static.decode(ss, 6)  # continues from its state, twice
+    np.testing.assert_array_equal(static.first_tokens(ss), dynamic.first_tokens(ds))
+    np.testing.assert_array_equal(np.concatenate([first.tokens, second.tokens], 1), dynamic.decode(ds, 12).tokens)

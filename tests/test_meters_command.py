@@ -126,3 +126,38 @@ def test_options_validated():
         build_meters([{"type": "command", "argv": "npu-smi info", "regex": r"(\d+)"}])
     with pytest.raises(MeterError, match="period_s"):
         build_meters([{"type": "command", "argv": ["x"], "regex": r"(\d+)", "period_s": 0}])
+
+
+def _window(m, seconds=0.2):
+    m.start()
+    try:
+        assert m.available, m.reason
+        m.begin_window("w")
+        time.sleep(seconds)
+        readings = m.end_window("w")
+    finally:
+        m.stop()
+    return readings
+
+
+def test_json_path_with_unit_index_and_devices():
+    out = '{"boards": [{"p": {"mw": 12500}}, {"p": {"mw": 7500}}]}'
+    argv = [sys.executable, "-S", "-c", f"print({out!r})"]
+    (r,) = _window(CommandMeter({"argv": argv, "path": "boards[*].p.mw", "unit": "mW", "period_s": 0.05}))
+    assert r.joules == pytest.approx(20.0 * r.duration_s) and r.telemetry["devices"] == 2
+    (r,) = _window(CommandMeter({"argv": argv, "path": "boards[1].p.mw", "unit": "mW", "period_s": 0.05}))
+    assert r.joules == pytest.approx(7.5 * r.duration_s)
+    (r,) = _window(CommandMeter({"argv": argv, "path": "missing[*].p | boards[*].p.mw", "unit": "mW",
+                                 "devices": [0], "period_s": 0.05}))
+    assert r.joules == pytest.approx(12.5 * r.duration_s)
+    m = CommandMeter({"argv": argv, "path": "boards[*].p.watts"})
+    m.start()
+    assert not m.available and "no key 'watts' after boards[*].p (found: mw)" in m.reason
+
+
+def test_every_regex_match_is_a_device():
+    argv = [sys.executable, "-S", "-c", "print('NPU0 Power: 10 W\\nNPU1 Power: 5.5 W')"]
+    (r,) = _window(CommandMeter({"argv": argv, "regex": r"Power: ([\d.]+) W", "period_s": 0.05}))
+    assert r.joules == pytest.approx(15.5 * r.duration_s)
+    (r,) = _window(CommandMeter({"argv": argv, "regex": r"Power: ([\d.]+) W", "devices": [0], "period_s": 0.05}))
+    assert r.joules == pytest.approx(10.0 * r.duration_s)

@@ -86,7 +86,7 @@ def test_request_scenario_checks():
     msg = problems({"type": "server", "rates": [2, -1, float("inf")], "requests": 0, "token_range": [5, 5],
                     "limits": {"ttft_s": 0}, "lengths": {"type": "uniform", "prompt_len": [8, 4], "output_len": [1, 2]},
                     "duration_s": 0, "cooldown_s": -1})
-    for text in ("rates[1]: expected a rate > 0", "rates[2]: expected a rate > 0", "requests: expected at least 1",
+    for text in ("rates[1]: expected a rate > 0", "rates[2]: expected a finite number", "requests: expected at least 1",
                  "token_range: expected [lo, hi]", "limits.ttft_s: expected a limit > 0",
                  "lengths: uniform lengths: prompt_len must be [lo, hi]", "duration_s: expected > 0",
                  "cooldown_s: expected >= 0"):

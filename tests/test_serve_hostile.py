@@ -179,7 +179,7 @@ def test_headers_too_large_are_431(server):
     alive(server)
 
 
-@pytest.mark.parametrize("data", [b"GARBAGE\r\n\r\n", b"GET\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n",
+@pytest.mark.parametrize("data", [b"GARBAGE\r\n\r\n", b"GET\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", b"GET /v1/models\r\n\r\n",
                                   b"BREW /pot HTTP/1.1\r\nHost: x\r\n\r\n", b"\x00\xff\r\n\r\n"])
 def test_malformed_request_lines_are_4xx_json(server, data):
     st, obj, _ = raw(server, data)
@@ -237,3 +237,14 @@ def test_official_openai_client(server):
 def test_server_survived_everything(server):
     assert server["proc"].poll() is None
     alive(server)
+
+
+@pytest.mark.parametrize("argv,needle", [(["--port", "99999"], "--port"), (["--port", "-5"], "--port"),
+                                         (["--host", "256.1.1.1"], "--host")])
+def test_bad_port_or_host_is_one_located_error_before_any_model_load(argv, needle):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "harness", "serve", "--model", "tiny", *argv],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -469,7 +469,7 @@ def test_lengths_distributions():
     assert all(10 <= t < 1000 for r in a for t in r.prompt_ids)
     with pytest.raises(ConfigError, match="rates"):
         scenario({"type": "server"})
-    with pytest.raises(ConfigError, match="lengths: lengths file 'no_such_lengths' not found"):
+    with pytest.raises(ConfigError, match="lengths.path: lengths file 'no_such_lengths' not found"):
         scenario({"type": "single-stream", "lengths": {"type": "file", "path": "no_such_lengths"}})
 
 

@@ -79,6 +79,14 @@ class EnergyReading:
     t_start: Optional[float] = None
     t_end: Optional[float] = None
 
+    def __post_init__(self):
+        # an inf or NaN figure (a scale that overflowed, a meter that misread) is never a
+        # measurement: it is unavailable with the reason, whatever the meter labelled it
+        if self.joules is not None and not _finite_number(self.joules):
+            self.reason = (f"the meter gave a non-finite figure ({self.joules!r} J)"
+                           + (f"; {self.reason}" if self.reason else ""))
+            self.joules, self.quality = None, "unavailable"
+
     @property
     def available(self) -> bool:
         return self.joules is not None
@@ -94,6 +102,13 @@ class EnergyReading:
         d = dataclasses.asdict(self)
         d["avg_w"] = self.watts
         return d
+
+
+def _finite_number(x: Any) -> bool:
+    try:
+        return math.isfinite(x)
+    except (TypeError, OverflowError):
+        return False
 
 
 # --- warnings said once -----------------------------------------------------

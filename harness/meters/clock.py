@@ -45,7 +45,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -67,14 +67,17 @@ class ClockSignature:
         trust the located edges.
     """
 
-    idle_s: float = 5.0
-    load_s: float = 5.0
-    max_offset_s: float = 4.0
-    min_contrast: float = 5.0
+    idle_s: float = field(default=5.0, metadata={"range": (0.1, 600.0)})
+    load_s: float = field(default=5.0, metadata={"range": (0.1, 600.0)})
+    max_offset_s: float = field(default=4.0, metadata={"range": (0.01, 600.0)})
+    min_contrast: float = field(default=5.0, metadata={"range": (0.01, 1e6)})
 
     def __post_init__(self):
-        for name in ("idle_s", "load_s", "max_offset_s", "min_contrast"):
-            check_positive(name, getattr(self, name))
+        for f in fields(self):  # the ranges hold for a signature made in Python too
+            lo, hi = f.metadata["range"]
+            check_positive(f.name, getattr(self, f.name))
+            if not lo <= getattr(self, f.name) <= hi:
+                raise MeterError(f"clock signature: {f.name} must be from {lo:g} to {hi:g}, got {getattr(self, f.name)!r}")
         if self.max_offset_s >= self.idle_s:
             raise MeterError(f"clock signature: max_offset_s ({self.max_offset_s:g} s) must be below idle_s "
                              f"({self.idle_s:g} s), or a shifted burst could leave the searched stretch")

@@ -34,24 +34,36 @@ that reason, and plans no window (a log that is merely missing may still
 appear, so that stays a per-window reason).
 """
 
+import copy
 import csv
 import math
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar, NamedTuple, Optional, Union
+from typing import Callable, ClassVar, NamedTuple, Optional, Union
 from zoneinfo import ZoneInfo
+
+from harness.schema import regular_file_problem
 
 from .base import (EnergyReading, Meter, MeterError, check_positive, check_scope, log,
                    median_interval)
 
 PTD_TIME_FORMATS = ("%m-%d-%Y %H:%M:%S.%f", "%m-%d-%Y %H:%M:%S")
+#: a meter host's clock a day or more off this one is a wrong setting (or the wrong
+#: zone), not skew: bounded so that window arithmetic stays in range (1e300 overflowed)
+MAX_OFFSET_S = 86400.0
 _EPOCH_MAX = 1e11  # seconds; beyond this a number is probably milliseconds
 
 
 class MalformedLog(MeterError):
     """A line of the log is not what its format says: a strict meter cannot read past it."""
+
+
+class BadHeader(MalformedLog):
+    """The CSV header lacks a named column: no line of the log can be read, so this is
+    never skipped, ``skip_malformed`` or not."""
 
 
 class LogSample(NamedTuple):
@@ -175,7 +187,8 @@ class CsvLogParser(_LineParser):
                 raise MeterError(f"option 'columns.{key}' must be a header name or a column number >= 0, "
                                  f"got {v!r}")
         if len(delimiter) != 1:
-            raise MeterError(f"option 'delimiter' must be one character, got {delimiter!r}")
+            raise MeterError(f"option 'delimiter' must be one character, got {delimiter[:20]!r}")
+        check_positive("watts_scale", watts_scale)
         self.columns = {"timestamp": columns["timestamp"], "watts": columns["watts"]}
         self.mark_col = columns.get("mark")
         self.needs_header = any(isinstance(v, str) for v in (*self.columns.values(), self.mark_col)
@@ -226,18 +239,21 @@ class CsvLogParser(_LineParser):
             return None
         cells = self._split(lineno, line)
         if self.index is None:  # this is the header
-            self.index = {}
+            # built aside and kept only whole: a header that failed must fail again on the
+            # next read, not leave a half index that makes data of the header line
+            index = {}
             wanted = dict(self.columns)
             if self.mark_col is not None:
                 wanted["mark"] = self.mark_col
             for key, col in wanted.items():
                 if isinstance(col, int):
-                    self.index[key] = col
+                    index[key] = col
                 elif col in cells:
-                    self.index[key] = cells.index(col)
+                    index[key] = cells.index(col)
                 else:
-                    raise self.fail(lineno, f"expected a header with a column {col!r} (for {key}); "
-                                            f"header is {', '.join(cells)[:120]!r}")
+                    raise BadHeader(f"{self.path} line {lineno}: expected a header with a column {col[:60]!r} "
+                                    f"(for {key}); the header is {', '.join(cells)[:120]!r}")
+            self.index = index
             return None
         need = max(self.index.values()) + 1
         if len(cells) < need:
@@ -246,6 +262,8 @@ class CsvLogParser(_LineParser):
         t = self._timestamp(lineno, raw_ts) - self.offset
         try:
             watts = _finite(raw_w) * self.scale
+            if not math.isfinite(watts):  # a finite figure times watts_scale can overflow
+                raise ValueError("not finite")
         except ValueError:
             raise self.fail(lineno, f"expected a number of watts in column {self.columns['watts']!r}, "
                                     f"got {raw_w[:30]!r}") from None
@@ -261,8 +279,8 @@ def parse_lines(parser: _LineParser, text: str, first_line: int = 1,
     for i, line in enumerate(text.splitlines()):
         try:
             s = parser.feed(first_line + i, line)
-        except MeterError:
-            if not skip_malformed:
+        except MeterError as e:
+            if not skip_malformed or isinstance(e, BadHeader):
                 raise
             skipped += 1
             continue
@@ -287,18 +305,38 @@ def parse_csv_log(text: str, path: str = "<csv log>", columns: Optional[dict] = 
     return parse_lines(parser, text)[0]
 
 
+#: Bounds on reading a meter log. A sample line is tens of bytes; a longer one than
+#: MAX_LOG_LINE_BYTES is malformed (and a file of one endless line cannot fill memory).
+#: Each read() goes through the file in READ_CHUNK pieces from where the last one stopped.
+#: A log over SEEK_MIN_BYTES at its first read (a meter host that has logged for weeks) is
+#: not parsed from its start: the harness needs samples from the run's start on, and log
+#: lines are time ordered, so the first read searches by time for that point (bisection
+#: over byte offsets) and reads on from there.
+MAX_LOG_LINE_BYTES = 64 << 10
+READ_CHUNK = 1 << 20
+SEEK_MIN_BYTES = 4 << 20
+
+
 class LogTail:
     """Reads a growing log file incrementally, only complete lines.
 
     A last line without its newline is held back (the writer may be mid-line;
     a half-written "345.2" must not be read as "34"). A file that shrank or was
-    replaced is read again from the start.
+    replaced is read again from the start. Only a regular file is read: it is
+    opened with O_NONBLOCK and checked with fstat, so a FIFO (or a device) is
+    refused at once instead of blocking until the cell times out.
+
+    ``since``: a callable giving the earliest host time the caller needs samples
+    from (None: everything); used only to skip the old part of a large log at the
+    first read (see SEEK_MIN_BYTES).
     """
 
-    def __init__(self, path: str, make_parser, skip_malformed: bool = False):
+    def __init__(self, path: str, make_parser, skip_malformed: bool = False,
+                 since: Optional[Callable[[], Optional[float]]] = None):
         self.path = path
         self.make_parser = make_parser
         self.skip_malformed = skip_malformed
+        self.since = since
         self._reset()
 
     def _reset(self) -> None:
@@ -308,49 +346,171 @@ class LogTail:
         self.samples: list[LogSample] = []
         self.skipped = 0
         self.ident: Optional[tuple] = None
+        self.seeked_to_line: Optional[int] = None  # the first line read after a seek by time
+        self._discarding = False  # inside an over-long line that skip_malformed is skipping
 
-    def read(self) -> list[LogSample]:
+    def _open(self) -> tuple[int, os.stat_result]:
         try:
-            st = os.stat(self.path)
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise MeterError(f"{self.path}: log file not found (is the meter host writing it here?)") from None
         except OSError as e:
             raise MeterError(f"{self.path}: cannot read the log: {e.strerror or e}") from None
-        if self.ident is not None and (st.st_ino, st.st_dev) != self.ident or st.st_size < self.offset:
-            self._reset()
-        self.ident = (st.st_ino, st.st_dev)
         try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
+            st = os.fstat(fd)
+        except OSError as e:
+            os.close(fd)
+            raise MeterError(f"{self.path}: cannot read the log: {e.strerror or e}") from None
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a pipe, device or socket"
+            raise MeterError(f"{self.path}: the log is {kind}, not a regular file; point the meter at "
+                             f"the file the meter host writes")
+        return fd, st
+
+    def read(self) -> list[LogSample]:
+        fd, st = self._open()
+        try:
+            if self.ident is not None and ((st.st_ino, st.st_dev) != self.ident or st.st_size < self.offset):
+                self._reset()
+            self.ident = (st.st_ino, st.st_dev)
+            if self.lineno == 0 and st.st_size > SEEK_MIN_BYTES and self.since is not None:
+                since = self.since()
+                if since is not None:
+                    self._seek_to(fd, st.st_size, since)
+            self._consume(fd)
         except OSError as e:
             raise MeterError(f"{self.path}: cannot read the log: {e.strerror or e}") from None
-        end = data.rfind(b"\n")
-        if end < 0:
-            return self.samples
-        chunk = data[: end + 1]
-        for raw in chunk.split(b"\n")[:-1]:
-            lineno = self.lineno + 1
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                err = MalformedLog(f"{self.path} line {lineno}: expected UTF-8 text")
-                if not self.skip_malformed:
-                    raise err from None
-                self.skipped += 1
-                self.lineno, self.offset = lineno, self.offset + len(raw) + 1
-                continue
-            try:
-                s = self.parser.feed(lineno, line)
-            except MeterError:
-                if not self.skip_malformed:
-                    raise  # offset stays before this line: the error repeats, it does not vanish
-                self.skipped += 1
-                s = None
-            if s is not None:
-                self.samples.append(s)
-            self.lineno, self.offset = lineno, self.offset + len(raw) + 1
+        finally:
+            os.close(fd)
         return self.samples
+
+    # reading lines ---------------------------------------------------------
+    def _consume(self, fd: int, max_lines: Optional[int] = None) -> None:
+        """Parse complete lines from self.offset on (at most max_lines of them)."""
+        done = 0
+        while max_lines is None or done < max_lines:
+            data = os.pread(fd, READ_CHUNK, self.offset)
+            if not data:
+                return
+            if self._discarding:  # the rest of an over-long line being skipped
+                nl = data.find(b"\n")
+                self.offset += len(data) if nl < 0 else nl + 1
+                self._discarding = nl < 0
+                continue
+            end = data.rfind(b"\n")
+            if end < 0:
+                if len(data) > MAX_LOG_LINE_BYTES:
+                    self._too_long(len(data), whole=False)
+                    continue
+                return  # a torn last line: wait for its newline
+            for raw in data[: end + 1].split(b"\n")[:-1]:
+                if max_lines is not None and done >= max_lines:
+                    return
+                done += 1
+                if len(raw) > MAX_LOG_LINE_BYTES:
+                    self._too_long(len(raw) + 1, whole=True)
+                    continue
+                self._line(raw)
+            if len(data) < READ_CHUNK:
+                return
+
+    def _too_long(self, nbytes: int, whole: bool) -> None:
+        lineno = self.lineno + 1
+        if not self.skip_malformed:
+            raise MalformedLog(f"{self.path} line {lineno}: longer than {MAX_LOG_LINE_BYTES:,} bytes; "
+                               f"expected one sample per line")
+        self.skipped += 1
+        self.lineno, self.offset = lineno, self.offset + nbytes
+        self._discarding = not whole
+
+    def _line(self, raw: bytes) -> None:
+        lineno = self.lineno + 1
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            if not self.skip_malformed:
+                raise MalformedLog(f"{self.path} line {lineno}: expected UTF-8 text") from None
+            self.skipped += 1
+            self.lineno, self.offset = lineno, self.offset + len(raw) + 1
+            return
+        try:
+            s = self.parser.feed(lineno, line)
+        except MeterError as e:
+            if not self.skip_malformed or isinstance(e, BadHeader):
+                raise  # offset stays before this line: the error repeats, it does not vanish
+            self.skipped += 1
+            s = None
+        if s is not None:
+            self.samples.append(s)
+        self.lineno, self.offset = lineno, self.offset + len(raw) + 1
+
+    # the first read of a large log -----------------------------------------
+    def _seek_to(self, fd: int, size: int, since: float) -> None:
+        """Move to (about) the first line stamped at or after host time ``since``, after
+        reading the header a CSV log needs; line numbers stay exact (newlines counted)."""
+        start = self.offset
+        if not self._ready():
+            self._consume(fd, max_lines=64)  # the header is the first line that is not a comment
+            if not self._ready():
+                return
+            start = self.offset
+        lo, hi = start, size
+        while hi - lo > 2 * MAX_LOG_LINE_BYTES:
+            mid = (lo + hi) // 2
+            t = self._time_at(fd, mid)
+            if t is not None and t < since:
+                lo = mid
+            else:  # at or after `since`, or unreadable there: look earlier (reads more, misses nothing)
+                hi = mid
+        if lo == start:
+            return
+        head = os.pread(fd, MAX_LOG_LINE_BYTES + 1, lo)
+        nl = head.find(b"\n")
+        if nl < 0:
+            return
+        target = lo + nl + 1
+        lines = 0
+        pos = self.offset
+        while pos < target:  # exact line numbers for messages: newlines counted at C speed
+            chunk = os.pread(fd, min(READ_CHUNK, target - pos), pos)
+            if not chunk:
+                return
+            lines += chunk.count(b"\n")
+            pos += len(chunk)
+        self.offset, self.lineno = target, self.lineno + lines
+        self.seeked_to_line = self.lineno + 1
+
+    def _ready(self) -> bool:
+        return getattr(self.parser, "index", True) is not None
+
+    def _time_at(self, fd: int, pos: int) -> Optional[float]:
+        """Host time of the first parseable sample line that starts after byte ``pos``."""
+        data = os.pread(fd, 4 * MAX_LOG_LINE_BYTES, pos)
+        lines = data.split(b"\n")[1:-1]  # the first piece may be a line's tail, the last torn
+        probe = copy.copy(self.parser)
+        for raw in lines[:16]:
+            probe.last = None
+            try:
+                s = probe.feed(0, raw.decode("utf-8"))
+            except (MeterError, UnicodeDecodeError):
+                continue
+            if s is not None:
+                return s.t
+        return None
+
+
+#: how far before the meter's start() a large log's first read begins (see LogTail)
+LOOKBACK_S = 600.0
+
+
+def _hms(t: float) -> str:
+    """A host time as HH:MM:SS for messages; any float (a time far out of range from a
+    wrong offset must not turn a message into an OverflowError)."""
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(t))
+    except (OverflowError, ValueError, OSError):
+        return f"{t:.6g} s"
 
 
 class _Uncovered(Exception):
@@ -378,12 +538,9 @@ def apportion(samples: list[LogSample], t0: float, t1: float, covers: str, perio
         spans.append((a, b, s))
     lo, hi = spans[0][0], spans[-1][1]
     if t0 < lo or t1 > hi:
-        fmt = "%H:%M:%S"
         raise _Uncovered(
-            f"log does not cover the window: log spans {time.strftime(fmt, time.localtime(lo))}"
-            f"-{time.strftime(fmt, time.localtime(hi))} (this clock), window is "
-            f"{time.strftime(fmt, time.localtime(t0))}-{time.strftime(fmt, time.localtime(t1))} "
-            f"({t1 - hi:+.1f} s past the log's end; check clock_offset_s/tz, or raise settle_s)")
+            f"log does not cover the window: log spans {_hms(lo)}-{_hms(hi)} (this clock), window is "
+            f"{_hms(t0)}-{_hms(t1)} ({t1 - hi:+.1f} s past the log's end; check clock_offset_s/tz, or raise settle_s)")
     joules, used = 0.0, 0
     for a, b, s in spans:
         overlap = min(b, t1) - max(a, t0)
@@ -405,12 +562,12 @@ class _LogOptions:
     path: str
     tz: Optional[str] = None
     #: seconds the meter host's clock is ahead of this one (an int too: YAML reads 2 as one), or "auto"
-    clock_offset_s: Union[float, int, str] = 0.0
+    clock_offset_s: Union[float, int, str] = field(default=0.0, metadata={"range": (-MAX_OFFSET_S, MAX_OFFSET_S)})
     scope: str = "wall"
     sample_covers: str = "preceding"
-    period_s: Optional[float] = None
-    max_gap_s: Optional[float] = None
-    settle_s: float = 3.0
+    period_s: Optional[float] = field(default=None, metadata={"range": (1e-6, 3600.0)})
+    max_gap_s: Optional[float] = field(default=None, metadata={"range": (1e-6, 86400.0)})
+    settle_s: float = field(default=3.0, metadata={"range": (0.0, 3600.0)})
     skip_malformed: bool = False
     name: Optional[str] = None
 
@@ -425,11 +582,21 @@ class _LogOptions:
             if self.clock_offset_s != "auto":
                 raise MeterError(f"option 'clock_offset_s' must be a number of seconds or 'auto', "
                                  f"got {self.clock_offset_s!r}")
-        elif not math.isfinite(self.clock_offset_s):
-            raise MeterError("option 'clock_offset_s' must be a finite number of seconds")
+        elif not (math.isfinite(self.clock_offset_s) and abs(self.clock_offset_s) <= MAX_OFFSET_S):
+            raise MeterError(f"option 'clock_offset_s' must be a number of seconds from {-MAX_OFFSET_S:g} to "
+                             f"{MAX_OFFSET_S:g}, got {self.clock_offset_s!r}")
         else:
             self.clock_offset_s = float(self.clock_offset_s)
         _zone(self.tz)
+
+    def file_problems(self) -> list[tuple[str, str]]:
+        """Checked when a suite is validated (not when a worker builds the meter: there a
+        bad log makes the meter unavailable, said once). The path, if it exists already
+        (the meter host may create it later), must be a regular file: a FIFO would block
+        every read until the cell times out."""
+        if os.path.lexists(self.path) and (why := regular_file_problem(self.path, "meter log", None)):
+            return [("path", why)]
+        return []
 
     @property
     def auto_offset(self) -> bool:
@@ -459,12 +626,32 @@ class CsvLogOptions(_LogOptions):
     columns: dict = field(default_factory=lambda: {"timestamp": "timestamp", "watts": "watts"})
     timestamp_format: Optional[str] = None
     delimiter: str = ","
-    watts_scale: float = 1.0
+    watts_scale: float = field(default=1.0, metadata={"range": (1e-12, 1e12)})
 
     def __post_init__(self):
         super().__post_init__()
         CsvLogParser(self.path, self.columns, self.tz, self.fixed_offset_s, self.timestamp_format,
                      self.delimiter, self.watts_scale)  # validates columns/delimiter
+
+    def file_problems(self) -> list[tuple[str, str]]:
+        out = super().file_problems()
+        if out or not os.path.exists(self.path):
+            return out
+        # the log exists now: its header must name the columns (else no line can be read)
+        tail = LogTail(self.path, lambda: CsvLogParser(self.path, self.columns, self.tz, self.fixed_offset_s,
+                                                       self.timestamp_format, self.delimiter,
+                                                       self.watts_scale))
+        try:
+            fd, _ = tail._open()
+            try:
+                tail._consume(fd, max_lines=64)
+            finally:
+                os.close(fd)
+        except BadHeader as e:
+            out.append(("columns", str(e)))
+        except (MeterError, OSError):
+            pass  # a bad data line is the strict/skip_malformed rule's business, per window
+        return out
 
 
 class ExternalLogMeter(Meter):
@@ -480,17 +667,29 @@ class ExternalLogMeter(Meter):
         self.name = self.options.name or f"{self.type}:{os.path.basename(self.options.path)}"
         self.clock_offset_s = self.options.fixed_offset_s   # the one the parser applies
         self.alignment = None   # harness.meters.clock.ClockAlignment, once measured
-        self.tail = LogTail(self.options.path, self._make_parser, self.options.skip_malformed)
+        self._since: Optional[float] = None  # host time the run needs samples from (set by start)
+        self.tail = self._new_tail()
+
+    def _new_tail(self) -> LogTail:
+        return LogTail(self.options.path, self._make_parser, self.options.skip_malformed, since=lambda: self._since)
 
     def _make_parser(self) -> _LineParser:
         raise NotImplementedError
 
     def start(self) -> None:
         super().start()
+        # samples from well before the start are never asked for (windows, the clock
+        # signature and the period estimate all come later): a log's older part is skipped
+        self._since = time.time() - LOOKBACK_S
         if not os.path.exists(self.options.path):
             # not an error yet: the meter host may create it once the run starts
             log.info("meter %s: %s does not exist yet; it is read at the end of each window",
                      self.name, self.options.path)
+            return
+        try:  # the first read now: a bad header says so before any cell, later reads are incremental
+            self._read()
+        except MeterError:
+            pass  # a malformed log marked the meter unavailable; any other trouble is per window
 
     # the log ----------------------------------------------------------------
     def _read(self) -> list[LogSample]:
@@ -530,7 +729,7 @@ class ExternalLogMeter(Meter):
         self.alignment = alignment
         if alignment.applied:
             self.clock_offset_s = alignment.offset_s
-            self.tail = LogTail(self.options.path, self._make_parser, self.options.skip_malformed)
+            self.tail = self._new_tail()
 
     def clock_problem(self) -> Optional[str]:
         """Why this meter's timestamps cannot be trusted against this host (None: they can)."""

@@ -2,12 +2,12 @@
 forms shared by the report and compare, and how cells are grouped and labelled."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Optional
 
 from harness import stats
 from harness.cells import ResultCell
-from harness.figures import metric_value
+from harness.figures import MetricValue, metric_value
 from harness.records import MeterEnergy
 
 # every metric a report table or figure shows
@@ -45,15 +45,73 @@ def energy_tag(m: Optional[MeterEnergy]) -> str:
     return " (short window)" if m.quality == "short-window" else ""
 
 
-@dataclass
+class SummaryTable:
+    """The report metrics of many cells, summarised a metric at a time for all of them at once
+    (stats.summarize_many: one array operation per sample length, not one bootstrap per cell)
+    the first time any cell's figure of that metric is read; a metric no table shows is never
+    bootstrapped."""
+
+    def __init__(self, cells: list[ResultCell]):
+        self.cells = cells
+        self._values: dict[str, list[MetricValue]] = {}
+        self._summaries: dict[str, list[stats.Summary]] = {}
+
+    def values(self, metric: str) -> list[MetricValue]:
+        if metric not in self._values:
+            self._values[metric] = [metric_value(c, metric) for c in self.cells]
+        return self._values[metric]
+
+    def summaries(self, metric: str) -> list[stats.Summary]:
+        if metric not in self._summaries:
+            self._summaries[metric] = stats.summarize_many([v.samples for v in self.values(metric)])
+        return self._summaries[metric]
+
+    def medians(self, metric: str) -> list[Optional[float]]:
+        """Medians only (no interval): what figures and rankings need."""
+        return [_median(v.samples) for v in self.values(metric)]
+
+    def by_cell(self) -> dict[int, "CellSummary"]:
+        return {id(c): CellSummary(c, self, i) for i, c in enumerate(self.cells)}
+
+
+def _median(samples: list[float]) -> Optional[float]:
+    return stats.median(samples)
+
+
+class _Column(Mapping):
+    """One cell's entry of each metric in a SummaryTable (summaries, meters or reasons)."""
+
+    def __init__(self, table: SummaryTable, index: int, what: str):
+        self._t, self._i, self._what = table, index, what
+
+    def __getitem__(self, metric: str):
+        if self._what == "summary":
+            return self._t.summaries(metric)[self._i]
+        v = self._t.values(metric)[self._i]
+        return v.meter if self._what == "meter" else v.reason
+
+    def __iter__(self):
+        return iter(SUMMARY_METRICS)
+
+    def __len__(self) -> int:
+        return len(SUMMARY_METRICS)
+
+
 class CellSummary:
-    cell: ResultCell
-    summaries: dict[str, stats.Summary]  # metric -> median and interval
-    meters: dict[str, Optional[MeterEnergy]]  # energy metric -> the meter it came from
-    reasons: dict[str, Optional[str]]  # metric -> why there is no figure
+    """One cell's metrics: median and interval, energy source, why a figure is missing."""
+
+    def __init__(self, cell: ResultCell, table: SummaryTable, index: int):
+        self.cell = cell
+        self._t, self._i = table, index
+        self.summaries: Mapping[str, stats.Summary] = _Column(table, index, "summary")
+        self.meters: Mapping[str, Optional[MeterEnergy]] = _Column(table, index, "meter")  # the meter it came from
+        self.reasons: Mapping[str, Optional[str]] = _Column(table, index, "reason")  # why there is no figure
 
     def med(self, metric: str) -> Optional[float]:
-        return self.summaries[metric].median
+        """The median alone (no bootstrap): rankings and figures read only this."""
+        if metric in self._t._summaries:
+            return self._t._summaries[metric][self._i].median
+        return _median(self._t.values(metric)[self._i].samples)
 
     def value(self, metric: str) -> str:
         """median [CI] with its energy tag, or why there is none; INVALID cells say so."""
@@ -67,11 +125,12 @@ class CellSummary:
 
 
 def cell_summary(c: ResultCell, metrics=SUMMARY_METRICS) -> CellSummary:
-    sums, meters, reasons = {}, {}, {}
-    for m in metrics:
-        v = metric_value(c, m)
-        sums[m], meters[m], reasons[m] = v.summary(), v.meter, v.reason
-    return CellSummary(c, sums, meters, reasons)
+    return SummaryTable([c]).by_cell()[id(c)]
+
+
+def cell_summaries(cells: list[ResultCell]) -> dict[int, CellSummary]:
+    """Every cell's CellSummary by id(cell), backed by one SummaryTable."""
+    return SummaryTable(cells).by_cell()
 
 
 def by_device(cells: list[ResultCell]) -> dict[str, list[ResultCell]]:

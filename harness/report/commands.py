@@ -34,6 +34,7 @@ def add_commands(subparsers) -> None:
                                                            "cell with the most power samples)")
     rep.add_argument("--claims", metavar="FILE", help="also judge the claims of this file in the report")
     rep.add_argument("--print", dest="print_table", action="store_true", help="also print the tables to the terminal")
+    rep.add_argument("--quiet", action="store_true", help="no progress bar")
     rep.set_defaults(func=cmd_report)
 
     cmp = subparsers.add_parser(
@@ -49,6 +50,7 @@ def add_commands(subparsers) -> None:
     cmp.add_argument("--metric", action="append", metavar="NAME",
                      help="metric(s) to compare (default: decode_tps prefill_tps ttft_s tpot_s tokens_per_joule "
                           "j_per_token)")
+    cmp.add_argument("--quiet", action="store_true", help="no progress bar")
     cmp.set_defaults(func=cmd_compare)
 
     ver = subparsers.add_parser(
@@ -57,7 +59,8 @@ def add_commands(subparsers) -> None:
                     "lower bound reaches the factor, REFUTED when its upper bound is below it, INCONCLUSIVE "
                     "otherwise. Exit status 1 when a required claim is REFUTED.")
     ver.add_argument("claims", metavar="CLAIMS.yaml", help="claims file (see workloads/claims.example.yaml)")
-    ver.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s) holding the measurements")
+    ver.add_argument("runs", nargs="*", metavar="RUN", help="run folder(s) holding the measurements (none: claims "
+                                                          "on catalog devices and external figures only)")
     ver.add_argument("--markdown", metavar="FILE",
                      help="where to write the verdicts as Markdown (default: RUN/verdicts-<claims>.md of the first run)")
     ver.add_argument("--strict", action="store_true", help="exit 1 also when a required claim is INCONCLUSIVE")
@@ -89,17 +92,21 @@ def _write(path: Path, text: str) -> None:
 
 
 def cmd_report(args) -> int:
-    from harness.report.run_report import build_report, write_report
+    from harness.report.progress import Stages
+    from harness.report.run_report import REPORT_STAGES, build_report, write_report
 
     _check_runs(args.runs)
-    doc = build_report(args.runs, prices_path=args.prices, timeline_cell=args.timeline, claims_path=args.claims)
-    out = Path(args.out) if args.out else Path(args.runs[0]) / "report"
-    md, html = write_report(doc, out)
+    # work of more than a couple of seconds at thousands of cells: a bar on stderr (terminal only)
+    with Stages(REPORT_STAGES + 1, quiet=args.quiet) as progress:
+        doc = build_report(args.runs, prices_path=args.prices, timeline_cell=args.timeline, claims_path=args.claims,
+                           progress=progress)
+        progress.stage("writing report.md and report.html")
+        out = Path(args.out) if args.out else Path(args.runs[0]) / "report"
+        md, html = write_report(doc, out)
     if args.print_table:
-        from harness.cells import load_cells
         from harness.report.table import bench_rows, print_table
 
-        print_table(bench_rows([c.record for c in load_cells(args.runs)], ci=True), title=doc.title)
+        print_table(bench_rows([c.record for c in doc.cells], ci=True), title=doc.title)
     print(f"wrote {md} (figures in {md.parent / 'plots'})")
     print(f"wrote {html} (self-contained: open it in any browser, no network needed)")
     return 0
@@ -110,6 +117,8 @@ def cmd_compare(args) -> int:
     from harness.figures import METRICS, canonical_metric
     from harness.report.compare import COMPARE_METRICS, build_compare, compare_markdown, print_compare
 
+    from harness.report.progress import Stages
+
     _check_runs(args.runs)
     metrics = COMPARE_METRICS
     if args.metric:
@@ -117,10 +126,16 @@ def cmd_compare(args) -> int:
         bad = [m for m in metrics if m not in METRICS]
         if bad:
             raise ResultsError(f"--metric {bad[0]}: expected one of {', '.join(METRICS)}")
-    cmp = build_compare(load_cells(args.runs), metrics, same_backend=args.same_backend)
-    print_compare(cmp)
+    with Stages(3, quiet=args.quiet) as progress:
+        progress.stage("reading records")
+        cells = load_cells(args.runs)
+        progress.stage(f"comparing {len(cells)} cells")
+        cmp = build_compare(cells, metrics, same_backend=args.same_backend)
+        progress.stage("writing")
+        text = compare_markdown(cmp) if args.markdown else None
+    print_compare(cmp, args.markdown)
     if args.markdown:
-        _write(Path(args.markdown), compare_markdown(cmp))
+        _write(Path(args.markdown), text)
         print(f"wrote {args.markdown}")
     return 0
 
@@ -134,13 +149,14 @@ def cmd_verify(args) -> int:
     _check_runs(args.runs)
     verdicts = verify(claims, load_cells(args.runs))
     print_verdicts(verdicts)
-    md = Path(args.markdown) if args.markdown else Path(args.runs[0]) / f"verdicts-{Path(args.claims).stem}.md"
+    md = Path(args.markdown) if args.markdown else Path(args.runs[0] if args.runs else ".") / \
+        f"verdicts-{Path(args.claims).stem}.md"
     _write(md, verdicts_markdown(verdicts))
     print(f"wrote {md}")
     code = exit_code(verdicts, strict=args.strict)
     if code:
         bad = [v for v in verdicts if v.claim.required and v.verdict != SUPPORTED
-               and (args.strict or v.verdict == "REFUTED")]
+               and (args.strict or v.verdict in ("REFUTED", "IMPLAUSIBLE"))]
         print(f"{len(bad)} required claim(s) {'not supported' if args.strict else 'refuted'}: "
               + "; ".join(v.claim.name for v in bad))
     return code
@@ -154,7 +170,7 @@ def print_verdicts(verdicts) -> None:
     from harness.verdicts import shown_ratio, verdict_lines
 
     console = Console(width=max(150, Console().width))
-    colors = {"SUPPORTED": "green", "REFUTED": "red", "INCONCLUSIVE": "yellow"}
+    colors = {"SUPPORTED": "green", "REFUTED": "red", "INCONCLUSIVE": "yellow", "IMPLAUSIBLE": "magenta"}
     t = Table(title="claim verdicts", title_justify="left")
     for col, just in (("#", "right"), ("claim", "left"), ("metric", "left"), ("factor", "right"),
                       ("measured [95% CI]", "right"), ("verdict", "left"), ("required", "left")):

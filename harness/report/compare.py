@@ -8,7 +8,7 @@ from typing import Optional
 
 from harness import stats
 from harness.cells import ResultCell
-from harness.figures import METRICS, metric_value
+from harness.figures import METRICS, MetricValue, metric_value
 from harness.records import MeterEnergy
 from harness.report.document import md_escape
 from harness.report.cell_summary import energy_tag, median_ci
@@ -16,6 +16,7 @@ from harness.results import ResultsError
 
 COMPARE_METRICS = ("decode_tps", "prefill_tps", "ttft_s", "tpot_s", "tokens_per_joule", "j_per_token")
 FEW_WORKLOADS = 3  # below this, drawing workloads with replacement says little about how they vary
+MAX_TERMINAL_ROWS = 120  # above this, the terminal gets counts per metric; --markdown holds every row
 
 
 @dataclass
@@ -42,6 +43,12 @@ class RunComparison:
     rows: list[CompareRow]
     overall: dict[tuple, stats.Ratio]  # (other config, metric) -> geometric mean over workloads (pooled)
     unmatched: list[ResultCell]
+
+    def rows_by_config(self) -> dict[tuple, list[CompareRow]]:
+        out: dict[tuple, list[CompareRow]] = {}
+        for r in self.rows:
+            out.setdefault(r.other.config_key, []).append(r)
+        return out
 
 
 def _judge(metric: str, r: stats.Ratio, ref: ResultCell, other: ResultCell) -> str:
@@ -85,34 +92,60 @@ def build_compare(cells: list[ResultCell], metrics=COMPARE_METRICS, same_backend
             raise ResultsError(f"--same-backend: no backend label of {first_run} appears in the other runs")
     else:
         refs = {k: configs[0] for k in configs[1:]}
-    labels = {}
-    for k in configs:
-        c = next(c for c in cells if c.config_key == k)
-        labels[k] = f"{k[0]}: {k[1]} @ {c.device_label}"
-    by = {(c.config_key, c.workload_key): c for c in cells}
-    rows: list[CompareRow] = []
+    first_cell: dict[tuple, ResultCell] = {}
+    cells_of: dict[tuple, dict[tuple, ResultCell]] = {}  # configuration -> workload -> cell (the last wins)
+    for c in cells:
+        first_cell.setdefault(c.config_key, c)
+        cells_of.setdefault(c.config_key, {})[c.workload_key] = c
+    labels = {k: f"{k[0]}: {k[1]} @ {first_cell[k].device_label}" for k in configs}
+    pairs: list[tuple[tuple, ResultCell, ResultCell]] = []  # (workload, reference cell, other cell)
     matched: set[int] = set()
     for other, ref in refs.items():
-        for (cfg, wk), rc in by.items():
-            if cfg != ref or (other, wk) not in by:
-                continue
-            oc = by[(other, wk)]
-            matched.update({id(rc), id(oc)})
-            for m in metrics:
-                rv, ov = metric_value(rc, m), metric_value(oc, m)
-                if rv.n == 0 and ov.n == 0:
-                    continue
-                r = stats.ratio(ov.samples, rv.samples)
-                rows.append(CompareRow(wk, m, rc, oc, rv.summary(), ov.summary(), r, _judge(m, r, rc, oc),
-                                       rv.samples, ov.samples, rv.meter, ov.meter))
+        theirs = cells_of.get(other, {})
+        for wk, rc in cells_of.get(ref, {}).items():  # matched by key, never by scanning every cell
+            oc = theirs.get(wk)
+            if oc is not None:
+                pairs.append((wk, rc, oc))
+                matched.update({id(rc), id(oc)})
+    rows = _compare_rows(pairs, metrics)
+    by_group: dict[tuple, list[CompareRow]] = {}
+    for r in rows:
+        if r.ref.ok and r.other.ok:
+            by_group.setdefault((r.other.config_key, r.metric), []).append(r)
     overall = {}
     for other in refs:
         for m in metrics:
-            rs = [r for r in rows if r.other.config_key == other and r.metric == m and r.ref.ok and r.other.ok]
+            rs = by_group.get((other, m), [])
             if len(rs) >= 2:
                 overall[(other, m)] = stats.pooled_ratio([(r.other_samples, r.ref_samples) for r in rs])
     unmatched = [c for c in cells if id(c) not in matched]
     return RunComparison(configs, refs, labels, rows, overall, unmatched)
+
+
+def _compare_rows(pairs: list[tuple[tuple, ResultCell, ResultCell]], metrics) -> list[CompareRow]:
+    """The rows of every matched pair and metric, their summaries and ratios bootstrapped all
+    at once (a reference cell matched by several configurations is summarised once)."""
+    values: dict[tuple[int, str], MetricValue] = {}
+
+    def value(c: ResultCell, m: str) -> MetricValue:
+        key = (id(c), m)
+        if key not in values:
+            values[key] = metric_value(c, m)
+        return values[key]
+
+    todo = []  # (workload, metric, reference cell, other cell, their values)
+    for wk, rc, oc in pairs:
+        for m in metrics:
+            rv, ov = value(rc, m), value(oc, m)
+            if rv.n == 0 and ov.n == 0:
+                continue
+            todo.append((wk, m, rc, oc, rv, ov))
+    keys = list(dict.fromkeys(k for wk, m, rc, oc, rv, ov in todo for k in ((id(rc), m), (id(oc), m))))
+    summary = dict(zip(keys, stats.summarize_many([values[k].samples for k in keys])))
+    ratios = stats.ratio_many([(ov.samples, rv.samples) for wk, m, rc, oc, rv, ov in todo])
+    return [CompareRow(wk, m, rc, oc, summary[(id(rc), m)], summary[(id(oc), m)], r, _judge(m, r, rc, oc),
+                       rv.samples, ov.samples, rv.meter, ov.meter)
+            for (wk, m, rc, oc, rv, ov), r in zip(todo, ratios)]
 
 
 def workload_text(wk: tuple) -> str:
@@ -145,10 +178,11 @@ def compare_markdown(cmp: RunComparison) -> str:
     refs = set(cmp.refs.values())
     if len(refs) == 1:
         out += [f"Reference (A): **{md_escape(cmp.config_labels[next(iter(refs))])}**", ""]
+    rows_of = cmp.rows_by_config()
     for other, ref in cmp.refs.items():
         out += [f"## {md_escape(cmp.config_labels[other])} (B) against A"
                 + ("" if len(refs) == 1 else f": {md_escape(cmp.config_labels[ref])}"), ""]
-        rows = [r for r in cmp.rows if r.other.config_key == other]
+        rows = rows_of.get(other, [])
         if not rows:
             out += ["No matching cells (same model, precision, batch, prompt and generation length, scenario).", ""]
             continue
@@ -174,7 +208,7 @@ def compare_markdown(cmp: RunComparison) -> str:
     return "\n".join(out)
 
 
-def print_compare(cmp: RunComparison) -> None:
+def print_compare(cmp: RunComparison, markdown: str | None = None) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -184,23 +218,34 @@ def print_compare(cmp: RunComparison) -> None:
     if len(refs) == 1:
         console.print(f"[bold]A (reference):[/bold] {escape(cmp.config_labels[next(iter(refs))])}")
     styles = {"better": "green", "worse": "red", "no clear difference": "yellow"}
+    rows_of = cmp.rows_by_config()
     for other, ref in cmp.refs.items():
-        rows = [r for r in cmp.rows if r.other.config_key == other]
+        rows = rows_of.get(other, [])
         versus = "A" if len(refs) == 1 else f"A: {cmp.config_labels[ref]}"
-        t = Table(title=escape(f"B: {cmp.config_labels[other]}  vs  {versus}"), title_justify="left")
-        for col, just in (("workload", "left"), ("metric", "left"), ("A median [95% CI]", "right"),
-                          ("B median [95% CI]", "right"), ("B / A [95% CI]", "right"), ("B is", "left")):
-            t.add_column(col, justify=just)
-        for r in rows:
-            style = styles.get(r.judgement, "bold red" if r.judgement.startswith(("INVALID", "FAILED")) else None)
-            t.add_row(escape(workload_text(r.workload)), f"{r.metric} ({METRICS[r.metric].unit})",
-                      escape(compare_value(r.ref_summary, r.ref, r.ref_meter)),
-                      escape(compare_value(r.other_summary, r.other, r.other_meter)), escape(ratio_text(r.ratio)),
-                      f"[{style}]{r.judgement}[/{style}]" if style else r.judgement)
         if not rows:
             console.print(escape(f"B: {cmp.config_labels[other]}: no cells match A's workloads"))
             continue
-        console.print(t)
+        if len(rows) > MAX_TERMINAL_ROWS:  # a table of thousands of rows helps no one on a terminal
+            console.print(escape(f"B: {cmp.config_labels[other]}  vs  {versus}: {len(rows)} rows"
+                                 + (f" (all of them in {markdown})" if markdown else
+                                    " (--markdown FILE writes every row)")))
+            for m in METRICS:
+                judged = [r.judgement for r in rows if r.metric == m]
+                if judged:
+                    counts = {j: judged.count(j) for j in dict.fromkeys(judged)}
+                    console.print(escape(f"  {m}: " + ", ".join(f"{n} {j}" for j, n in counts.items())))
+        else:
+            t = Table(title=escape(f"B: {cmp.config_labels[other]}  vs  {versus}"), title_justify="left")
+            for col, just in (("workload", "left"), ("metric", "left"), ("A median [95% CI]", "right"),
+                              ("B median [95% CI]", "right"), ("B / A [95% CI]", "right"), ("B is", "left")):
+                t.add_column(col, justify=just)
+            for r in rows:
+                style = styles.get(r.judgement, "bold red" if r.judgement.startswith(("INVALID", "FAILED")) else None)
+                t.add_row(escape(workload_text(r.workload)), f"{r.metric} ({METRICS[r.metric].unit})",
+                          escape(compare_value(r.ref_summary, r.ref, r.ref_meter)),
+                          escape(compare_value(r.other_summary, r.other, r.other_meter)), escape(ratio_text(r.ratio)),
+                          f"[{style}]{r.judgement}[/{style}]" if style else r.judgement)
+            console.print(t)
         for m in METRICS:
             if (other, m) in cmp.overall:
                 r = cmp.overall[(other, m)]

@@ -56,6 +56,7 @@ class Document:
     title: str
     blocks: list[Block] = field(default_factory=list)
     images: dict[str, bytes] = field(default_factory=dict)
+    cells: list = field(default_factory=list)  # the ResultCells it was built from (report --print reuses them)
 
     def h(self, level: int, text: str) -> None:
         self.blocks.append(Heading(level, text))

@@ -39,6 +39,7 @@ code { background: #f1f1f1; padding: 0 3px; border-radius: 3px; font-size: 12.5p
 .SUPPORTED { background: #dff3e4; color: #17692f; }
 .REFUTED { background: #fbe0e0; color: #a11c1c; }
 .INCONCLUSIVE { background: #fff1cc; color: #7a5600; }
+.IMPLAUSIBLE { background: #e8defa; color: #4b1f8c; }
 ul { margin: 6px 0 10px; padding-left: 22px; }
 li { margin: 2px 0; }
 """
@@ -47,17 +48,24 @@ _BOLD = re.compile(r"\*\*(.+?)\*\*")
 _CODE = re.compile(r"`([^`]+)`")
 _EM = re.compile(r"(?<![\w*])\*([^*\s][^*]*?)\*(?![\w*])")
 _FLAGS = re.compile(r"\b(INVALID|FAILED|SUSPECT|ESTIMATE|estimate)\b")
-_VERDICT = re.compile(r"\b(SUPPORTED|REFUTED|INCONCLUSIVE)\b")
+_VERDICT = re.compile(r"\b(SUPPORTED|REFUTED|INCONCLUSIVE|IMPLAUSIBLE)\b")
+# the words of the two patterns above, for a quick "does it occur at all" test before a regex runs
+_VERDICT_WORDS = _VERDICT.pattern[3:-3].split("|")
+_FLAG_WORDS = _FLAGS.pattern[3:-3].split("|")
 
 
 def inline(text: str, flags: bool = False) -> str:
     """Escape, then the little Markdown our text uses: **bold**, `code`, *emphasis*."""
     s = escape(str(text), quote=False)
-    s = _CODE.sub(r"<code>\1</code>", s)
-    s = _BOLD.sub(r"<strong>\1</strong>", s)
-    s = _EM.sub(r"<em>\1</em>", s)
-    s = _VERDICT.sub(r'<span class="verdict \1">\1</span>', s)
-    if flags:
+    # each pattern only where its marker occurs: a report's tables hold ~10^5 cells (issue 21)
+    if "`" in s:
+        s = _CODE.sub(r"<code>\1</code>", s)
+    if "*" in s:
+        s = _BOLD.sub(r"<strong>\1</strong>", s)
+        s = _EM.sub(r"<em>\1</em>", s)
+    if any(w in s for w in _VERDICT_WORDS):
+        s = _VERDICT.sub(r'<span class="verdict \1">\1</span>', s)
+    if flags and any(w in s for w in _FLAG_WORDS):
         s = _FLAGS.sub(lambda m: f'<span class="{"est" if m.group(1).lower() == "estimate" else "bad"}">'
                        f'{m.group(1)}</span>', s)
     return s

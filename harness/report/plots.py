@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import io
+import math
 from typing import Optional, Sequence
 
 from harness.report.timeline import PowerSample
@@ -16,6 +17,11 @@ from harness.report.timeline import PowerSample
 INVALID_COLOR = "#d62728"
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+#: above this many points in a panel, points are not labelled one by one (batch size, INVALID): thousands of
+#: labels are unreadable and cost most of a report's time at lab scale (issue 21)
+MAX_ANNOTATED = 80
+#: legend entries shown; the rest are counted in one last entry
+MAX_LEGEND = 24
 PHASE_COLORS = {"idle-before": "#e8e8e8", "prefill": "#fde2b8", "generation": "#cfe6f7", "idle-after": "#e8e8e8",
                 "between": "#ffffff"}
 
@@ -64,16 +70,26 @@ def to_png(fig) -> bytes:
 
 
 def pareto_front(xs: Sequence[float], ys: Sequence[float], *, x_higher_better: bool, y_higher_better: bool) -> list[int]:
-    """Indices of the points no other point beats on both axes (ties kept), sorted by x."""
+    """Indices of the points no other point beats on both axes (ties kept), sorted by x.
+
+    One sweep from the best x down (n log n, not every pair): a point is beaten when a point of
+    strictly better x has a y at least as good, or a point of the same x has a strictly better y."""
     sx = 1 if x_higher_better else -1
     sy = 1 if y_higher_better else -1
-    pts = [(sx * x, sy * y, i) for i, (x, y) in enumerate(zip(xs, ys)) if x is not None and y is not None]
+    pts = sorted(((sx * x, sy * y, i) for i, (x, y) in enumerate(zip(xs, ys)) if x is not None and y is not None),
+                 key=lambda t: -t[0])
     front = []
-    for a in pts:
-        dominated = any((b[0] >= a[0] and b[1] >= a[1]) and (b[0] > a[0] or b[1] > a[1]) for b in pts)
-        if not dominated:
-            front.append(a[2])
-    return sorted(front, key=lambda i: xs[i])
+    best_before = -math.inf  # the best y among points of strictly better x
+    k = 0
+    while k < len(pts):
+        group = [pts[k]]
+        while k + len(group) < len(pts) and pts[k + len(group)][0] == pts[k][0]:
+            group.append(pts[k + len(group)])
+        top = max(t[1] for t in group)
+        front += [t[2] for t in group if t[1] == top and t[1] > best_before]
+        best_before = max(best_before, top)
+        k += len(group)
+    return sorted(sorted(front), key=lambda i: xs[i])
 
 
 def _no_data(ax, text: str) -> None:
@@ -102,12 +118,15 @@ def batch_figure(series: list[Series]) -> bytes:
                         markerfacecolor="white" if est else color, linestyle="--" if est else "-",
                         label=s.label + (" (estimate)" if est else ""))
                 drawn = True
-            for p in pts:
-                if not p.valid:
-                    ax.plot([p.batch], [p.value(key)], marker="x", color=INVALID_COLOR, markersize=9, mew=2, linestyle="")
+            bad = [p for p in pts if not p.valid]
+            if bad:  # one call for all of a series' INVALID points
+                ax.plot([p.batch for p in bad], [p.value(key) for p in bad], marker="x", color=INVALID_COLOR,
+                        markersize=9, mew=2, linestyle="")
+                drawn = True
+            if len(bad) <= MAX_ANNOTATED:
+                for p in bad:
                     ax.annotate("INVALID", (p.batch, p.value(key)), textcoords="offset points", xytext=(4, 4),
                                 color=INVALID_COLOR, fontsize=7)
-                    drawn = True
         ax.set_title(f"{title}\n({hint})", fontsize=10)
         ax.set_xlabel("batch size")
         if not drawn:
@@ -124,9 +143,21 @@ def batch_figure(series: list[Series]) -> bytes:
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
+    handles, labels = _capped_legend(handles, labels)
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)), fontsize=8, frameon=False)
     return to_png(fig)
+
+
+def _capped_legend(handles: list, labels: list[str]) -> tuple[list, list[str]]:
+    """At most MAX_LEGEND entries, the last one saying how many configurations are not listed."""
+    if len(handles) <= MAX_LEGEND:
+        return handles, labels
+    from matplotlib.lines import Line2D
+
+    more = len(handles) - (MAX_LEGEND - 1)
+    return (handles[:MAX_LEGEND - 1] + [Line2D([], [], linestyle="")],
+            labels[:MAX_LEGEND - 1] + [f"... and {more} more configurations (tables list every cell)"])
 
 
 def tradeoff_figure(points: list[CellPoint]) -> bytes:
@@ -143,19 +174,29 @@ def tradeoff_figure(points: list[CellPoint]) -> bytes:
             _no_data(ax, "no energy measurement for these cells" if xkey == "j_per_token" else "no measurement")
             ax.set_xlabel(xlabel)
             continue
+        label_each = len(have) <= MAX_ANNOTATED
+        bad = [p for p in have if not p.valid]
+        if bad:
+            ax.plot([p.value(xkey) for p in bad], [p.tpot_ms for p in bad], marker="x", color=INVALID_COLOR,
+                    markersize=9, mew=2, linestyle="")
+        groups: dict[tuple, list[CellPoint]] = {}  # one plot call per colour, marker and fill
         for p in have:
-            if not p.valid:
-                ax.plot([p.value(xkey)], [p.tpot_ms], marker="x", color=INVALID_COLOR, markersize=9, mew=2, linestyle="")
-                ax.annotate("INVALID", (p.value(xkey), p.tpot_ms), textcoords="offset points", xytext=(4, 4),
-                            color=INVALID_COLOR, fontsize=7)
-                continue
-            color = PALETTE[labels.index(p.label) % len(PALETTE)]
-            marker = MARKERS[devices.index(p.device) % len(MARKERS)]
-            est = p.estimate and xkey == "j_per_token"
-            ax.plot([p.value(xkey)], [p.tpot_ms], marker=marker, color=color, markersize=7, linestyle="",
-                    markerfacecolor="white" if est else color)
-            ax.annotate(f"b{p.batch}" + (" est." if est else ""), (p.value(xkey), p.tpot_ms),
-                        textcoords="offset points", xytext=(4, -9), fontsize=7, color="#444")
+            if p.valid:
+                groups.setdefault((p.label, p.device, p.estimate and xkey == "j_per_token"), []).append(p)
+        for (lab, dev, est), pts in groups.items():
+            color = PALETTE[labels.index(lab) % len(PALETTE)]
+            marker = MARKERS[devices.index(dev) % len(MARKERS)]
+            ax.plot([p.value(xkey) for p in pts], [p.tpot_ms for p in pts], marker=marker, color=color, markersize=7,
+                    linestyle="", markerfacecolor="white" if est else color)
+        if label_each:
+            for p in have:
+                if not p.valid:
+                    ax.annotate("INVALID", (p.value(xkey), p.tpot_ms), textcoords="offset points", xytext=(4, 4),
+                                color=INVALID_COLOR, fontsize=7)
+                    continue
+                est = p.estimate and xkey == "j_per_token"
+                ax.annotate(f"b{p.batch}" + (" est." if est else ""), (p.value(xkey), p.tpot_ms),
+                            textcoords="offset points", xytext=(4, -9), fontsize=7, color="#444")
         for d_i, dev in enumerate(devices):
             ok = [p for p in have if p.valid and p.device == dev]
             if len(ok) < 1:
@@ -180,6 +221,9 @@ def tradeoff_figure(points: list[CellPoint]) -> bytes:
 
     handles = [Line2D([], [], color=PALETTE[i % len(PALETTE)], marker="o", linestyle="", label=lab)
                for i, lab in enumerate(labels)]
+    if len(handles) > MAX_LEGEND:
+        handles = handles[:MAX_LEGEND - 1] + [Line2D([], [], linestyle="", label=f"... and {len(handles) - MAX_LEGEND + 1} "
+                                                                                  "more configurations")]
     handles += [Line2D([], [], color="#333", marker=MARKERS[i % len(MARKERS)], linestyle=[":", "-.", "--"][i % 3],
                        label=f"device {dev}") for i, dev in enumerate(devices)]
     handles.append(Line2D([], [], color="#333", marker="o", markersize=11, markerfacecolor="none", linestyle="-",

@@ -15,25 +15,33 @@ from harness.cells import LoadedRun, ResultCell, load_runs
 from harness.claims import load_claims
 from harness.figures import METRICS, is_estimate
 from harness.report import device_tables
-from harness.report.cell_summary import CellSummary, by_device, cell_summary, energy_tag, fmt, labeler
+from harness.report.cell_summary import CellSummary, by_device, cell_summaries, energy_tag, fmt, labeler
 from harness.report.document import Document, Table, to_markdown
 from harness.report.html import to_html
 from harness.report.methods import methods_section
 from harness.report.prices import load_prices
+from harness.report.progress import Stages, stage
 from harness.report.timeline import pick_timeline_cell
 from harness.results import ResultsError
 from harness.verdicts import verify
 
 
+#: the stages build_report announces (harness.report.progress), for the bar's length
+REPORT_STAGES = 5
+
+
 def build_report(run_dirs, prices_path: str | Path | None = None, timeline_cell: Optional[str] = None,
-                 claims_path: str | Path | None = None, with_plots: bool = True) -> Document:
+                 claims_path: str | Path | None = None, with_plots: bool = True,
+                 progress: Optional[Stages] = None) -> Document:
+    stage(progress, "reading records")
     runs = load_runs(run_dirs)
     cells = [c for run in runs for c in run.cells]
     prices = load_prices(prices_path) if prices_path else None
+    stage(progress, f"judging claims over {len(cells)} cells")
     verdicts = verify(load_claims(claims_path), cells) if claims_path else None
 
-    doc = Document(title="Benchmark report: " + ", ".join(run.run_id for run in runs))
-    sums = {id(c): cell_summary(c) for c in cells}
+    doc = Document(title="Benchmark report: " + ", ".join(run.run_id for run in runs), cells=cells)
+    sums = cell_summaries(cells)  # figures are bootstrapped a metric at a time, for all cells at once
     label = labeler(cells)
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     doc.p(f"Generated {now} by `harness report` from {len(runs)} run folder(s) and {len(cells)} cell(s). "
@@ -43,12 +51,14 @@ def build_report(run_dirs, prices_path: str | Path | None = None, timeline_cell:
     doc.h(2, "Runs")
     doc.table(_runs_table(runs))
 
+    stage(progress, f"summarising {len(cells)} cells")
+    devices = by_device(cells)
     doc.h(2, "At a glance")
-    for dev, dcells in by_device(cells).items():
+    for dev, dcells in devices.items():
         doc.h(3, dev)
         doc.ul(_glance(dcells, sums, label) + _warnings(dcells, sums))
 
-    for dev, dcells in by_device(cells).items():
+    for dev, dcells in devices.items():
         doc.h(2, f"Device: {dev}")
         doc.h(3, "Throughput (llama-bench style)")
         doc.table(device_tables.throughput_table(dcells))
@@ -62,7 +72,11 @@ def build_report(run_dirs, prices_path: str | Path | None = None, timeline_cell:
         else:
             doc.p("No energy records.")
 
+    from harness.report.bounds_table import add_bounds_section  # issue 16: cells against their physical bounds
+
+    add_bounds_section(doc, cells)
     if with_plots and cells:
+        stage(progress, "drawing figures")
         _figures(doc, cells, sums, label, timeline_cell)
     if verdicts is not None:
         doc.h(2, "Claim verdicts")

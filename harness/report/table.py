@@ -15,9 +15,12 @@ from harness.records import CellRecord
 
 
 def _pm(m: Optional[dict], scale: float = 1.0, digits: int = 2) -> str:
-    if not m or "mean" not in m:
+    # a record from elsewhere may lack `sd` (the reader checks types, not completeness)
+    if not isinstance(m, dict) or not isinstance(m.get("mean"), (int, float)):
         return "-"
-    return f"{m['mean'] * scale:.{digits}f} ± {m['sd'] * scale:.{digits}f}"
+    sd = m.get("sd")
+    return (f"{m['mean'] * scale:.{digits}f} ± {sd * scale:.{digits}f}" if isinstance(sd, (int, float))
+            else f"{m['mean'] * scale:.{digits}f}")
 
 
 def _params(n) -> str:
@@ -61,18 +64,22 @@ def _accuracy(r: CellRecord) -> str:
     return a.get("status", "-")
 
 
-def _ci(m: Optional[dict]) -> str:
-    """median [95 % bootstrap CI] of the metric's samples (harness.stats)."""
-    if not m or not m.get("samples"):
-        return "-"
-    s = stats.summarize(m["samples"])
-    return f"{stats.fmt_num(s.median)} {stats.fmt_ci(s.ci_low, s.ci_high, 4)}"
+def _ci_texts(metric_dicts: list[Optional[dict]]) -> list[str]:
+    """median [95 % bootstrap CI] of each metric's samples (harness.stats), all bootstrapped
+    together (stats.summarize_many)."""
+    have = [i for i, m in enumerate(metric_dicts) if m and m.get("samples")]
+    sums = stats.summarize_many([metric_dicts[i]["samples"] for i in have])
+    out = ["-"] * len(metric_dicts)
+    for i, s in zip(have, sums):
+        out[i] = f"{stats.fmt_num(s.median)} {stats.fmt_ci(s.ci_low, s.ci_high, 4)}"
+    return out
 
 
 def bench_rows(records: list[CellRecord], ci: bool = False) -> pd.DataFrame:
     """One row per cell and test. ci=True adds the median with its 95 % bootstrap
     interval and the number of repetitions. Invalid cells say INVALID in the t/s column too."""
     rows = []
+    ci_of: list[Optional[dict]] = []
     for r in records:
         base = {"model": r.model, "params": _params(r.params), "dtype": r.shown_precision,
                 "backend": r.backend, "device": r.device, "batch": r.batch}
@@ -91,9 +98,15 @@ def bench_rows(records: list[CellRecord], ci: bool = False) -> pd.DataFrame:
             tps = _pm(m.get(key))
             row = {**base, "test": test, "t/s": f"INVALID {tps}" if r.invalid else tps}
             if ci:
-                row.update({"median [95% CI]": _ci(m.get(key)), "n": (m.get(key) or {}).get("n", "-")})
+                row.update({"median [95% CI]": len(ci_of), "n": (m.get(key) or {}).get("n", "-")})
+                ci_of.append(m.get(key))  # filled in below, every cell's interval at once
             rows.append({**row, "% roof": _pct(roof.get(pct)), "J/token": energy_text(r, metric), "accuracy": acc,
                          "placement": placement(r)})
+    if ci_of:
+        texts = _ci_texts(ci_of)
+        for row in rows:
+            if isinstance(row.get("median [95% CI]"), int):
+                row["median [95% CI]"] = texts[row["median [95% CI]"]]
     df = pd.DataFrame(rows)
     if "placement" in df.columns and not (df["placement"].fillna("") != "").any():
         df = df.drop(columns="placement")  # no backend here reports node placement

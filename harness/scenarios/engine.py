@@ -3,30 +3,92 @@
 Request scenarios drive it through :class:`EngineSUT` (no HTTP); ``harness serve`` puts
 an OpenAI-compatible HTTP face on the same engine.
 
-Batching (:class:`BatchingEngine`): one scheduler thread owns the backend. It takes
-the oldest waiting request plus every other waiting request with the same prompt
-length (up to ``max_batch``), prefills them as one batch, then decodes one step at a
-time for the whole batch, streaming each token as its step returns; a request leaves
-the batch when it has its tokens. Requests with different prompt lengths are never
-padded together (padding would change what is computed), so they run in separate
-batches, in arrival order. Static batching: a request arriving while a batch decodes
-waits for it to finish.
+One scheduler thread owns the backend and streams each token as its step returns.
+Two policies (:class:`BatchingEngine`, ``batching=``):
 
-The engine never reads or writes the backend's decode state: the first token comes
-from ``first_tokens(state)`` and each ``decode(state, 1)`` advances the state itself.
+* **continuous** (where the backend offers ``slot_decoder``: torch): before every decode
+  step, waiting requests (any prompt lengths, up to ``max_batch`` held in all) are
+  prefilled together into free slots and join the running batch at that step; a
+  request leaves the batch, freeing its slot, as soon as it has its tokens. Each
+  sequence has its own cache position, so a request's tokens are the ones it would get
+  alone (greedy). A prefill pauses the running sequences for its duration (no chunked
+  prefill).
+* **static** (every other model backend: onnxruntime, llama.cpp, transformers run
+  batches that start together): the oldest waiting request plus every other waiting
+  request with the same prompt length (up to ``max_batch``) are prefilled as one batch
+  and decoded to the end; requests with other prompt lengths, and any arriving
+  meanwhile, wait for it. The engine never reads or writes the backend's decode state:
+  the first token comes from ``first_tokens(state)`` and each ``decode(state, 1)``
+  advances the state itself.
+
+``batching="auto"`` (the default) picks continuous where the backend can, static
+elsewhere. :meth:`BatchingEngine.batch_stats` says which ran and how full the decode
+steps were.
 """
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import itertools
 import queue
 import threading
 import time
+from typing import Literal
 
 import numpy as np
 
 from backends.base import ModelBackend, Request, RequestResult
+from backends.slots import SlotDecoder
+
+BATCHING_POLICIES = ("auto", "continuous", "static")
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """How the engine batched, since it started (a snapshot).
+
+    decode_batch_sizes: for each decode step, how many sequences it advanced (a
+    sequence that already had its tokens is not counted, though a static batch still
+    computes its row). prefill_batch_sizes: how many prompts each prefill took.
+    admitted_mid_batch: requests prefilled while other sequences were decoding (they
+    joined a running batch; always 0 under static batching)."""
+
+    policy: str  # "continuous" | "static"
+    max_batch: int
+    requests: int = 0  # admitted (prefilled)
+    tokens: int = 0  # streamed
+    errors: int = 0  # failed steps
+    decode_steps: int = 0
+    decode_batch_sizes: dict[int, int] = field(default_factory=dict)  # batch size -> decode steps
+    prefill_batch_sizes: dict[int, int] = field(default_factory=dict)  # prompts per prefill -> prefills
+    admitted_mid_batch: int = 0
+
+    @property
+    def mean_decode_batch(self) -> float | None:
+        """Sequences per decode step, on average (None before the first step)."""
+        if not self.decode_steps:
+            return None
+        return sum(b * n for b, n in self.decode_batch_sizes.items()) / self.decode_steps
+
+    def to_json(self) -> dict:
+        """With string keys for the histograms (JSON objects have string keys)."""
+        return {"policy": self.policy, "max_batch": self.max_batch, "requests": self.requests,
+                "tokens": self.tokens, "errors": self.errors, "decode_steps": self.decode_steps,
+                "decode_batch_sizes": {str(b): n for b, n in sorted(self.decode_batch_sizes.items())},
+                "prefill_batch_sizes": {str(b): n for b, n in sorted(self.prefill_batch_sizes.items())},
+                "admitted_mid_batch": self.admitted_mid_batch, "mean_decode_batch": self.mean_decode_batch}
+
+    def format(self) -> str:
+        """A few lines for a terminal: the decode batch-size histogram and the counters."""
+        lines = [f"batching: {self.policy} (max batch {self.max_batch}); {self.requests} requests, "
+                 f"{self.tokens} tokens, {self.decode_steps} decode steps, "
+                 f"{self.admitted_mid_batch} admitted mid-batch, {self.errors} errors"]
+        if self.decode_steps:
+            lines.append(f"mean decode batch {self.mean_decode_batch:.2f}; decode steps by batch size:")
+            for b in range(1, max(self.decode_batch_sizes) + 1):
+                n = self.decode_batch_sizes.get(b, 0)
+                lines.append(f"  {b:>3}  {n:>7}  {100 * n / self.decode_steps:5.1f} %")
+        return "\n".join(lines)
 
 
 @dataclass
@@ -51,10 +113,16 @@ class BatchingEngine:
     """
 
     def __init__(self, backend: ModelBackend, vocab_size: int, max_batch: int = 8, max_seq: int = 512,
-                 batch_wait_s: float = 0.0, eos_token_id: int | None = None):
+                 batch_wait_s: float = 0.0, eos_token_id: int | None = None,
+                 batching: Literal["auto", "continuous", "static"] = "auto"):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if batching not in BATCHING_POLICIES:
+            raise ValueError(f"batching must be one of {', '.join(BATCHING_POLICIES)}, got {batching!r}")
         self.backend, self.vocab_size = backend, vocab_size
+        self.batching = batching  # asked for; self.policy is what runs (known after start())
+        self.policy: str | None = None
+        self._slots: SlotDecoder | None = None
         self.max_batch, self.max_seq = max_batch, max_seq
         self.batch_wait_s, self.eos_token_id = batch_wait_s, eos_token_id
         self._waiting: deque[Job] = deque()
@@ -63,14 +131,30 @@ class BatchingEngine:
         self._thread: threading.Thread | None = None
         self._ids = itertools.count()
         self._prepared: set[int] = set()
+        # batches / batch_sizes: prefills and their sizes (a static batch is one prefill)
         self.stats = {"batches": 0, "requests": 0, "tokens": 0, "batch_sizes": {}, "errors": 0, "prepare_s": 0.0}
+        self._stats_lock = threading.Lock()  # the scheduler writes, batch_stats() readers copy
+        self._decode_sizes: dict[int, int] = {}
+        self._decode_steps = 0
+        self._admitted_mid = 0
 
     # lifetime ------------------------------------------------------------------------------------
     def start(self, prepare_all: bool = True) -> "BatchingEngine":
-        if prepare_all:  # caches / CUDA graphs for every batch size, outside any request
+        """Choose the policy, make the caches (and CUDA graphs) outside any request, and
+        start the scheduler. ValueError: continuous batching asked of a backend without it."""
+        if self.batching != "static":
+            t0 = time.perf_counter()
+            self._slots = self.backend.slot_decoder(self.max_batch, self.max_seq)
+            self.stats["prepare_s"] += time.perf_counter() - t0
+            if self._slots is None and self.batching == "continuous":
+                raise ValueError(f"backend {self.backend.name or type(self.backend).__name__!r} cannot join "
+                                 "sequences to a running batch (no slot_decoder): use static batching")
+        self.policy = "continuous" if self._slots is not None else "static"
+        if self.policy == "static" and prepare_all:  # caches / CUDA graphs for every batch size
             for b in range(1, self.max_batch + 1):
                 self._prepare(b)
-        self._thread = threading.Thread(target=self._loop, name="batching-engine", daemon=True)
+        loop = self._loop_continuous if self.policy == "continuous" else self._loop
+        self._thread = threading.Thread(target=loop, name="batching-engine", daemon=True)
         self._thread.start()
         return self
 
@@ -120,9 +204,36 @@ class BatchingEngine:
     def cancel(job: Job) -> None:
         job.cancelled = True
 
+    def batch_stats(self) -> BatchStats:
+        """A snapshot of how the engine has batched so far (safe from any thread)."""
+        with self._stats_lock:
+            return BatchStats(policy=self.policy or self.batching, max_batch=self.max_batch,
+                              requests=self.stats["requests"], tokens=self.stats["tokens"],
+                              errors=self.stats["errors"], decode_steps=self._decode_steps,
+                              decode_batch_sizes=dict(self._decode_sizes),
+                              prefill_batch_sizes=dict(self.stats["batch_sizes"]),
+                              admitted_mid_batch=self._admitted_mid)
+
     def stats_json(self) -> dict:
-        """The counters, with batch sizes keyed by strings (JSON objects have string keys)."""
-        return dict(self.stats, batch_sizes={str(b): n for b, n in self.stats["batch_sizes"].items()})
+        """The counters, with batch sizes keyed by strings (JSON objects have string keys),
+        and the batch statistics under "batching"."""
+        with self._stats_lock:
+            out = dict(self.stats, batch_sizes={str(b): n for b, n in self.stats["batch_sizes"].items()})
+        out["batching"] = self.batch_stats().to_json()
+        return out
+
+    def _count_prefill(self, n: int, mid_batch: bool) -> None:
+        with self._stats_lock:
+            self.stats["batches"] += 1
+            self.stats["requests"] += n
+            self.stats["batch_sizes"][n] = self.stats["batch_sizes"].get(n, 0) + 1
+            if mid_batch:
+                self._admitted_mid += n
+
+    def _count_step(self, n: int) -> None:
+        with self._stats_lock:
+            self._decode_steps += 1
+            self._decode_sizes[n] = self._decode_sizes.get(n, 0) + 1
 
     # the scheduler -------------------------------------------------------------------------------
     def _take_group(self) -> list[Job] | None:
@@ -159,7 +270,8 @@ class BatchingEngine:
             try:
                 self._run(group)
             except Exception as e:  # noqa: BLE001 - fail this batch, keep serving
-                self.stats["errors"] += 1
+                with self._stats_lock:
+                    self.stats["errors"] += 1
                 t = time.perf_counter()
                 for j in group:
                     if not j.finished:
@@ -180,14 +292,12 @@ class BatchingEngine:
             j.finished = True
         if not j.cancelled:
             j.sink.put(("token", int(token), t, reason))
-            self.stats["tokens"] += 1
+            self.stats["tokens"] += 1  # the scheduler thread only: no lock needed for +=
 
     def _run(self, group: list[Job]) -> None:
         B = len(group)
         self._prepare(B)
-        self.stats["batches"] += 1
-        self.stats["requests"] += B
-        self.stats["batch_sizes"][B] = self.stats["batch_sizes"].get(B, 0) + 1
+        self._count_prefill(B, mid_batch=False)
         ids = np.asarray([j.prompt for j in group], dtype=np.int64)
         state = self.backend.prefill(ids)
         first = np.asarray(self.backend.first_tokens(state)).reshape(-1)  # on the host: the step is done
@@ -195,12 +305,101 @@ class BatchingEngine:
         for j, tok in zip(group, first):
             self._emit(j, tok, t)
         for _ in range(max(j.max_tokens for j in group) - 1):
-            if all(j.finished for j in group):
+            live = sum(not j.finished for j in group)
+            if not live:
                 break
+            self._count_step(live)
             toks = np.asarray(self.backend.decode(state, 1).tokens)[:, -1]
             t = time.perf_counter()
             for j, tok in zip(group, toks):
                 self._emit(j, tok, t)
+
+    # continuous batching ----------------------------------------------------------------------
+    def _admit(self, free: int, idle: bool) -> list[Job] | None:
+        """Waiting requests to prefill now (up to `free`), oldest first, any prompt
+        lengths; None when the engine stops. Blocks only when nothing is running (idle)."""
+        with self._cond:
+            while idle and not self._stop and not self._waiting:
+                self._cond.wait(0.1)
+            if self._stop:
+                return None
+            if not (idle and self._waiting and self.batch_wait_s > 0):
+                return self._pop_waiting(free)
+        time.sleep(self.batch_wait_s)  # an idle engine waits a little to prefill a burst together
+        with self._cond:
+            return None if self._stop else self._pop_waiting(free)
+
+    def _pop_waiting(self, free: int) -> list[Job]:
+        new: list[Job] = []
+        while self._waiting and len(new) < free:
+            j = self._waiting.popleft()
+            if not j.cancelled:
+                new.append(j)
+        return new
+
+    def _loop_continuous(self) -> None:
+        slots = self._slots
+        running: dict[int, Job] = {}  # job id -> job, the sequences the decoder holds
+        while True:
+            new = self._admit(self.max_batch - len(running), idle=not running)
+            if new is None and not running:
+                return
+            try:
+                if new:  # join the batch at this step, whatever their prompt lengths
+                    self._count_prefill(len(new), mid_batch=bool(running))
+                    first = slots.add([j.id for j in new], [j.prompt for j in new])
+                    t = time.perf_counter()
+                    for j, tok in zip(new, first):
+                        running[j.id] = j
+                        self._emit(j, tok, t)
+                    new = []
+                self._leave(running)
+                if running:
+                    ids, toks = slots.step()
+                    t = time.perf_counter()
+                    self._count_step(len(ids))
+                    for i, tok in zip(ids, toks):
+                        self._emit(running[i], tok, t)
+                    self._leave(running)
+            except Exception as e:  # noqa: BLE001 - fail the sequences held, keep serving
+                with self._stats_lock:
+                    self.stats["errors"] += 1
+                t = time.perf_counter()
+                for j in [*running.values(), *(new or [])]:
+                    if not j.finished:
+                        j.finished = True
+                        j.sink.put(("error", f"{type(e).__name__}: {e}", t))
+                running.clear()
+                try:
+                    slots.clear()
+                except Exception:  # noqa: BLE001 - the decoder is beyond repair: rebuild it
+                    self._slots = slots = self.backend.slot_decoder(self.max_batch, self.max_seq)
+            if new is None:  # stopping: the sequences held run to their end, nothing joins
+                while running:
+                    self._drain_step(slots, running)
+                return
+
+    def _leave(self, running: dict[int, Job]) -> None:
+        """Sequences with their tokens (or cancelled) leave the batch and free their slot."""
+        for j in [j for j in running.values() if j.finished or j.cancelled]:
+            self._slots.remove(j.id)
+            del running[j.id]
+
+    def _drain_step(self, slots: SlotDecoder, running: dict[int, Job]) -> None:
+        try:
+            ids, toks = slots.step()
+        except Exception as e:  # noqa: BLE001
+            t = time.perf_counter()
+            for j in running.values():
+                j.finished = True
+                j.sink.put(("error", f"{type(e).__name__}: {e}", t))
+            running.clear()
+            return
+        t = time.perf_counter()
+        self._count_step(len(ids))
+        for i, tok in zip(ids, toks):
+            self._emit(running[i], tok, t)
+        self._leave(running)
 
 
 class EngineSUT:
@@ -251,4 +450,4 @@ class EngineSUT:
 
     def describe(self) -> dict:
         return {"sut": "in-process", "max_batch": self.engine.max_batch, "max_seq": self.engine.max_seq,
-                "engine_stats": self.engine.stats_json()}
+                "batching": self.engine.policy, "engine_stats": self.engine.stats_json()}

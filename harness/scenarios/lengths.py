@@ -5,7 +5,7 @@ request scenario uses each cell's own prompt_len / gen_len.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import json
 import math
 from pathlib import Path
@@ -13,7 +13,15 @@ from typing import Any, Literal, Optional
 
 import numpy as np
 
+from harness.schema import regular_file_problem, short
+
 LENGTHS_DIR = Path(__file__).resolve().parents[2] / "workloads" / "lengths"
+#: Bounds on what a lengths setting or file may hold. A token count above 2^20 is past every
+#: model's context; the shipped file is 400 pairs in 6 kB, so 16 MiB / a million pairs
+#: leaves room for any real trace while keeping a hostile file to about a second.
+MAX_LEN = 1 << 20
+MAX_LENGTHS_FILE_BYTES = 16 << 20
+MAX_PAIRS = 1_000_000
 
 
 @dataclass
@@ -33,15 +41,15 @@ class LengthsConfig:
     prompt_len: Any = None  # int (fixed) or [lo, hi] (uniform)
     output_len: Any = None
     path: Optional[str] = None
-    max_prompt_len: Optional[int] = None
-    max_output_len: Optional[int] = None
-    min_output_len: int = 2
+    max_prompt_len: Optional[int] = field(default=None, metadata={"range": (1, MAX_LEN)})
+    max_output_len: Optional[int] = field(default=None, metadata={"range": (1, MAX_LEN)})
+    min_output_len: int = field(default=2, metadata={"range": (1, MAX_LEN)})
 
     def problems(self) -> list[tuple[str, str]]:
         try:
             LengthSampler(self)
-        except ValueError as e:
-            return [("", str(e))]
+        except ValueError as e:  # a file's trouble is the path key's, for its line
+            return [("path" if self.type == "file" and "lengths file" in str(e) else "", str(e))]
         return []
 
 
@@ -50,30 +58,68 @@ def fixed_lengths(prompt_len: int, output_len: int) -> LengthsConfig:
     return LengthsConfig(type="fixed", prompt_len=prompt_len, output_len=output_len)
 
 
+
+
+def _is_len(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= MAX_LEN
+
+
 def _pair(v: Any, key: str) -> tuple[int, int]:
-    if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, int) for x in v) and 1 <= v[0] <= v[1]:
+    if isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_len(x) for x in v) and v[0] <= v[1]:
         return int(v[0]), int(v[1])
-    raise ValueError(f"uniform lengths: {key} must be [lo, hi] with 1 <= lo <= hi, got {v!r}")
+    raise ValueError(f"uniform lengths: {key} must be [lo, hi] with 1 <= lo <= hi <= {MAX_LEN}, got {short(v)}")
 
 
 def resolve_lengths_path(path: str) -> Path:
     p = Path(path)
     if p.exists():
         return p
-    for cand in (LENGTHS_DIR / path, LENGTHS_DIR / f"{path}.json"):
-        if cand.exists():
-            return cand
+    if "/" not in path and path not in ("", ".", ".."):  # a bare name: a shipped file
+        for cand in (LENGTHS_DIR / path, LENGTHS_DIR / f"{path}.json"):
+            if cand.exists():
+                return cand
     shipped = ", ".join(sorted(f.stem for f in LENGTHS_DIR.glob("*.json"))) or "none"
-    raise ValueError(f"lengths file {path!r} not found (shipped in workloads/lengths: {shipped})")
+    raise ValueError(f"lengths file {short(path)} not found (shipped in workloads/lengths: {shipped})")
 
 
 def load_length_pairs(path: str) -> np.ndarray:
-    data = json.loads(resolve_lengths_path(path).read_text())
-    pairs = data["pairs"] if isinstance(data, dict) else data
-    arr = np.asarray(pairs, dtype=np.int64)
-    if arr.ndim != 2 or arr.shape[1] != 2 or len(arr) == 0 or (arr < 1).any():
-        raise ValueError(f"lengths file {path!r}: expected a non-empty list of [prompt_len, output_len] pairs >= 1")
-    return arr
+    """The [prompt_len, output_len] pairs of a lengths file, as an [n, 2] int64 array.
+    Only ValueError escapes, naming the file and what is wrong: a directory, a FIFO, a
+    file over MAX_LENGTHS_FILE_BYTES, text that is not JSON, JSON that is not a list of
+    pairs (a dict without "pairs", null, a number), or an entry that is not two integers
+    from 1 to MAX_LEN."""
+    p = resolve_lengths_path(path)
+    why = regular_file_problem(str(p), "lengths file", MAX_LENGTHS_FILE_BYTES)
+    if why:
+        raise ValueError(why)
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(MAX_LENGTHS_FILE_BYTES + 1)
+        if len(raw) > MAX_LENGTHS_FILE_BYTES:
+            raise ValueError(f"lengths file {short(path)} is larger than {MAX_LENGTHS_FILE_BYTES:,} bytes")
+        data = json.loads(raw.decode("utf-8"))
+    except OSError as e:
+        raise ValueError(f"cannot read lengths file {short(path)}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"lengths file {short(path)}: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"lengths file {short(path)}: not JSON (line {e.lineno}: {e.msg})") from None
+    except RecursionError:
+        raise ValueError(f"lengths file {short(path)}: JSON nested too deeply") from None
+    want = "a JSON list of [prompt_len, output_len] pairs, or {\"pairs\": [...]}"
+    if isinstance(data, dict):
+        if "pairs" not in data:
+            raise ValueError(f"lengths file {short(path)}: expected {want}; the mapping has no \"pairs\" key")
+        data = data["pairs"]
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"lengths file {short(path)}: expected {want} (non-empty), got {short(data)}")
+    if len(data) > MAX_PAIRS:
+        raise ValueError(f"lengths file {short(path)}: {len(data):,} pairs; the limit is {MAX_PAIRS:,}")
+    for i, pair in enumerate(data):
+        if not (isinstance(pair, list) and len(pair) == 2 and _is_len(pair[0]) and _is_len(pair[1])):
+            raise ValueError(f"lengths file {short(path)}: entry {i}: expected [prompt_len, output_len], two "
+                             f"integers from 1 to {MAX_LEN}, got {short(pair)}")
+    return np.asarray(data, dtype=np.int64).reshape(-1, 2)
 
 
 class LengthSampler:
@@ -86,8 +132,8 @@ class LengthSampler:
         if cfg.type == "fixed":
             for k in ("prompt_len", "output_len"):
                 v = getattr(cfg, k)
-                if not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
-                    raise ValueError(f"fixed lengths: {k} must be an integer >= 1, got {v!r}")
+                if not _is_len(v):
+                    raise ValueError(f"fixed lengths: {k} must be an integer from 1 to {MAX_LEN}, got {short(v)}")
         elif cfg.type == "uniform":
             _pair(cfg.prompt_len, "prompt_len")
             _pair(cfg.output_len, "output_len")

@@ -46,13 +46,26 @@ class LimitsConfig:
                 for k in ("ttft_s", "tpot_s") if getattr(self, k) is not None and not getattr(self, k) > 0]
 
 
-def _pct(values: Sequence[float]) -> dict | None:
+#: per-request samples kept in a record, so compare and verify can bootstrap request
+#: metrics like any other; beyond this, evenly spaced order statistics stand in for them
+MAX_SAMPLES = 20_000
+
+
+def _pct(values: Sequence[float], with_samples: bool = True) -> dict | None:
+    """Percentiles of per-request values, plus the median and the samples themselves
+    (the statistic and the data every other metric of a record carries)."""
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
     if v.size == 0:
         return None
-    return {"p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90)),
-            "p99": float(np.percentile(v, 99)), "mean": float(v.mean()), "min": float(v.min()),
-            "max": float(v.max()), "n": int(v.size)}
+    out = {"p50": float(np.percentile(v, 50)), "p90": float(np.percentile(v, 90)),
+           "p99": float(np.percentile(v, 99)), "mean": float(v.mean()), "min": float(v.min()),
+           "max": float(v.max()), "n": int(v.size), "median": float(np.median(v))}
+    if with_samples:
+        if v.size > MAX_SAMPLES:
+            v = np.sort(v)[np.linspace(0, v.size - 1, MAX_SAMPLES).round().astype(int)]
+            out["samples_subsampled"] = True
+        out["samples"] = v.tolist()
+    return out
 
 
 # Burst delivery. 50 µs: the client parses one buffered SSE line in about 10 µs, while
@@ -123,7 +136,7 @@ def request_metrics(results: Sequence[RequestResult], window: SteadyWindow | Non
             gaps.extend(np.diff(r.token_times).tolist())
         elif r.n_generated >= 2:
             skipped += 1
-    out["itl_s"] = _pct(gaps)
+    out["itl_s"] = _pct(gaps, with_samples=False)  # gaps, not requests: too many to keep
     out["itl_requests_skipped"] = skipped  # streams that merged tokens into fewer chunks
     out["issue_lag_s"] = _pct([r.t_issue - r.t_arrival for r in results if r.t_arrival is not None])
     starts = [r.t_arrival for r in results if r.t_arrival is not None]

@@ -93,7 +93,8 @@ class Attention(nn.Module):
         self.wo = nn.Linear(args.dim, args.dim, bias=False)
         self.cache: KVCache | None = None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, pos: Tensor, mask: Tensor | None,
+                rows: slice | None = None) -> Tensor:
         a = self.args
         B, T, _ = x.shape
         q, k, v = self.wqkv(x).split([a.dim, a.kv_dim, a.kv_dim], dim=-1)
@@ -102,7 +103,9 @@ class Attention(nn.Module):
         v = v.view(B, T, a.n_kv_heads, a.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         groups = a.n_heads // a.n_kv_heads
-        if mask is None:
+        if rows is not None:
+            y = self._rows(q, k, v, pos, mask, rows)
+        elif mask is None:
             # Prefill from an empty cache: attend to the prompt itself, causally, so the
             # flash kernel can run; the cache is only written.
             if self.cache is not None:
@@ -122,6 +125,28 @@ class Attention(nn.Module):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).reshape(B, T, a.dim)
         return self.wo(y)
+
+    def _rows(self, q: Tensor, k: Tensor, v: Tensor, pos: Tensor, mask: Tensor | None, rows: slice) -> Tensor:
+        """Sequences held in cache rows `rows` (continuous batching), each at its own
+        position. Prefill (mask None): right-padded prompts [B, T] from position 0, causal
+        attention over the prompt itself, so a real token never sees padding; the
+        padding's cache entries lie past the sequence's length, where decode overwrites
+        them before its mask lets them be read. Decode: one step (T == 1), the token of
+        row b at pos[b], attending to cache positions <= pos[b] (mask [B, 1, 1, S])."""
+        a = self.args
+        B, _, T, _ = q.shape
+        groups = a.n_heads // a.n_kv_heads
+        kc, vc = self.cache.k[rows], self.cache.v[rows]  # views: writes land in the cache
+        if mask is None:
+            kc[:, :, :T] = k
+            vc[:, :, :T] = v
+            k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        b = torch.arange(B, device=q.device)
+        kc[b, :, pos] = k[:, :, 0]
+        vc[b, :, pos] = v[:, :, 0]
+        qg = q.reshape(B, a.n_kv_heads, groups, a.head_dim)  # as in the one-position decode above
+        return F.scaled_dot_product_attention(qg, kc, vc, attn_mask=mask).reshape(B, a.n_heads, 1, a.head_dim)
 
 
 class FeedForward(nn.Module):
@@ -144,8 +169,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward = FeedForward(args)
 
-    def forward(self, x, cos, sin, pos, mask):
-        h = x + self.attention(self.attention_norm(x), cos, sin, pos, mask)
+    def forward(self, x, cos, sin, pos, mask, rows=None):
+        h = x + self.attention(self.attention_norm(x), cos, sin, pos, mask, rows)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -211,6 +236,33 @@ class Transformer(nn.Module):
             x = x[:, -1:]
         return self.output(self.norm(x)).float()
 
+    def forward_rows(self, tokens: Tensor, pos: Tensor, rows: slice, prefill: bool) -> Tensor:
+        """Continuous batching: sequences in cache rows `rows`, each at its own position.
+        prefill: tokens [B, T] right-padded prompts from position 0, pos [B] their
+        lengths; logits [B, vocab] at each prompt's last real token. Otherwise one decode
+        step: row b's token tokens[b, 0] at position pos[b]; logits [B, vocab]."""
+        B, T = tokens.shape
+        if prefill:
+            p = torch.arange(T, device=tokens.device)
+            cos, sin, mask = self.rope_cos[p], self.rope_sin[p], None
+        else:
+            cos, sin = self.rope_cos[pos][:, None, None], self.rope_sin[pos][:, None, None]  # [B, 1, 1, D]
+            span = torch.arange(self.cache_len, device=tokens.device)
+            mask = (span[None] <= pos[:, None])[:, None, None]  # [B, 1, 1, cache_len]
+        x = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            x = layer(x, cos, sin, pos, mask, rows)
+        if prefill:
+            x = x[torch.arange(B, device=x.device), pos - 1][:, None]  # each prompt's last token
+        return self.output(self.norm(x)).float()[:, -1]
+
+    def move_row(self, src: int, dst: int, length: int) -> None:
+        """Copy the first `length` cache positions of row src into row dst (compacting
+        the batch when a sequence leaves, so a step always runs rows 0..n-1)."""
+        for cache in self.get_caches():
+            cache.k[dst, :, :length] = cache.k[src, :, :length]
+            cache.v[dst, :, :length] = cache.v[src, :, :length]
+
 
 def prefill(model: Transformer, tokens: Tensor) -> Tensor:
     """Run the prompt [B, T] into an empty cache; return the logits of its last position."""
@@ -221,6 +273,18 @@ def prefill(model: Transformer, tokens: Tensor) -> Tensor:
 def decode_step(model: Transformer, token: Tensor, pos: Tensor) -> Tensor:
     """One token per sequence [B, 1] at position pos [1]; returns logits [B, vocab]."""
     return model(token, pos, prefill=False)[:, -1]
+
+
+def prefill_rows(model: Transformer, tokens: Tensor, lengths: Tensor, rows: slice) -> Tensor:
+    """Right-padded prompts [B, T] of these lengths [B] into cache rows `rows`; logits
+    [B, vocab] at each one's last token."""
+    return model.forward_rows(tokens, lengths, rows, prefill=True)
+
+
+def decode_rows(model: Transformer, token: Tensor, pos: Tensor, rows: slice) -> Tensor:
+    """One token per sequence [B, 1], each at its own position pos [B], in cache rows
+    `rows`; returns logits [B, vocab]."""
+    return model.forward_rows(token, pos, rows, prefill=False)
 
 
 def full_forward(model: Transformer, tokens: Tensor) -> Tensor:
