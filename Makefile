@@ -14,12 +14,12 @@ $(CORE):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[onnx,nvidia,report,hf,serve,test]'
+	$(BIN)/python -m pip install -q -e '.[onnx,nvidia,report,hf,serve,seal,test]'
 	rm -f $(VENV)/.core-*
 	touch $@
 
 $(FULL): $(CORE)
-	$(BIN)/python -m pip install -q -e '.[onnx,nvidia,report,hf,serve,llamacpp,test]'
+	$(BIN)/python -m pip install -q -e '.[onnx,nvidia,report,hf,serve,llamacpp,mlperf,seal,fleet,test]'
 	rm -f $(VENV)/.full-*
 	touch $@
 

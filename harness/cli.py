@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--retry-failed", action="store_true",
                    help="with --resume: run failed cells again (their new record supersedes the failure)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--cluster", metavar="ADDRESS",
+                   help="run the groups on a Ray cluster (host:port of its head, or `auto`; needs the [fleet] "
+                        "extra); overrides the suite's `cluster:`")
     r.add_argument("--dry-run", action="store_true",
                    help="validate the suite and print the planned cells; make no run folder, start no worker")
     r.set_defaults(func=cmd_run)
@@ -200,7 +203,7 @@ def cmd_run(args) -> int:
         # a new run: run_plan locks the folder, then refuses one that already holds a
         # run.json (a check here, before the lock, would race a second run of the same name)
         run_plan(plan, run_dir=run_dir, quiet=args.quiet, resume=bool(args.resume), force=args.force,
-                 retry_failed=args.retry_failed)
+                 retry_failed=args.retry_failed, cluster=getattr(args, "cluster", None))
     except StorageFault as e:  # not the user's input: exit 1; the folder holds whole records only
         print(f"error: {run_dir}: {e.reason}; finished cells are saved and the cell in flight was not recorded: "
               f"make room (or make the folder writable), then `harness run --resume {run_dir}` runs the rest",

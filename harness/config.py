@@ -29,11 +29,30 @@ MAX_LABEL_CHARS = 100
 # --- the schema ---------------------------------------------------------------------
 
 @dataclass
+class PlacementConfig:
+    """Where a backend's groups run on a cluster (`harness run --cluster`): the Ray
+    resources one group's task asks for, so a GPU group lands on a GPU node."""
+
+    resources: dict = field(default_factory=dict)  # Ray custom resources, e.g. {"accelerator:rngd": 1}
+    num_cpus: float = field(default=1.0, metadata={"range": (0.0, 1024.0)})
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        for k, v in self.resources.items():
+            if not isinstance(k, str) or not k or k in ("CPU", "GPU", "memory"):
+                out.append(("resources", f"expected custom resource names (num_cpus sets CPUs), got {short(k)}"))
+            elif isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1e6:
+                out.append((f"resources.{k}", f"expected a number above 0, got {short(v)}"))
+        return out
+
+
+@dataclass
 class BackendConfig:
     type: str  # registered backend name (entry point), e.g. torch, onnxruntime
     name: str = ""  # label in tables; default: type-device
     options: dict = field(default_factory=dict)
     optional: bool = False  # skip (with a note) when the backend's packages are not installed
+    placement: PlacementConfig | None = None  # used only on a cluster (harness.fleet)
 
 
 @dataclass
@@ -72,6 +91,7 @@ class SuiteConfig:
     backends: list[BackendConfig]
     workloads: list[WorkloadConfig]
     description: str = ""
+    lab: str = ""  # who ran it (issue 17): reports and `harness check` name each run's lab
     seed: int = 0
     warmup: int = 1
     repetitions: int = 10  # 5 is the least for a bootstrap interval that holds its coverage (harness.stats)
@@ -81,6 +101,9 @@ class SuiteConfig:
     energy: EnergyConfig = field(default_factory=EnergyConfig)
     accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
     output: str = "results"
+    cluster: str | None = None  # a Ray address (harness.fleet); --cluster overrides it
+    # groups running at once on a cluster; None: as many as the nodes' resources allow
+    max_concurrent_groups: int | None = field(default=None, metadata={"range": (1, 100_000)})
 
 
 # --- the plan -------------------------------------------------------------------

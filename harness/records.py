@@ -199,7 +199,7 @@ class EnergyRecord:
 @dataclass
 class CellError:
     message: str
-    kind: str = "exception"  # exception | load | crash | timeout
+    kind: str = "exception"  # exception | load | crash | timeout | node-lost (a cluster node died)
     trace: Optional[str] = None
 
 
@@ -246,6 +246,7 @@ class CellRecord:
     sut: Optional[dict] = None
     started_at: Optional[float] = None
     wall_s: Optional[float] = None
+    node: Optional[str] = None  # the cluster node that ran it (HARNESS_NODE_NAME or hostname; harness.fleet)
     schema_version: int = SCHEMA_VERSION
 
     @property

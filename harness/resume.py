@@ -20,7 +20,13 @@ from harness.results import ResultsError
 #: suite keys that change no cell's measurement: a resume may change them without --force
 #: (timeout_s is what one raises before `--retry-failed` of a cell that timed out).
 #: `output` is where the folder was made and is not compared at all.
-COSMETIC_KEYS = ("name", "description", "timeout_s")
+COSMETIC_KEYS = ("name", "description", "timeout_s", "cluster", "max_concurrent_groups", "lab")
+#: the error kind of a cell whose cluster node died under it (harness.fleet): a plain
+#: --resume runs it again, as it does a cell that never ran
+NODE_LOST = "node-lost"
+#: keys added with the fleet (issue 17), left out of `config` while unset, so a run made
+#: before them resumes without a "changed" suite
+_FLEET_KEYS = ("cluster", "max_concurrent_groups")
 #: suite keys every cell's measurement depends on
 COMMON_KEYS = ("seed", "warmup", "repetitions", "scenario", "energy", "accuracy", "meters")
 MAX_SHOWN = 20  # changed keys listed in a refusal before "... and N more"
@@ -32,7 +38,14 @@ class SuiteChanged(ResultsError):
 
 def planned_config(suite) -> dict:
     """A suite as run.json's `config` holds it: redacted, through JSON (tuples are lists)."""
-    return json.loads(json.dumps(redact_suite(asdict(suite)), default=str))
+    config = json.loads(json.dumps(redact_suite(asdict(suite)), default=str))
+    for key in _FLEET_KEYS:
+        if config.get(key) is None:
+            config.pop(key, None)
+    for b in config.get("backends") or []:
+        if isinstance(b, dict) and b.get("placement") is None:
+            b.pop("placement", None)
+    return config
 
 
 def _short(v: Any, n: int = 60) -> str:
@@ -125,6 +138,7 @@ class ResumeDecision:
     superseded: set[str] = field(default_factory=set)  # cells whose records leave results.jsonl
     retried: list[str] = field(default_factory=list)  # failed cells run again (--retry-failed)
     failed_kept: list[str] = field(default_factory=list)  # failed cells left as they are
+    lost: list[str] = field(default_factory=list)  # cells whose cluster node died: run again, old record superseded
 
 
 def decide(cells: list[PlannedCell], new_config: dict, meta: dict, records: list[CellRecord], force: bool,
@@ -155,10 +169,17 @@ def decide(cells: list[PlannedCell], new_config: dict, meta: dict, records: list
     for r in records:
         if r.cell_id not in superseded:
             latest[r.cell_id] = r  # a cell retried before: its last record stands
+    # a cell lost with its node never ran to an end: it runs again, and its failure record
+    # leaves results.jsonl, so the finished run holds one record per cell
+    lost = {cid for cid, r in latest.items() if r.failed and r.error is not None and r.error.kind == NODE_LOST}
+    superseded |= lost
+    for cid in lost:
+        del latest[cid]
     failed = [cid for cid, r in latest.items() if r.failed]
     done = {cid for cid in latest if not (retry_failed and latest[cid].failed)}
     todo = [c for c in cells if c.id not in done]
     planned_ids = {c.id for c in cells}
     return ResumeDecision(todo, changes if force else [], cosmetic, superseded,
                           retried=[c for c in failed if retry_failed and c in planned_ids],
-                          failed_kept=[] if retry_failed else [c for c in failed if c in planned_ids])
+                          failed_kept=[] if retry_failed else [c for c in failed if c in planned_ids],
+                          lost=sorted(lost))

@@ -77,8 +77,10 @@ RUN_JSON_GROWTH = 64 << 10
 
 
 def run_plan(plan: Plan, run_dir: Path | None = None, run_id: str | None = None, quiet: bool = False,
-             resume: bool = False, force: bool = False, retry_failed: bool = False) -> Path:
-    """Run the plan's cells into run_dir. Raises KeyboardInterrupt (after recording the
+             resume: bool = False, force: bool = False, retry_failed: bool = False,
+             cluster: str | None = None) -> Path:
+    """Run the plan's cells into run_dir (on a Ray cluster when `cluster` or the suite's
+    `cluster:` names one: harness.fleet). Raises KeyboardInterrupt (after recording the
     run as interrupted), StorageFault (the folder stopped taking writes: the run ended
     cleanly, the cell in flight unrecorded), ResultsError or SuiteChanged (nothing ran)."""
     suite = plan.suite
@@ -88,7 +90,7 @@ def run_plan(plan: Plan, run_dir: Path | None = None, run_id: str | None = None,
         run_dir.mkdir(parents=True, exist_ok=True)
         lock_fd = lock_run_dir(run_dir)  # before anything is read or written: no check-then-write race
     try:
-        return _run_locked(plan, run_dir, quiet, resume, force, retry_failed)
+        return _run_locked(plan, run_dir, quiet, resume, force, retry_failed, cluster or suite.cluster)
     finally:
         unlock_run_dir(lock_fd)
 
@@ -135,7 +137,8 @@ def _check_subdir(path: Path) -> Path:
     return path
 
 
-def _run_locked(plan: Plan, run_dir: Path, quiet: bool, resume: bool, force: bool, retry_failed: bool) -> Path:
+def _run_locked(plan: Plan, run_dir: Path, quiet: bool, resume: bool, force: bool, retry_failed: bool,
+                cluster: str | None = None) -> Path:
     suite = plan.suite
     with storage_errors("the run folder's logs/ and timelines/"):
         _check_subdir(run_dir / "logs")
@@ -179,9 +182,14 @@ def _run_locked(plan: Plan, run_dir: Path, quiet: bool, resume: bool, force: boo
         reserve(run_dir, (run_dir / "run.json").stat().st_size + RUN_JSON_GROWTH)
         with Progress(len(plan.cells), quiet=quiet) as progress:
             progress.bar.update(progress.task, completed=len(plan.cells) - len(todo))
-            for group, cells in _groups(todo).items():
-                device = devices[cells[0].backend]
-                _run_group(plan, group, cells, run_dir, results_path, progress, device, cals.get(device))
+            if cluster:  # ray is imported only here: a local run never needs it
+                from harness.fleet import run_on_cluster
+
+                run_on_cluster(cluster, plan, _groups(todo), run_dir, results_path, progress, devices, meta)
+            else:
+                for group, cells in _groups(todo).items():
+                    device = devices[cells[0].backend]
+                    _run_group(plan, group, cells, run_dir, results_path, progress, device, cals.get(device))
     except KeyboardInterrupt:
         status = "interrupted"
     except StorageFault as e:
@@ -225,9 +233,14 @@ def _prepare_resume(plan: Plan, run_dir: Path, meta: dict, results_path: Path, f
     if d.superseded:
         with storage_errors(f"{SUPERSEDED_NAME}"):
             moved = supersede_records(results_path, d.superseded, run_dir / SUPERSEDED_NAME)
-        _note(f"--force: {moved} record{'s' if moved != 1 else ''} of {len(d.superseded)} cell"
-              f"{'s' if len(d.superseded) != 1 else ''} whose settings changed or that are no longer planned "
-              f"moved to {SUPERSEDED_NAME}")
+        forced = d.superseded - set(d.lost)
+        if forced:
+            _note(f"--force: {moved} record{'s' if moved != 1 else ''} of {len(forced)} cell"
+                  f"{'s' if len(forced) != 1 else ''} whose settings changed or that are no longer planned "
+                  f"moved to {SUPERSEDED_NAME}")
+        if d.lost:  # harness.fleet: their node died under them
+            _note(f"{len(d.lost)} cell{'s' if len(d.lost) != 1 else ''} lost with a cluster node run again; "
+                  f"their failure records moved to {SUPERSEDED_NAME}")
         attempt["superseded"] = sorted(d.superseded)
     for line in d.changes:
         _note(f"--force: {line}")

@@ -206,11 +206,21 @@ def _evaluate_measured(claim: Claim, cells: list[ResultCell]) -> Verdict:
     batch = claim.workload.batch
     caveats: list[str] = []
 
-    def side(sel: Selector, label: str) -> tuple[Optional[ResultCell], list[ResultCell], Optional[str]]:
+    def side(sel: Selector, label: str, match_precision: Optional[str] = None) \
+            -> tuple[Optional[ResultCell], list[ResultCell], Optional[str]]:
         pool = [c for c in cells if _match_selector(c, sel) and _match_workload(c, claim.workload)]
         if not pool:
             return None, pool, (f"no measured cell matches the {label} ({sel.describe()}; "
                                 f"{claim.workload.describe()})")
+        if match_precision is not None and len({c.precision for c in pool}) > 1:
+            # like with like: an fp8 subject against the baseline's fp8 cells where it has them,
+            # so the claim cannot win by moving fewer bytes per weight (issue 18)
+            matched = [c for c in pool if c.precision == match_precision]
+            if matched:
+                others = sorted({str(c.precision) for c in pool} - {match_precision})
+                caveats.append(f"{label} matched to the subject's precision {match_precision} "
+                               f"({len(pool) - len(matched)} cell(s) at {', '.join(others)} set aside)")
+                pool = matched
         bad = [c for c in pool if not c.ok]
         if bad:
             caveats.append(f"{label}: {len(bad)} cell(s) excluded as {'/'.join(sorted({c.status_label for c in bad}))}: "
@@ -229,12 +239,17 @@ def _evaluate_measured(claim: Claim, cells: list[ResultCell]) -> Verdict:
         return at[0], pool, None
 
     s_cell, _, s_err = side(claim.subject, "subject")
-    b_cell, b_pool, b_err = side(claim.baseline, "baseline")
+    pinned = any(k in ("precision", "dtype") for k in claim.baseline.measured_keys())
+    b_cell, b_pool, b_err = side(claim.baseline, "baseline",
+                                 None if pinned or s_cell is None else s_cell.precision)
     v = Verdict(claim, INCONCLUSIVE, caveats=caveats)
     if s_err or b_err:
         v.reason = "; ".join(e for e in (s_err, b_err) if e)
         return v
 
+    if not pinned and s_cell.precision != b_cell.precision:
+        caveats.append(f"the baseline has no {s_cell.precision} cell to match the subject's precision: "
+                       f"measure it at {s_cell.precision} for a like-for-like ratio")
     comp = _compare(metric, s_cell, b_cell, kind, scope)
     v.comparison = comp
     for c, val, label in ((s_cell, comp.subject_value, "subject"), (b_cell, comp.baseline_value, "baseline")):

@@ -287,7 +287,8 @@ def measure_cell(job: CellJob, cell: PlannedCell, group: LoadedGroup, meters: li
     settings = EnergySettings(idle_s=e["idle_s"], min_window_s=e["min_window_s"], min_updates=e["min_updates"],
                               lengthen=e["lengthen"])
     ctx = CellContext(backend=group.backend, cell=cell, vocab_size=group.spec.args.vocab_size, seed=job.seed,
-                      warmup=job.warmup, repetitions=job.repetitions, meters=meters, energy_settings=settings)
+                      warmup=job.warmup, repetitions=job.repetitions, meters=meters, energy_settings=settings,
+                      run_dir=job.run_dir)
     outcome = group.scenario.run(ctx)
     record = _record(job, cell, group, outcome)
     record.energy = outcome.energy or _no_energy(job, meter_error)

@@ -325,7 +325,7 @@ def alias_bomb(rng: random.Random) -> tuple[str, str]:
     return "\n".join(lines) + "\n", f"*b{depth - 1}"
 
 
-def mutate_yaml(rng: random.Random, text: str, top_keys_required: bool = True) -> tuple[str, bytes]:
+def mutate_yaml(rng: random.Random, text: str) -> tuple[str, bytes]:
     """One mutation of a YAML document: (what, new bytes)."""
     kind = rng.choices(["tree", "raw", "bomb", "bytes", "dup", "merge", "aliases-ok"], [45, 20, 6, 18, 4, 3, 4])[0]
     if kind == "bytes":
@@ -1782,7 +1782,7 @@ def save_failure(out: Path, r: Result) -> None:
         (inputs / "request.bin").write_bytes(r.case.http)
 
 
-def summarize(results: list[Result], families: list[str], seconds: float, seed: int) -> dict:
+def summarize(results: list[Result], families: list[str], seconds: float, seed: Any) -> dict:
     table = {}
     for f in families:
         rs = [r for r in results if r.case.family == f]
@@ -1899,7 +1899,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             sut.stop()
     order = {f: i for i, f in enumerate(families)}
     results.sort(key=lambda r: (order[r.case.family], r.case.index))
-    summary = summarize(results, families, time.time() - t0, args.seed)
+    summary = summarize(results, families, time.time() - t0, f"replay of {args.replay}" if args.replay else args.seed)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "summary.md").write_text(markdown(summary))
     print_table(summary)

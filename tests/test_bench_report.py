@@ -99,3 +99,33 @@ def test_batched_intervals_equal_scipy_one_at_a_time():
     pairs = [(samples[i], samples[(5 * i + 2) % len(samples)]) for i in range(len(samples))]
     for (a, b), r in zip(pairs, stats.ratio_many(pairs)):
         assert (r.ci_low, r.ci_high) == _scipy_ratio(a, b)
+
+
+class _Tty:
+    """A stream that says it is a terminal and keeps what was written."""
+
+    def __init__(self, tty: bool):
+        self.tty, self.parts = tty, []
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("tty,quiet,shown", [(True, False, True), (True, True, False), (False, False, False)])
+def test_progress_only_on_a_terminal_and_without_quiet(tty, quiet, shown):
+    from harness.report.progress import Stages
+
+    stream = _Tty(tty)
+    with Stages(2, quiet=quiet, stream=stream) as progress:
+        progress.stage("reading records")
+        progress.stage("comparing 42 cells")
+    text = "".join(stream.parts)
+    assert ("comparing 42 cells" in text) is shown
+    assert (text != "") is shown

@@ -501,3 +501,34 @@ def test_an_energy_claim_on_a_skewed_meter_clock_is_inconclusive(tmp_path):
     speed = evaluate(Claim("npu 10x faster", "decode_tps", Selector(backend="npu"), Selector(backend="gpu"), wl, 10.0),
                      cells)
     assert speed.verdict == "SUPPORTED"
+
+
+# --- issue 18: the baseline is matched to the subject's precision where it can be ---------
+
+def test_an_int8_subject_is_compared_with_the_baselines_int8_cell(tmp_path):
+    # the baseline's bf16 cell is 100 tok/s, its int8 cell 180: an int8 subject at 400 is 2.2x the
+    # matched cell (so a 3x claim is refuted) but 4x the bf16 one (where it would be supported)
+    cells = cells_of(tmp_path, [record(decode=400, precision="int8")],
+                     [gpu(decode=100, precision="bf16"), gpu(decode=180, precision="int8", seed=2)])
+    v = evaluate(claim(at_least=3), cells)
+    assert v.comparison.baseline.precision == "int8"
+    assert v.comparison.ratio.ratio == pytest.approx(400 / 180, rel=0.05)
+    assert v.verdict == REFUTED
+    assert any("matched to the subject's precision int8" in c and "bf16 set aside" in c for c in v.caveats)
+    assert not any(c.startswith("precisions differ") for c in v.caveats)
+
+
+def test_without_a_matching_cell_the_mismatch_is_named(tmp_path):
+    cells = cells_of(tmp_path, [record(decode=400, precision="int8")], [gpu(decode=100, precision="bf16")])
+    v = evaluate(claim(at_least=3), cells)
+    assert v.comparison.baseline.precision == "bf16" and v.verdict == SUPPORTED
+    assert any("precisions differ: subject int8, baseline bf16" in c for c in v.caveats)
+    assert any("has no int8 cell to match" in c for c in v.caveats)
+
+
+def test_a_baseline_pinned_to_a_precision_keeps_it(tmp_path):
+    cells = cells_of(tmp_path, [record(decode=400, precision="int8")],
+                     [gpu(decode=100, precision="bf16"), gpu(decode=180, precision="int8", seed=2)])
+    v = evaluate(claim(at_least=3, baseline={"backend": "gpu", "precision": "bf16"}), cells)
+    assert v.comparison.baseline.precision == "bf16" and v.verdict == SUPPORTED
+    assert not any("matched to the subject's precision" in c or "to match" in c for c in v.caveats)

@@ -66,10 +66,6 @@ class SummaryTable:
             self._summaries[metric] = stats.summarize_many([v.samples for v in self.values(metric)])
         return self._summaries[metric]
 
-    def medians(self, metric: str) -> list[Optional[float]]:
-        """Medians only (no interval): what figures and rankings need."""
-        return [_median(v.samples) for v in self.values(metric)]
-
     def by_cell(self) -> dict[int, "CellSummary"]:
         return {id(c): CellSummary(c, self, i) for i, c in enumerate(self.cells)}
 

@@ -51,6 +51,9 @@ class CellContext:
     repetitions: int  # timed repetitions (batch scenarios)
     meters: list  # started meters (harness.meters.Meter); empty: no energy to measure
     energy_settings: Any  # harness.energy.EnergySettings
+    # the run's results folder, for files a scenario writes per cell (mlperf: LoadGen's logs);
+    # None outside a run
+    run_dir: Optional[str] = None
 
 
 @dataclass
