@@ -98,7 +98,7 @@ class OnnxOptions:
     session_config: dict = field(default_factory=dict)  # extra SessionOptions config entries, key: value
     cache_dir: Optional[str] = None  # export cache; default $ACCEL_HARNESS_CACHE/onnx or ~/.cache/accel-harness/onnx
     #: weight-only quantization of our fp32 export: int8 (MatMulNBits, symmetric blocks of
-    #: 128, int8 compute); the cell's precision is then int8, activations stay fp32
+    #: 32, int8 compute); the cell's precision is then int8, activations stay fp32
     weight_quant: Optional[Literal["int8"]] = None
 
     def problems(self) -> list[tuple[str, str]]:

@@ -402,6 +402,7 @@ class Checker:
             ok = isinstance(data, (int, float)) and not isinstance(data, bool) and (hint is float or isinstance(data, int))
             if not ok:
                 return self._bad(path, f"expected {'an integer' if hint is int else 'a number'}, got {short(data)}")
+            given = data  # messages quote the value as written (-1, not -1.0)
             if hint is float:
                 try:
                     data = float(data)
@@ -416,9 +417,9 @@ class Checker:
             if rng is None and hint is int:
                 rng = INT_BOUNDS
             if rng and not (rng[0] <= data <= rng[1]):
-                return self._bad(path, f"expected a value from {rng[0]:g} to {rng[1]:g}, got {short(data)}"
+                return self._bad(path, f"expected a value from {rng[0]:g} to {rng[1]:g}, got {short(given)}"
                                  if isinstance(rng[0], float) or isinstance(rng[1], float) else
-                                 f"expected a value from {rng[0]} to {rng[1]}, got {short(data)}")
+                                 f"expected a value from {rng[0]} to {rng[1]}, got {short(given)}")
             try:
                 return hint(data)
             except OverflowError:  # an integer too large for a float

@@ -576,6 +576,17 @@ def _pick_external(claim: Claim, name: str, batch) -> tuple[Optional[object], Op
     return (at[0] if at else None), best, ("" if at else f"the external figure {name!r} has no entry at batch {batch}")
 
 
+def _single_valid_cell(cells: list[ResultCell], sel: Selector, w, metric: str, kind: str,
+                       scope: Optional[str]) -> Optional[ResultCell]:
+    """The one valid cell a side of a bound-judged claim names: its best batch, or the only
+    cell at the claim's batch (None when there is none, or more than one)."""
+    pool = [c for c in cells if _match_selector(c, sel) and _match_workload(c, w) and c.ok]
+    if w.batch == "best":
+        return best_cell(pool, metric, kind, scope)
+    at = [c for c in pool if c.record.batch == w.batch]
+    return at[0] if len(at) == 1 else None
+
+
 def _evaluate_by_bounds(claim: Claim, cells: list[ResultCell]) -> Verdict:
     """A claim with a side that no run measured: a catalog device (judged by its bound) or a
     figure measured outside the project. IMPLAUSIBLE when the claimed factor exceeds what the
@@ -631,12 +642,7 @@ def _evaluate_by_bounds(claim: Claim, cells: list[ResultCell]) -> Verdict:
                      "baseline runs above its floor, so this allowance holds only for a baseline at its bound")
         v.caveats.append("neither side was measured: the verdict compares two catalog bounds")
     else:
-        pool = [c for c in cells if _match_selector(c, claim.baseline) and _match_workload(c, w) and c.ok]
-        if w.batch == "best":
-            bc = best_cell(pool, m, kind, claim.scope)
-        else:
-            at = [c for c in pool if c.record.batch == w.batch]
-            bc = at[0] if len(at) == 1 else None
+        bc = _single_valid_cell(cells, claim.baseline, w, m, kind, claim.scope)
         if bc is None:
             v.reason = f"no single valid measured baseline cell ({claim.baseline.describe()}; {w.describe()})"
             return v
@@ -686,12 +692,7 @@ def _evaluate_by_bounds(claim: Claim, cells: list[ResultCell]) -> Verdict:
         return v
 
     # a measured subject against a baseline figure from outside these runs
-    pool = [c for c in cells if _match_selector(c, claim.subject) and _match_workload(c, w) and c.ok]
-    if w.batch == "best":
-        sc = best_cell(pool, m, kind, claim.scope)
-    else:
-        at = [c for c in pool if c.record.batch == w.batch]
-        sc = at[0] if len(at) == 1 else None
+    sc = _single_valid_cell(cells, claim.subject, w, m, kind, claim.scope)
     if sc is None:
         v.reason = f"no single valid measured subject cell ({claim.subject.describe()}; {w.describe()})"
         return v

@@ -34,7 +34,7 @@ def int8(tmp_path_factory):
 
 def test_every_weight_matmul_is_quantized_and_the_precision_is_int8(int8):
     _, q, info = int8
-    assert info.details["precision"] == "int8" and info.details["weight_block"] == 128
+    assert info.details["precision"] == "int8" and info.details["weight_block"] == 32
     model = onnx.load(str(q.model_path))
     ops = [n.op_type for n in model.graph.node]
     a = TINY.args
@@ -54,10 +54,10 @@ def test_int8_files_shrink_by_the_layer_weights_bytes(int8):
     size = lambda p: sum(f.stat().st_size for f in p.parent.iterdir())  # noqa: E731
     a = TINY.args
     layer_weights = a.n_layers * (a.dim * (a.dim + 2 * a.kv_dim) + a.dim * a.dim + 3 * a.dim * a.ffn_dim)
-    # each layer weight goes from 4 bytes to 1 + 4/128; a tied head becomes an extra int8 copy of
+    # each layer weight goes from 4 bytes to 1 + 4/32; a tied head becomes an extra int8 copy of
     # the embedding table (which stays fp32 for its gather)
-    head = a.vocab_size * a.dim * (1 + 4 / 128) if a.tie_embeddings else -a.vocab_size * a.dim * (3 - 4 / 128)
-    expected = size(fp32.model_path) - layer_weights * (3 - 4 / 128) + head
+    head = a.vocab_size * a.dim * (1 + 4 / 32) if a.tie_embeddings else -a.vocab_size * a.dim * (3 - 4 / 32)
+    expected = size(fp32.model_path) - layer_weights * (3 - 4 / 32) + head
     assert size(q.model_path) == pytest.approx(expected, rel=0.05)
 
 

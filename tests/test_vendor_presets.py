@@ -296,5 +296,5 @@ def test_suite_with_a_bad_preset_is_refused_with_its_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
     line = next(i for i, ln in enumerate(text.splitlines(), 1) if "devices: [-1]" in ln)
-    with pytest.raises(ConfigError, match=rf"bad.yaml:{line}: meters\[0\].devices: expected distinct positions >= 0"):
+    with pytest.raises(ConfigError, match=rf"bad.yaml:{line}: meters\[0\].devices\[0\]: expected a value from 0 to 65535, got -1"):
         load_plan(bad)

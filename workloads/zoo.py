@@ -12,9 +12,9 @@ import json
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}  # dtypes a suite can ask for
 # Bytes per weight of every precision a backend may report, quantized formats included
 # (GGML blocks of 32 weights: q8_0 = 32 int8 + one fp16 scale, q4_0 = 16 bytes + scale).
-# int8: weight-only, one byte per weight; its scales (one fp32 per block of 128, or per
-# output channel) add at most 3 % and are not counted, so roofline % errs low, never high.
-PRECISION_BYTES = {**DTYPE_BYTES, "q8_0": 34 / 32, "q4_0": 18 / 32, "int8": 1.0}
+# int8: weight-only, one byte per weight plus one fp32 scale per block of 32 (onnxruntime's
+# MatMulNBits, workloads/export_onnx.py WEIGHT_SCHEMES).
+PRECISION_BYTES = {**DTYPE_BYTES, "q8_0": 34 / 32, "q4_0": 18 / 32, "int8": 36 / 32}
 
 
 @dataclass(frozen=True)
