@@ -72,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_bound_command(sub)  # bound: physical limits per device and workload, from the catalog
 
+    from harness.seal_cli import add_seal_commands
+
+    add_seal_commands(sub)  # seal, check: results that travel between labs
+
     c = sub.add_parser("calibrate", help="measure a device's read and copy bandwidth and matmul rates (roofline basis)")
     c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     c.add_argument("--output", default="results", help="results folder that holds calibration/ (default results)")

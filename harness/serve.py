@@ -762,8 +762,8 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
                    help="backend option, repeatable (e.g. --option device=cuda --option threads=4)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: loopback only)")
     s.add_argument("--port", type=_port, default=0, help="port (default 0: a free one, printed at start)")
-    s.add_argument("--max-batch", type=int, default=8, help="largest batch the scheduler forms (default 8)")
-    s.add_argument("--max-seq", type=int, default=512, help="positions per sequence: prompt + max_tokens (default 512)")
+    s.add_argument("--max-batch", type=_positive, default=8, help="largest batch the scheduler forms (default 8)")
+    s.add_argument("--max-seq", type=_positive, default=512, help="positions per sequence: prompt + max_tokens (default 512)")
     s.add_argument("--seed", type=int, default=0, help="weight seed")
     s.add_argument("--served-model-name", help="model id in the API (default: --model)")
     s.add_argument("--api-key-env", metavar="NAME", help="require `Authorization: Bearer $NAME`")
@@ -818,6 +818,17 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {port}")
     return port
+
+
+def _positive(text: str) -> int:
+    """argparse type: a count from 1 to 2**20 (batch sizes, positions)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:40]!r}") from None
+    if not 1 <= n <= 1 << 20:
+        raise argparse.ArgumentTypeError(f"expected 1 to {1 << 20}, got {n}")
+    return n
 
 
 def _bind_problem(host: str, port: int) -> str | None:

@@ -239,7 +239,7 @@ def test_server_survived_everything(server):
     alive(server)
 
 
-@pytest.mark.parametrize("argv,needle", [(["--port", "99999"], "--port"), (["--port", "-5"], "--port"),
+@pytest.mark.parametrize("argv,needle", [(["--port", "99999"], "--port"), (["--port", "-5"], "--port"), (["--max-seq", "-1"], "--max-seq"),
                                          (["--host", "256.1.1.1"], "--host")])
 def test_bad_port_or_host_is_one_located_error_before_any_model_load(argv, needle):
     import subprocess
