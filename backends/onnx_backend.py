@@ -131,6 +131,21 @@ class OnnxOptions:
                 out.append((f"plugin_libraries[{i}].path", why))
         return out
 
+    def host_problems(self) -> list[tuple[str, str]]:
+        """What this machine cannot run, known before any worker starts (issue 20): a provider
+        this onnxruntime does not have. harness.config asks only for groups that run here (no
+        cluster, no placement); plugin EPs are only known once registered, so not judged here."""
+        if self.plugin_libraries:
+            return []
+        try:
+            ort = _ort()
+            wanted = parse_providers(self.providers)
+        except BackendError:
+            return []  # a missing onnxruntime or a bad list is reported elsewhere, once
+        available = list(ort.get_available_providers())
+        return [("providers", str(_missing_provider_error(name, available, ort.__version__)))
+                for name, _ in wanted if name not in available]
+
 
 #: a device label (it names files); an ONNX file may hold its weights inline: up to 64 GiB
 _DEVICE_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
@@ -276,6 +291,22 @@ def summarize_placement(nodes: list[tuple[str, str]], requested: str, method: st
         "cpu_fallback": fallback,
         "summary": ", ".join(f"{p.replace('ExecutionProvider', '')}: {n}" for p, n in per_provider.most_common()),
     }
+
+
+def fallback_refusal(p: dict[str, Any], allow_cpu_fallback: bool) -> Optional[str]:
+    """Why a cell with this placement (summarize_placement's dict) must not be timed; None
+    when it may be. Any compute node the requested provider left on the CPU refuses it,
+    whatever its share: one MatMul on the CPU is enough to credit the CPU's work to the
+    provider. A pure function of the recorded placement, so the rule is tested at partial
+    fallback even where no second provider can take part of a real graph."""
+    if not p["compute_ops_on_cpu"] or allow_cpu_fallback:
+        return None
+    requested = p["requested_provider"]
+    ops = ", ".join(f"{op} x{n}" for op, n in sorted(p["compute_ops_on_cpu"].items()))
+    return (f"{requested} left compute on the CPU ({sum(p['compute_ops_on_cpu'].values())} of "
+            f"{p['compute_nodes']} compute nodes: {ops}); a cell timed this way would credit the CPU's work "
+            f"to {requested}. Set allow_cpu_fallback: true in the backend's options to time it anyway "
+            f"(results then show the split). Placement: {p['summary']}.")
 
 
 def _nodes_from_assignment(sess) -> list[tuple[str, str]]:
@@ -515,15 +546,10 @@ class OnnxBackend(ModelBackend):
                 "next_tokens": self.io.has_next_tokens},
             output_device=f"{self._dev[0]}:{self._dev[1]}",
             placement=self._placement)
-        p = self._placement
-        if p["compute_ops_on_cpu"] and not self.options.allow_cpu_fallback:
-            ops = ", ".join(f"{op} x{n}" for op, n in sorted(p["compute_ops_on_cpu"].items()))
+        refusal = fallback_refusal(self._placement, self.options.allow_cpu_fallback)
+        if refusal:
             self.close()
-            raise BackendError(
-                f"{self.requested} left compute on the CPU ({sum(p['compute_ops_on_cpu'].values())} of "
-                f"{p['compute_nodes']} compute nodes: {ops}); a cell timed this way would credit the CPU's work "
-                f"to {self.requested}. Set allow_cpu_fallback: true in the backend's options to time it anyway "
-                f"(results then show the split). Placement: {p['summary']}.")
+            raise BackendError(refusal)
         return LoadInfo(load_s=load_s, compile_s=compile_s, details=details)
 
     def _create_session(self, ort, so, path: Path, available: list[str], plugins: dict[str, list]):

@@ -36,8 +36,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("interrupted: finished cells are saved; `harness run --resume RUN_DIR` runs the rest", file=sys.stderr)
+        print("interrupted", file=sys.stderr)  # `harness run` names its folder itself (cmd_run)
         return 130
+
+
+def _shipped_suites() -> str:
+    from harness.config import SUITES_DIR
+
+    return ", ".join(sorted(f.stem for f in SUITES_DIR.glob("*.yaml"))) or "none found"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(metavar="COMMAND")
 
     r = sub.add_parser("run", help="run a suite (default: the CPU smoke suite)")
-    r.add_argument("suite", nargs="?", help="suite YAML file or shipped suite name (smoke, standard, procurement)")
+    r.add_argument("suite", nargs="?", help="suite YAML file or shipped suite name (" + _shipped_suites() + ")")
     r.add_argument("--name", help="run folder name under the output folder (default: timestamp-suite)")
     r.add_argument("--output", help="output folder (default: the suite's `output`, results/)")
     r.add_argument("--resume", metavar="RUN_DIR",

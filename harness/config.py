@@ -13,7 +13,8 @@ from pathlib import Path
 
 from harness.records import PlannedCell
 from harness.scenarios.base import Scenario
-from harness.schema import Checker, ConfigError, name_problem, read_yaml, regular_file_problem, short
+from harness.schema import (METER_ENTRY_KEYS, Checker, ConfigError, name_problem, read_yaml, regular_file_problem,
+                            short)
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "workloads" / "suites"
 
@@ -125,9 +126,13 @@ class Plan:
 
 
 def resolve_suite_path(name_or_path: str | None) -> Path:
-    """A path, or the name of a shipped suite (smoke, standard, procurement)."""
+    """A path, or the name of a shipped suite (a file stem under workloads/suites/)."""
     if name_or_path is None:
         return SUITES_DIR / "smoke.yaml"
+    if not name_or_path.strip():  # Path("") is ".", which would be reported as an unreadable directory
+        shipped = ", ".join(sorted(f.stem for f in SUITES_DIR.glob("*.yaml")))
+        raise ConfigError([f"suite: the argument is empty: give a suite YAML file or a shipped suite name "
+                           f"({shipped})"])
     p = Path(name_or_path)
     if p.exists() or p.suffix in (".yaml", ".yml"):
         return p
@@ -236,6 +241,15 @@ def _check_semantics(suite: SuiteConfig, chk: Checker) -> tuple[dict[str, str], 
         if missing:
             chk.fail(f"{p}.type", f"backend {b.type!r} needs packages that are not installed: "
                                   f"pip install {' '.join(missing)} (or mark it `optional: true`)")
+        elif opts is not None and b.placement is None and not suite.cluster and hasattr(opts, "host_problems"):
+            # a failure every cell would meet in its worker (an ONNX provider this machine lacks), said
+            # now; a group placed on a cluster node is judged there
+            host = opts.host_problems()
+            if host and b.optional:
+                skipped[b.name] = "optional backend skipped: " + "; ".join(msg for _, msg in host)[:300]
+                continue
+            for key, msg in host:
+                chk.fail(f"{p}.options.{key}", msg)
         backend_classes[b.name] = cls
     for i, w in enumerate(suite.workloads):
         p = f"workloads[{i}]"
@@ -336,7 +350,9 @@ def _check_meters(meters: list[dict], chk: Checker) -> None:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             chk.fail(f"{p}.type", f"unknown meter type {m['type']!r}{hint}; expected one of {', '.join(METER_TYPES)}")
             continue
-        opts = chk.dataclass(cls.Options, {k: v for k, v in m.items() if k != "type"}, p)
+        if not isinstance(m.get("primary", False), bool):
+            chk.fail(f"{p}.primary", f"expected true or false, got {short(m['primary'])}")
+        opts = chk.dataclass(cls.Options, {k: v for k, v in m.items() if k not in METER_ENTRY_KEYS}, p)
         # the files a meter reads, as they are now (a log that exists must be a regular file
         # whose header names the columns): said here, not when a worker first reads it
         for key, msg in (opts.file_problems() if opts and hasattr(opts, "file_problems") else []):

@@ -576,9 +576,12 @@ class _Handler(BaseHTTPRequestHandler):
                     break
             self._chunk(b"data: [DONE]\n\n")
             self.wfile.write(b"0\r\n\r\n")
-        except (BrokenPipeError, ConnectionResetError, OSError):
+        except (BrokenPipeError, ConnectionResetError, OSError) as e:
             self.server.engine.cancel(job)
             self.close_connection = True
+            # the client went away: its business, not a server error; one line, no traceback
+            sys.stderr.write(f"{self.address_string()}: client disconnected after {sent} streamed token(s) "
+                             f"({e.__class__.__name__}); request cancelled\n")
 
 
 def _usage(n_prompt: int, n_out: int) -> dict:

@@ -248,3 +248,32 @@ def test_bad_port_or_host_is_one_located_error_before_any_model_load(argv, needl
     proc = subprocess.run([sys.executable, "-m", "harness", "serve", "--model", "tiny", *argv],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_client_disconnect_mid_stream_is_one_log_line(server):
+    """Issue 20: a client that hangs up mid-stream is logged in one line (no traceback), its
+    request is cancelled, and the server keeps answering."""
+    body = json.dumps({"model": "tiny", "prompt": [5, 6, 7, 8], "max_tokens": 60, "min_tokens": 60,
+                       "stream": True}).encode()
+    req = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Type: application/json\r\n"
+           f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    before = server["stderr"].read_text().count("client disconnected")
+    s = socket.create_connection((server["host"], server["port"]), timeout=30)
+    s.sendall(req)
+    got = b""
+    while got.count(b"data: ") < 2:  # the stream has started
+        chunk = s.recv(4096)
+        assert chunk, got
+        got += chunk
+    # RST instead of FIN, so the server's next write fails at once
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    s.close()
+    deadline = time.monotonic() + 30
+    while server["stderr"].read_text().count("client disconnected") == before:
+        assert time.monotonic() < deadline, server["stderr"].read_text()[-2000:]
+        time.sleep(0.1)
+    lines = [ln for ln in server["stderr"].read_text().splitlines() if "client disconnected" in ln]
+    assert len(lines) == before + 1 and "request cancelled" in lines[-1], lines
+    assert "Traceback" not in server["stderr"].read_text()
+    status, obj, _ = raw(server, (f"GET /v1/models HTTP/1.1\r\nHost: x\r\n{AUTH}\r\n").encode())
+    assert status == 200 and obj["data"], obj
