@@ -38,3 +38,13 @@ FUZZ_CASES ?= 2800
 FUZZ_SEED ?= 0
 fuzz: $(CORE)
 	$(BIN)/python scripts/fuzz_inputs.py --cases $(FUZZ_CASES) --seed $(FUZZ_SEED) --out results/fuzz
+
+# Not part of `make test`: mutation testing of the judging core (metrics, energy figures,
+# verdicts, roofline, accuracy, cost, the ONNX fallback guard) with mutmut, per module against
+# its fast unit tests; prints mutants / killed / survived / equivalent / score per module
+# (issue 19; README "Mutation testing"). MUTATION_MODULES=roofline runs one module.
+.PHONY: mutation
+MUTATION_MODULES ?=
+mutation: $(CORE)
+	$(BIN)/python -m pip install -q -e '.[mutation]'
+	nice -n 10 $(BIN)/python scripts/mutation.py $(MUTATION_MODULES) --out results/mutation/summary.md

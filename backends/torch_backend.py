@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import functools
 import platform
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import numpy as np
 
@@ -28,17 +28,22 @@ if TYPE_CHECKING:
 # torch (and the model code, which needs it) is imported when a backend is made, not when
 # this module is: validating a suite (`harness run --dry-run`) reads TorchOptions and the
 # class attributes only, and torch's import is ~2 s of a 2.5 s check.
-torch = build_model = decode_step = None
+torch = build_model = decode_step = quant = None
+
+#: the Linear layers weight_quant replaces: every matmul of a decode step, the output head
+#: included (it is a fifth of smollm2-135m's bytes); the embedding gather stays float
+QUANTIZED_LINEARS = ("wqkv", "wo", "w13", "w2", "output")
 
 
 def _import_torch() -> None:
-    global torch, build_model, decode_step
+    global torch, build_model, decode_step, quant
     if torch is None:
         import torch as _torch
 
+        from backends import quant as _quant
         from workloads.models import build_model as _build, decode_step as _step
 
-        torch, build_model, decode_step = _torch, _build, _step
+        torch, build_model, decode_step, quant = _torch, _build, _step, _quant
 
 
 def _inference_mode(fn):
@@ -58,12 +63,26 @@ class TorchOptions:
     compile: bool = False  # torch.compile (inductor, default mode) the decode step first;
     # check each batch size against the uncompiled path: on an H100 inductor made
     # batch 64 fourteen times slower.
+    #: weight-only quantization (backends/quant.py): int8 (cpu, cuda) or fp8 e4m3 (cuda,
+    #: capability >= 8.9), one scale per output channel; activations stay at the cell's
+    #: dtype and the cell's precision becomes this
+    weight_quant: Optional[Literal["int8", "fp8"]] = None
 
     def problems(self) -> list[tuple[str, str]]:
         # checked at validation: torch.device() would refuse it only in the worker, and a
         # 200 kB one becomes a file name first
         why = device_problem(self.device, TORCH_DEVICE_TYPES)
-        return [("device", why)] if why else []
+        if why:
+            return [("device", why)]
+        if self.weight_quant:
+            # imports torch (~2 s), paid only by suites that quantize. The device type is
+            # known now; the GPU's capability only in the worker (TorchBackend.__init__).
+            from backends.quant import device_type_problem
+
+            why = device_type_problem(self.weight_quant, self.device.split(":")[0])
+            if why:
+                return [("weight_quant", why)]
+        return []
 
 
 @dataclass
@@ -117,6 +136,10 @@ class TorchBackend(ModelBackend):
                                "sees no CUDA device")
         if self.device.type not in ("cpu", "cuda"):
             raise BackendError(f"torch backend runs on cpu or cuda, not {options.device!r}")
+        if options.weight_quant:  # an fp8 request on a pre-Ada GPU is refused here, naming the key
+            why = quant.capability_problem(options.weight_quant, self.device.type, quant.device_capability(self.device))
+            if why:
+                raise BackendError(f"weight_quant: {why}")
         if options.threads:
             torch.set_num_threads(options.threads)
         self.model: Transformer | None = None
@@ -134,7 +157,7 @@ class TorchBackend(ModelBackend):
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"backend": self.name, "torch": torch.__version__, "device": str(self.device),
-                                "threads": torch.get_num_threads()}
+                                "threads": torch.get_num_threads(), "weight_quant": self.options.weight_quant}
         if self.is_cuda:
             p = torch.cuda.get_device_properties(self.device)
             info.update(gpu=p.name, gpu_memory_bytes=p.total_memory, cuda=torch.version.cuda,
@@ -146,6 +169,11 @@ class TorchBackend(ModelBackend):
     def load(self, spec: ModelSpec, dtype: str, max_batch: int, max_seq: int) -> LoadInfo:
         t0 = time.perf_counter()
         self.model = build_model(spec, dtype, self.device)
+        details = {"weights": "checkpoint" if spec.checkpoint else f"random(seed={spec.seed})"}
+        if self.options.weight_quant:
+            done = quant.quantize_linears(self.model, self.options.weight_quant, QUANTIZED_LINEARS)
+            details.update(precision=self.options.weight_quant, weight_scales="per output channel",
+                           activations=dtype, quantized_linears=len(done))
         self.model.setup_cache(max_batch, max_seq)
         self._caches = {(max_batch, max_seq): self.model.get_caches()}
         self.synchronize()
@@ -155,15 +183,14 @@ class TorchBackend(ModelBackend):
             t1 = time.perf_counter()
             self._step_fn = torch.compile(decode_step, mode="default", fullgraph=True, dynamic=False)
             compile_s = time.perf_counter() - t1  # lazy: the real cost lands in prepare()
-        return LoadInfo(load_s=load_s, compile_s=compile_s,
-                        details={"weights": "checkpoint" if spec.checkpoint else f"random(seed={spec.seed})"})
+        return LoadInfo(load_s=load_s, compile_s=compile_s, details=details)
 
     def prepare(self, batch: int, seq_len: int) -> float:
         t0 = time.perf_counter()
         self._seq_for_batch[batch] = seq_len
         self._use_batch(batch)
         key = (batch, seq_len)
-        if self.is_cuda and self.options.cuda_graphs and key not in self._graphs:
+        if quant.use_cuda_graph(self.device, self.options.cuda_graphs) and key not in self._graphs:
             with torch.inference_mode():
                 self._graphs[key] = _CapturedDecode(self.model, self._step_fn, batch, seq_len, self.device)
         elif self.options.compile and not self.is_cuda:

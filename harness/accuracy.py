@@ -23,8 +23,13 @@ from typing import Optional
 import numpy as np
 
 # Relative tolerance per precision; set from the spread seen on the zoo's models with
-# random weights (fp32 sits near 1e-6, bf16 near 1e-2).
-TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 6e-2, "q8_0": 6e-2, "q4_0": 2e-1, "int8": 6e-2}
+# random weights (fp32 sits near 1e-6, bf16 near 1e-2). int8 covers both weight-only int8
+# paths: onnxruntime's blocks of 32 (0.036-0.047) and torch's per-channel scales (0.029-0.040
+# with fp32 activations, up to 0.053 with bf16, tiny and smollm2-135m). fp8: torch's e4m3
+# weights, one scale per output channel, measured 0.12-0.17 on the same models (e4m3 keeps 3
+# mantissa bits: each weight is within 1/16 of itself, against int8's 1/254 of its row's
+# largest); 0.25 is about 1.5 x the worst seen, while other weights fail it (docs/decisions.md).
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 6e-2, "q8_0": 6e-2, "q4_0": 2e-1, "int8": 6e-2, "fp8": 2.5e-1}
 
 #: Sequences of a cell's batch whose timed tokens are re-scored (the first ones): the
 #: reference is an fp32 full forward per sequence, so the cost grows with the batch

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+import gc
 from pathlib import Path
+from typing import Optional
 
 from harness.records import CellRecord
 from harness.results import load_run
 from harness.roofline import roofline
+from harness.seal import RunSeal, run_status
 
 
 @dataclass
@@ -19,6 +22,12 @@ class ResultCell:
     run_dir: Path
     meta: dict  # the run's run.json
     record: CellRecord
+    seal: Optional[RunSeal] = None  # the run's seal state (harness.seal.run_status), set by load_runs
+
+    @property
+    def mark(self) -> str:
+        """The mark a table puts on this cell's label: † unsealed run, ‡ failing its check."""
+        return self.seal.mark if self.seal is not None else ""
 
     @property
     def precision(self) -> str:
@@ -85,6 +94,7 @@ class LoadedRun:
     run_dir: Path
     meta: dict
     cells: list[ResultCell]
+    seal: Optional[RunSeal] = None  # lab, nodes and seal state (harness.seal.run_status)
 
 
 def load_runs(run_dirs) -> list[LoadedRun]:
@@ -100,6 +110,7 @@ def load_runs(run_dirs) -> list[LoadedRun]:
             run_id = f"{run_id}({d})"
         seen.add(run_id)
         cals = meta.get("calibration") or {}
+        status = run_status(d)  # reports mark the figures of unsealed or failing runs
         cells = []
         for r in records:
             if not r.roofline and not r.failed and cals.get(r.device):
@@ -107,9 +118,20 @@ def load_runs(run_dirs) -> list[LoadedRun]:
                     r = dataclasses.replace(r, roofline=roofline(r, cals[r.device]))
                 except (KeyError, TypeError, ValueError, ZeroDivisionError):
                     pass  # a calibration of another shape: the record keeps no roofline
-            cells.append(ResultCell(run_id, d, meta, r))
-        runs.append(LoadedRun(run_id, d, meta, cells))
+            cells.append(ResultCell(run_id, d, meta, r, status))
+        runs.append(LoadedRun(run_id, d, meta, cells, status))
+    if sum(len(run.cells) for run in runs) >= FREEZE_AT_RECORDS:
+        # Loaded records live as long as the report and hold no reference cycles: set them
+        # aside from the cyclic collector, whose full passes would otherwise walk them again
+        # and again while the report allocates (a sixth of a 2,000-record report's CPU).
+        # Reference counting still frees them; collect first so no cyclic garbage is kept.
+        gc.collect()
+        gc.freeze()
     return runs
+
+
+#: records loaded at once above which load_runs freezes them out of the cyclic collector (issue 21)
+FREEZE_AT_RECORDS = 1000
 
 
 def load_cells(run_dirs) -> list[ResultCell]:

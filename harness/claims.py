@@ -215,9 +215,14 @@ class Claim:
     catalog: Optional[Any] = None  # harness.catalog.Catalog; None: the shipped catalog
 
     def describe(self) -> str:
+        """The claim in words. For a lower-is-better metric the factor is an improvement, so
+        "at least 2x" reads "at most 1/2 of the baseline's" (never "at least 2x the TTFT")."""
         m = METRICS[self.metric]
-        return (f"{self.subject.describe()} has at least {self.at_least:g}x the {m.label} of "
-                f"{self.baseline.describe()} ({'higher' if m.higher_is_better else 'lower'} is better) on "
+        if m.higher_is_better:
+            return (f"{self.subject.describe()} has at least {self.at_least:g}x the {m.label} of "
+                    f"{self.baseline.describe()} (higher is better) on {self.workload.describe()}")
+        return (f"the {m.label} of {self.subject.describe()} is at most 1/{self.at_least:g} of that of "
+                f"{self.baseline.describe()}, i.e. at least {self.at_least:g}x lower (lower is better) on "
                 f"{self.workload.describe()}")
 
 

@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--retry-failed", action="store_true",
                    help="with --resume: run failed cells again (their new record supersedes the failure)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--lab", metavar="NAME", help="the lab that runs it, shown by reports and sealed with the run "
+                                                 "(overrides the suite's `lab:`)")
     r.add_argument("--cluster", metavar="ADDRESS",
                    help="run the groups on a Ray cluster (host:port of its head, or `auto`; needs the [fleet] "
                         "extra); overrides the suite's `cluster:`")
@@ -198,6 +200,8 @@ def _print_plan(cells) -> None:
 
 
 def cmd_run(args) -> int:
+    if getattr(args, "lab", None) is not None and args.resume:
+        raise UserError("--lab names the lab of a new run; a resumed run keeps the lab it was started with")
     if (args.force or args.retry_failed) and not args.resume:
         raise UserError(f"{'--force' if args.force else '--retry-failed'} goes with --resume RUN_DIR")
     if args.dry_run:
@@ -237,6 +241,10 @@ def _new_run_plan(args):
         print(note, file=sys.stderr)
     if args.output:
         plan.suite.output = args.output
+    if getattr(args, "lab", None) is not None:  # issue 17: run.json's config.lab, as the suite's `lab:` would be
+        if not args.lab.isprintable() or len(args.lab) > 200:
+            raise UserError("--lab: expected a printable name of at most 200 characters")
+        plan.suite.lab = args.lab
     return safe_run_dir(plan.suite.output, args.name or new_run_id(plan.suite.name)), plan
 
 

@@ -32,13 +32,17 @@ MAX_LABEL_CHARS = 100
 @dataclass
 class PlacementConfig:
     """Where a backend's groups run on a cluster (`harness run --cluster`): the Ray
-    resources one group's task asks for, so a GPU group lands on a GPU node."""
+    resources one group's task asks for, so a GPU group lands on a GPU node, and the node
+    labels it must find (`ray start --labels`, matched by Ray's label selectors)."""
 
     resources: dict = field(default_factory=dict)  # Ray custom resources, e.g. {"accelerator:rngd": 1}
     num_cpus: float = field(default=1.0, metadata={"range": (0.0, 1024.0)})
+    node_label: dict = field(default_factory=dict)  # Ray label selector, e.g. {"lab.example/chip": "rngd"}
 
     def problems(self) -> list[tuple[str, str]]:
-        out = []
+        from harness.fleet import label_selector_problems
+
+        out = label_selector_problems(self.node_label, "node_label")
         for k, v in self.resources.items():
             if not isinstance(k, str) or not k or k in ("CPU", "GPU", "memory"):
                 out.append(("resources", f"expected custom resource names (num_cpus sets CPUs), got {short(k)}"))

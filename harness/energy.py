@@ -38,6 +38,12 @@ Why this shape:
   (``run_prefill``/``run_generation``) do propagate, after the meters' windows are
   closed. A meter that cannot read at all (a strict log past a malformed line) plans
   no window: windows are sized by the meters that can read.
+* Energy describes the work whose speed is reported, or says it does not: a batch
+  cell's windows repeat the work after the timed repetitions, so each window's own
+  throughput is recorded and compared with the timed repetitions' interval
+  (:func:`compare_speed`); outside it, every meter's figures are flagged
+  "speed-mismatch" with both speeds. A steady window is the measured requests
+  themselves (same work, recorded, not flagged).
 * Clocks: external logs are stamped by another machine's clock. The worker runs
   :func:`harness.meters.clock.align_clocks` before the cells; a log whose clock is
   off and not corrected has every figure flagged "clock-skew" by its meter.
@@ -57,13 +63,19 @@ from typing import Callable, Optional
 
 from .meters.base import EnergyReading, Meter
 from .meters.nvml import counter_vs_sampled
-from .records import EnergyRecord, MeterEnergy
+from . import stats
+from .records import EnergyRecord, EnergySpeed, MeterEnergy, PhaseSpeed
 
 IDLE_BEFORE, PREFILL, GENERATION, IDLE_AFTER, STEADY = "idle-before", "prefill", "generation", "idle-after", "steady"
 PHASES = (IDLE_BEFORE, PREFILL, GENERATION, IDLE_AFTER)
 _IDLE = (IDLE_BEFORE, IDLE_AFTER)
 #: worst wins: a figure read on a skewed log clock is worse than one from a short window
 _QUALITY_RANK = {"ok": 0, "estimate": 1, "short-window": 2, "clock-skew": 3, "unavailable": 4}
+#: an energy window's throughput may lie this far (relative) outside the timed repetitions'
+#: 95 % interval before its figures are flagged (docs/decisions.md, "Energy measured on the work whose
+#: speed is reported")
+SPEED_MARGIN = 0.25
+SPEED_MISMATCH = "speed-mismatch"
 
 
 @dataclass
@@ -80,6 +92,9 @@ class EnergySettings:
         not keep a cell running for ever).
     cross_check_tolerance: counter-vs-sampled relative disagreement above which
         the check is recorded as failed.
+    speed_margin: how far (relative) a batch cell's energy window may run outside
+        the timed repetitions' 95 % interval before its energy figures are flagged
+        "speed-mismatch" (see :func:`compare_speed`).
     """
 
     idle_s: float = 1.0
@@ -89,6 +104,7 @@ class EnergySettings:
     max_repeats: int = 1000
     max_window_s: float = 300.0
     cross_check_tolerance: float = 0.15
+    speed_margin: float = SPEED_MARGIN
 
 
 @dataclass
@@ -277,6 +293,42 @@ def _fin(x: Optional[float]) -> Optional[float]:
 Figures = Callable[[dict[str, tuple[Optional[float], Optional[float]]]], tuple[dict, list[str]]]
 
 
+# The per-token arithmetic, as pure functions of the window energies (kept out of the measuring
+# code so that mutation testing, `make mutation`, can judge it with fast unit tests).
+
+def batch_figures(energy: dict[str, tuple[Optional[float], Optional[float]]], repeats: dict[str, int],
+                  tokens: dict) -> tuple[dict, list[str]]:
+    """Per repetition: prefill, generation, and decode = generation - prefill."""
+    per_rep = {p: tuple(_div(j, repeats[p]) for j in energy[p]) for p in (PREFILL, GENERATION)}
+    out, decode_gross = {}, None
+    for i, kind in enumerate(("gross", "net")):
+        p, g = per_rep[PREFILL][i], per_rep[GENERATION][i]
+        d = g - p if p is not None and g is not None else None
+        decode_gross = d if kind == "gross" else decode_gross
+        out[f"j_per_prompt_token_{kind}"] = _div(p, tokens["prompt_tokens"])
+        out[f"j_per_generated_token_{kind}"] = _div(d, tokens["decode_tokens"])
+        out[f"j_per_generated_token_e2e_{kind}"] = _div(g, tokens["generated_tokens"])
+        out[f"tokens_per_joule_{kind}"] = _div(tokens["generated_tokens"], g) if g and g > 0 else None
+        out[f"energy_per_request_{kind}_j"] = _div(g, tokens["sequences"])
+    warnings = []
+    if decode_gross is not None and decode_gross < 0:
+        warnings.append("decode energy came out negative: the generation window used less energy per "
+                        "repetition than the prefill window (meter noise exceeds decode energy; lengthen "
+                        "windows or raise min_updates)")
+    return out, warnings
+
+
+def steady_figures(energy: dict[str, tuple[Optional[float], Optional[float]]], output_tokens: float,
+                   requests_completed: int) -> tuple[dict, list[str]]:
+    """A steady window's energy over the output tokens and requests inside it."""
+    out = {}
+    for kind, j in zip(("gross", "net"), energy[STEADY]):
+        out[f"j_per_generated_token_{kind}"] = _div(j, output_tokens)
+        out[f"tokens_per_joule_{kind}"] = _div(output_tokens, j) if j and j > 0 else None
+        out[f"energy_per_request_{kind}_j"] = _div(j, requests_completed)
+    return out, []
+
+
 def _meter_energy(key: str, by_phase: dict[str, EnergyReading], windows: dict[str, Window],
                   s: EnergySettings, work: tuple[str, ...], figures: Figures) -> MeterEnergy:
     """One meter key's figures over the windows; `work` lists the work windows, the last
@@ -399,11 +451,96 @@ def _idle_note(s: EnergySettings, windows: str) -> str:
             "(model loaded, device quiet)")
 
 
+# --- the energy windows' speed against the timed repetitions' ---------------------------
+
+@dataclass
+class TimedRates:
+    """The timed repetitions' per-repetition throughput of the work each energy window
+    repeats (tok/s): prefill = prompt tokens / TTFT; generation = generated tokens /
+    request time (prefill + decode, end to end); decode = the timed decode_tps, shown
+    beside the window's derived decode speed."""
+
+    prefill: list[float] = field(default_factory=list)
+    generation: list[float] = field(default_factory=list)
+    decode: list[float] = field(default_factory=list)
+
+
+def speed_rule(margin: float) -> str:
+    return (f"an energy window's throughput (tokens / window seconds, counting repeats) must lie within the timed "
+            f"repetitions' 95 % interval of the same work widened by {100 * margin:g} % (lower bound x "
+            f"{1 - margin:g}, upper bound x {1 + margin:g}); outside it, every energy figure of the cell is "
+            f"flagged {SPEED_MISMATCH}")
+
+
+def compare_speed(phase: str, tokens: float, window_s: float, repeats: int, timed: list[float],
+                  margin: float) -> PhaseSpeed:
+    """One window's own throughput against the timed repetitions' interval.
+
+    With one timed repetition there is no interval: the single figure stands for both
+    bounds (then only the margin absorbs noise)."""
+    ps = PhaseSpeed(phase=phase, tokens=tokens, window_s=window_s, repeats=repeats,
+                    tok_s=_div(tokens, window_s) if window_s > 0 and tokens > 0 else None)
+    clean = [float(v) for v in timed if v is not None and math.isfinite(v) and v > 0]
+    if not clean:
+        return ps
+    summ = stats.summarize(clean)
+    lo = summ.ci_low if summ.ci_low is not None else summ.median
+    hi = summ.ci_high if summ.ci_high is not None else summ.median
+    ps.timed_median, ps.timed_ci_low, ps.timed_ci_high, ps.timed_n = summ.median, lo, hi, summ.n
+    if ps.tok_s is not None:
+        ps.agree = lo * (1 - margin) <= ps.tok_s <= hi * (1 + margin)
+    return ps
+
+
+def _mismatch_text(ps: PhaseSpeed) -> str:
+    return (f"{SPEED_MISMATCH}: {ps.phase} energy window ran at {stats.fmt_num(ps.tok_s)} tok/s vs timed "
+            f"{stats.fmt_num(ps.timed_median)} tok/s {stats.fmt_ci(ps.timed_ci_low, ps.timed_ci_high)}")
+
+
+def flag_speed(meters: list[MeterEnergy], speed: EnergySpeed) -> None:
+    """Flag every meter's figures of a cell whose energy work ran at another speed.
+
+    The work is shared by every meter, so all are flagged together. A figure already
+    worse (clock-skew, unavailable) keeps its quality and gets the mismatch as a warning;
+    an estimate stays an estimate (its method says so) and is flagged as well."""
+    if not speed.mismatch:
+        return
+    for m in meters:
+        if _QUALITY_RANK.get(m.quality, 2) >= _QUALITY_RANK["clock-skew"]:
+            m.warnings.append(speed.mismatch)
+            continue
+        m.reason = speed.mismatch + (f"; {m.reason}" if m.reason else "")
+        m.quality = SPEED_MISMATCH
+
+
+def _batch_speed(windows: dict[str, "Window"], tokens: dict, timed: TimedRates, margin: float) -> EnergySpeed:
+    speed = EnergySpeed(rule=speed_rule(margin), margin=margin)
+    for phase, n in ((PREFILL, tokens["prompt_tokens"]), (GENERATION, tokens["generated_tokens"])):
+        w = windows.get(phase)
+        if w is None or not w.repeats:
+            continue
+        dur = w.t_end - w.t_start
+        speed.phases.append(compare_speed(phase, float(n * w.repeats), dur, w.repeats,
+                                          getattr(timed, phase), margin))
+    pre, gen = windows.get(PREFILL), windows.get(GENERATION)
+    if pre and gen and pre.repeats and gen.repeats and tokens.get("decode_tokens"):
+        # decode inside the generation window = its time per repetition less one prefill's
+        decode_s = (gen.t_end - gen.t_start) / gen.repeats - (pre.t_end - pre.t_start) / pre.repeats
+        speed.decode_tok_s = _div(tokens["decode_tokens"], decode_s) if decode_s > 0 else None
+    if timed.decode:
+        speed.timed_decode_tok_s = stats.median(timed.decode)
+    bad = [p for p in speed.phases if p.agree is False]
+    if bad:
+        speed.mismatch = "; ".join(_mismatch_text(p) for p in bad)
+    return speed
+
+
 # --- a batch cell: idle, prefill, generation, idle ----------------------------------------
 
 def measure_cell_energy(meters: list[Meter], run_prefill: Callable[[], None],
                         run_generation: Callable[[], None], prompt_tokens: int, generated_tokens: int,
-                        settings: Optional[EnergySettings] = None, *, sequences: int = 1) -> EnergyMeasurement:
+                        settings: Optional[EnergySettings] = None, *, sequences: int = 1,
+                        timed: Optional[TimedRates] = None) -> EnergyMeasurement:
     """Energy of one batch cell, per meter, with provenance and a phase-labelled timeline.
 
     run_prefill: one synchronized prefill of the whole batch (``prompt_tokens``
@@ -412,6 +549,12 @@ def measure_cell_energy(meters: list[Meter], run_prefill: Callable[[], None],
         batch size, for energy per request and for the decode token count
         (prefill emits each sequence's first token, so decode produces
         ``generated_tokens - sequences``, the same count TPOT divides by).
+
+    timed: the timed repetitions' throughput of the same work; each work window's
+    own throughput is compared with it (record.speed) and, where they disagree, every
+    meter's figures are flagged "speed-mismatch" (the windows repeat the work back to
+    back after the timed repetitions: a device that throttles, or load that arrives
+    meanwhile, makes the energy describe other work than the speed figures).
 
     Meters not yet started are started (the caller stops them at the end of
     the run). With no available meter the work is not run at all.
@@ -456,27 +599,14 @@ def measure_cell_energy(meters: list[Meter], run_prefill: Callable[[], None],
         w.run(work, min_s)
 
     def figures(energy):
-        """Per repetition: prefill, generation, and decode = generation - prefill."""
-        per_rep = {p: tuple(_div(j, windows[p].repeats) for j in energy[p]) for p in (PREFILL, GENERATION)}
-        out, decode_gross = {}, None
-        for i, kind in enumerate(("gross", "net")):
-            p, g = per_rep[PREFILL][i], per_rep[GENERATION][i]
-            d = g - p if p is not None and g is not None else None
-            decode_gross = d if kind == "gross" else decode_gross
-            out[f"j_per_prompt_token_{kind}"] = _div(p, tokens["prompt_tokens"])
-            out[f"j_per_generated_token_{kind}"] = _div(d, tokens["decode_tokens"])
-            out[f"j_per_generated_token_e2e_{kind}"] = _div(g, tokens["generated_tokens"])
-            out[f"tokens_per_joule_{kind}"] = _div(tokens["generated_tokens"], g) if g and g > 0 else None
-            out[f"energy_per_request_{kind}_j"] = _div(g, tokens["sequences"])
-        warnings = []
-        if decode_gross is not None and decode_gross < 0:
-            warnings.append("decode energy came out negative: the generation window used less energy per "
-                            "repetition than the prefill window (meter noise exceeds decode energy; lengthen "
-                            "windows or raise min_updates)")
-        return out, warnings
+        return batch_figures(energy, {p: windows[p].repeats for p in (PREFILL, GENERATION)}, tokens)
 
     record.meters = _meter_entries(meters, windows, s, (PREFILL, GENERATION), figures)
     record.windows = {p: w.info() for p, w in windows.items()}
+    if timed is not None:
+        record.speed = _batch_speed(windows, tokens, timed, s.speed_margin)
+        notes.append(record.speed.rule)
+        flag_speed(record.meters, record.speed)
     return EnergyMeasurement(record, _timeline(meters, windows))
 
 
@@ -531,13 +661,18 @@ class SteadyEnergy:
         windows = {IDLE_BEFORE: self.idle, STEADY: window} if self.idle is not None else {STEADY: window}
 
         def figures(energy):
-            out = {}
-            for kind, j in zip(("gross", "net"), energy[STEADY]):
-                out[f"j_per_generated_token_{kind}"] = _div(j, output_tokens)
-                out[f"tokens_per_joule_{kind}"] = _div(output_tokens, j) if j and j > 0 else None
-                out[f"energy_per_request_{kind}_j"] = _div(j, requests_completed)
-            return out, []
+            return steady_figures(energy, output_tokens, requests_completed)
 
         record.meters = _meter_entries(self.meters, windows, s, (STEADY,), figures)
         record.windows = {p: w.info() for p, w in windows.items()}
+        # the same work: the window is opened and closed by the load generator around the
+        # measured requests, so its speed is the reported steady throughput (recorded, to
+        # be checked, never flagged)
+        dur = window.t_end - window.t_start
+        record.speed = EnergySpeed(
+            rule="same work: the steady energy window covers the measured requests themselves (the load "
+                 "generator opens and closes it), so its throughput is the reported steady throughput",
+            same_work=True,
+            phases=[PhaseSpeed(phase=STEADY, tokens=float(output_tokens), window_s=dur, repeats=1,
+                               tok_s=_div(float(output_tokens), dur) if dur > 0 and output_tokens else None)])
         return EnergyMeasurement(record, _timeline(self.meters, windows))

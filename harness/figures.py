@@ -49,7 +49,8 @@ ALIASES = {"tokens_per_j": "tokens_per_joule", "tok_per_j": "tokens_per_joule", 
            "joules_per_token": "j_per_token", "tpot": "tpot_s", "ttft": "ttft_s"}
 
 # which meter a table shows: a measurement over an estimate, a full window over a short one
-_QUALITY_RANK = {"ok": 0, "short-window": 1, "estimate": 2}
+# (speed-mismatch flags every meter of a cell alike: a flagged measurement still beats an estimate)
+_QUALITY_RANK = {"ok": 0, "short-window": 1, "speed-mismatch": 1, "estimate": 2}
 
 
 def canonical_metric(name: str) -> str:

@@ -24,7 +24,9 @@ import os
 from pathlib import Path
 import platform
 import queue
+import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -32,6 +34,7 @@ import time
 from harness.records import CellRecord, PlannedCell, record_from_json
 from harness.results import ResultsError, write_json_atomic
 from harness.resume import NODE_LOST
+from harness.seal import node_drift
 
 #: how long the head waits on its tasks before it looks at its limits again (seconds)
 WAIT_S = 0.5
@@ -44,6 +47,43 @@ RETURNED_GLOBS = ("logs/*.log", "timelines/*")
 
 def node_name() -> str:
     return os.environ.get(NODE_NAME_ENV) or platform.node()
+
+
+# --- node labels (Ray's label selectors) --------------------------------------------------
+
+# Ray's own syntax (ray._private.label_utils, Kubernetes label rules), repeated here so that
+# a suite is checked where Ray is not installed: a name or value of at most 63 characters,
+# alphanumeric at both ends, `-_.` inside; a key may carry a DNS-subdomain prefix and `/`
+_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9_.-]{0,61}[a-zA-Z0-9])?"
+_LABEL_KEY = re.compile(rf"(?:[a-z0-9](?:[-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL}")
+# a selector value: `value`, `!value` (not), `in(a, b)`, `!in(a, b)`
+_LABEL_SELECTOR = re.compile(rf"(!?)(?:in\(({_LABEL}(?:, ?{_LABEL})*)\)|({_LABEL}))")
+
+
+def label_selector_problems(selector: dict, key: str) -> list[tuple[str, str]]:
+    """(key path, what is wrong) for each entry of a `node_label:` selector Ray would refuse."""
+    out = []
+    for k, v in selector.items():
+        if not isinstance(k, str) or not _LABEL_KEY.fullmatch(k):
+            out.append((key, f"expected label names such as 'chip' or 'lab.example/chip' (at most 63 characters, "
+                             f"letters, digits, '-_.'), got {k!r}"[:300]))
+        elif not isinstance(v, str) or not _LABEL_SELECTOR.fullmatch(v):
+            out.append((f"{key}.{k}", f"expected a label value ('rngd'), or '!v', 'in(a, b)', '!in(a, b)' "
+                                      f"(Ray's label selectors), got {v!r}"[:300]))
+    return out
+
+
+def labels_match(selector: dict, labels: dict) -> bool:
+    """Whether a node with `labels` satisfies a `node_label:` selector, as Ray's scheduler
+    reads it (a `!` condition also holds where the node lacks the label)."""
+    for k, v in selector.items():
+        m = _LABEL_SELECTOR.fullmatch(v)
+        if m is None:
+            return False
+        values = [x.strip() for x in m.group(2).split(",")] if m.group(2) else [m.group(3)]
+        if (labels.get(k) in values) == bool(m.group(1)):
+            return False
+    return True
 
 
 # --- on the node ---------------------------------------------------------------------------
@@ -87,7 +127,7 @@ def run_group_on_node(plan, group, cells: list[PlannedCell], device: str, output
     name = node_name()
     ctx = ray.get_runtime_context()
     node_id = ctx.get_node_id()
-    inv = dict(inventory(), ray_node_id=node_id, node_name=name)
+    inv = dict(inventory(), ray_node_id=node_id, node_name=name, harness_version=runner._version())
     calibration = load_for(output, device)  # this node's own, for its device
     yield ("node", name, inv, calibration)
     lock = _device_lock(node_id, device)
@@ -171,16 +211,19 @@ def _reachable(address: str, timeout_s: float = 10.0) -> None:
 def _resources(plan, cells: list[PlannedCell]) -> dict:
     b = plan.backend(cells[0].backend)
     p = b.placement
-    return {"num_cpus": p.num_cpus if p else 1.0, "resources": dict(p.resources) if p else {}}
+    return {"num_cpus": p.num_cpus if p else 1.0, "resources": dict(p.resources) if p else {},
+            "label_selector": dict(p.node_label) if p else {}}
 
 
 def _feasible(ray, opts: dict) -> str | None:
     """Why no node of the cluster could ever run a task asking for `opts`; None when one can."""
     need = dict(opts["resources"], CPU=opts["num_cpus"])
     for n in ray.nodes():
-        if n.get("Alive") and all(n.get("Resources", {}).get(k, 0) >= v for k, v in need.items() if v):
+        if n.get("Alive") and all(n.get("Resources", {}).get(k, 0) >= v for k, v in need.items() if v) \
+                and labels_match(opts["label_selector"], n.get("Labels") or {}):
             return None
-    return f"no live node of the cluster has the resources {need}"
+    labels = f" and the labels {opts['label_selector']}" if opts["label_selector"] else ""
+    return f"no live node of the cluster has the resources {need}{labels}"
 
 
 def run_on_cluster(address: str, plan, groups: dict, run_dir: Path, results_path: Path, progress, devices: dict,
@@ -217,9 +260,10 @@ def run_on_cluster(address: str, plan, groups: dict, run_dir: Path, results_path
                         continue
                     # no retries: a retried group would measure again cells whose records already
                     # arrived; --resume is how lost cells run again
+                    labels = {"label_selector": opts["label_selector"]} if opts["label_selector"] else {}
                     g.gen = task.options(num_cpus=opts["num_cpus"], resources=opts["resources"], max_retries=0,
-                                         name=f"harness:{'/'.join(g.key)}").remote(plan, list(g.key), g.cells,
-                                                                                   g.device, output)
+                                         name=f"harness:{'/'.join(g.key)}", **labels).remote(
+                        plan, list(g.key), g.cells, g.device, output)
                     running[g.gen] = g
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_S)
                 for gen in ready:
@@ -253,6 +297,12 @@ def _take(item: tuple, g: _Group, run_dir: Path, results_path: Path, progress, m
         known = meta["nodes"].get(g.node)
         meta["nodes"][g.node] = dict(inv, calibration=dict((known or {}).get("calibration") or {},
                                                            **{g.device: calibration}))
+        drift = node_drift(meta, inv)  # another harness or torch than the head's: said, and `harness check` fails it
+        if drift:
+            meta["nodes"][g.node]["version_drift"] = drift
+            if known is None:  # said even with --quiet: the run's figures will not pass `harness check`
+                print(f"warning: node {g.node} runs another version than the head: {'; '.join(drift)} "
+                      "(recorded in run.json; `harness check` fails the run)", file=sys.stderr)
         if known is None:  # run.json names every node as soon as it takes work
             write_json_atomic(run_dir / "run.json", meta)
     elif kind == "describe":

@@ -34,8 +34,13 @@ class RecordError(ValueError):
 
 
 def _known(cls, data: dict) -> dict:
-    names = {f.name for f in fields(cls)}
+    names = _FIELD_NAMES.get(cls)
+    if names is None:  # fields() walks the class each call: once per class (issue 21, 10,000 records)
+        names = _FIELD_NAMES[cls] = frozenset(f.name for f in fields(cls))
     return {k: v for k, v in data.items() if k in names}
+
+
+_FIELD_NAMES: dict[type, frozenset] = {}
 
 
 # --- the plan ----------------------------------------------------------------------------
@@ -119,7 +124,9 @@ class MeterEnergy:
     The work window is the generation window of a batch cell (prefill + decode, repeated
     until long enough) or the steady-state window of a request scenario. Per-token
     figures are None where the meter gave no reading; ``quality`` says how far to trust
-    the rest (ok, estimate, short-window, unavailable) and ``reason`` why.
+    the rest (ok, estimate, short-window, clock-skew, speed-mismatch, unavailable) and
+    ``reason`` why (speed-mismatch: the energy windows' work ran at another speed than
+    the timed repetitions, see EnergyRecord.speed).
     """
 
     meter: str
@@ -167,6 +174,55 @@ class MeterEnergy:
 
 
 @dataclass
+class PhaseSpeed:
+    """One work window's own throughput, and the timed repetitions' for the same phase.
+
+    tok_s = tokens processed inside the window (per repetition x repeats) / window
+    seconds. The timed figures are the median and 95 % bootstrap interval of the timed
+    repetitions' per-repetition throughput of the same work (harness.stats). ``agree``
+    is None where there was nothing to compare with.
+    """
+
+    phase: str  # prefill | generation (prefill + decode, end to end) | steady
+    tokens: float = 0.0
+    window_s: float = 0.0
+    repeats: int = 0
+    tok_s: Optional[float] = None
+    timed_median: Optional[float] = None
+    timed_ci_low: Optional[float] = None
+    timed_ci_high: Optional[float] = None
+    timed_n: int = 0
+    agree: Optional[bool] = None
+
+
+@dataclass
+class EnergySpeed:
+    """Was the energy measured on work running at the speed the report quotes?
+
+    Batch cells measure energy in windows of their own, after the timed repetitions;
+    each window's throughput is compared with the timed interval (``rule``). Request
+    scenarios measure energy over the measured requests themselves (``same_work``).
+    ``mismatch`` is the flag's text when a window disagrees (then every meter's figures
+    of the cell have quality "speed-mismatch").
+    """
+
+    rule: str = ""
+    margin: Optional[float] = None
+    same_work: bool = False
+    phases: list[PhaseSpeed] = field(default_factory=list)
+    # derived: decode tokens / (generation - prefill seconds per repetition), and the timed decode_tps median
+    decode_tok_s: Optional[float] = None
+    timed_decode_tok_s: Optional[float] = None
+    mismatch: Optional[str] = None
+
+    @classmethod
+    def from_json(cls, data: dict) -> "EnergySpeed":
+        d = _known(cls, data)
+        d["phases"] = [PhaseSpeed(**_known(PhaseSpeed, p)) for p in data.get("phases") or [] if isinstance(p, dict)]
+        return cls(**d)
+
+
+@dataclass
 class EnergyRecord:
     """The energy of one cell over all its meters."""
 
@@ -181,6 +237,9 @@ class EnergyRecord:
     # external meters' clocks against this host's, found from a power signature run before
     # the group's cells (harness.meters.clock): one entry per log meter
     clock_alignment: list[dict] = field(default_factory=list)
+    # the energy windows' own throughput against the timed repetitions' (optional: records
+    # written before it have none, and read as "not checked")
+    speed: Optional[EnergySpeed] = None
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -191,6 +250,8 @@ class EnergyRecord:
     def from_json(cls, data: dict) -> "EnergyRecord":
         d = _known(cls, data)
         d["meters"] = [MeterEnergy.from_json(m) for m in data.get("meters") or [] if isinstance(m, dict)]
+        sp = data.get("speed")
+        d["speed"] = EnergySpeed.from_json(sp) if isinstance(sp, dict) else None
         return cls(**d)
 
 

@@ -57,6 +57,12 @@ RANGES = {
 ITEM_RANGES = {"batch_sizes": (1, 65536), "prompt_lens": (1, 1 << 20), "gen_lens": (2, 1 << 20),
                "devices": (0, 65535), "token_range": (0, 1 << 24)}
 
+#: keys every entry of a suite's `meters:` list takes besides its type's own options:
+#: `type`, and `primary: true`, the meter a report's procurement headline quotes when a cell
+#: has several (issue 20; without it the headline takes the widest scope, wall over board
+#: over package over DRAM, and says which)
+METER_ENTRY_KEYS = ("type", "primary")
+
 
 #: Every string value of a schema (a suite, claims, prices, meter or backend options): a
 #: device name, a path or a description is tens of characters; a 200 kB one must be refused

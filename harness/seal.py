@@ -180,11 +180,66 @@ def read_meta(run_dir: Path) -> dict:
 
 
 def nodes_of(meta: dict) -> list[dict]:
-    """Every node's inventory: run.json `inventory` as one mapping (a local run) or a list
-    (a fleet run); entries that are not mappings are dropped."""
+    """Every node's inventory: run.json `inventory` as one mapping (a local run, or a fleet
+    run's head) or a list, then a fleet run's `nodes` ({name: inventory}, harness.fleet),
+    each with its name; entries that are not mappings are dropped."""
     inv = meta.get("inventory")
     items = inv if isinstance(inv, list) else [inv] if isinstance(inv, dict) else []
+    fleet = meta.get("nodes") if isinstance(meta.get("nodes"), dict) else {}
+    items += [dict(n, node_name=n.get("node_name") or name) for name, n in fleet.items() if isinstance(n, dict)]
     return [n for n in items if isinstance(n, dict)]
+
+
+def run_nodes(meta: dict) -> list[str]:
+    """The names of the nodes that measured a run's cells: a fleet run's nodes (the names
+    they gave themselves), else the hostname(s) of run.json's inventory."""
+    fleet = meta.get("nodes") if isinstance(meta.get("nodes"), dict) else {}
+    if fleet:
+        return sorted(_show(str(name)) for name in fleet)  # names from a received file: printable
+    inv = meta.get("inventory")
+    items = inv if isinstance(inv, list) else [inv] if isinstance(inv, dict) else []
+    return [_show(str(n.get("hostname", "?"))) for n in items if isinstance(n, dict)]
+
+
+#: what must match between a fleet's nodes and its head: a figure measured by another
+#: harness or another torch is not the figure of this suite
+VERSION_KEYS = ("harness", "git commit", "torch")
+
+
+def versions_of(inv: dict, harness_version: Any = None) -> dict:
+    """A node's harness version, git commit and torch version from its inventory (the head's
+    harness version is run.json's top-level `harness_version`); a key the inventory does not
+    hold is left out, so that it is not compared."""
+    out = {}
+    if "harness_version" in inv or harness_version is not None:
+        out["harness"] = inv.get("harness_version", harness_version)
+    if "git_commit" in inv:
+        out["git commit"] = inv.get("git_commit")
+    packages = inv.get("packages") if isinstance(inv.get("packages"), dict) else {}
+    if "torch" in packages:
+        out["torch"] = packages.get("torch")
+    return out
+
+
+def node_drift(meta: dict, inv: dict) -> list[str]:
+    """How a fleet node's versions differ from the head's (run.json `inventory` and
+    `harness_version`), one "key value (head: value)" each; [] when they match."""
+    head_inv = meta.get("inventory") if isinstance(meta.get("inventory"), dict) else {}
+    head = versions_of(head_inv, meta.get("harness_version"))
+    node = versions_of(inv)
+    return [f"{k} {_show(str(node[k]))} (head: {_show(str(head[k]))})" for k in VERSION_KEYS
+            if k in node and k in head and node[k] != head[k]]
+
+
+def fleet_drift(meta: dict) -> dict[str, list[str]]:
+    """Every fleet node whose versions differ from the head's: {node name: differences},
+    recomputed from run.json's inventories (not from what the run recorded of them)."""
+    fleet = meta.get("nodes") if isinstance(meta.get("nodes"), dict) else {}
+    out = {}
+    for name, inv in fleet.items():
+        if isinstance(inv, dict) and (d := node_drift(meta, inv)):
+            out[_show(str(name))] = d
+    return out
 
 
 def lab_of(meta: dict) -> Optional[str]:
@@ -341,7 +396,7 @@ class CheckResult:
     failures: list[str] = field(default_factory=list)  # one line each, naming the file / record
     notes: list[str] = field(default_factory=list)  # what was not checked, and why
     lab: Optional[str] = None
-    nodes: list[str] = field(default_factory=list)  # hostnames
+    nodes: list[str] = field(default_factory=list)  # names of the nodes that measured (run_nodes)
     signed: bool = False
     signature_verified: bool = False
 
@@ -536,8 +591,7 @@ def check(run_dir: Path, pubkey: Optional[Path] = None) -> CheckResult:
         raise SealError(f"{run_dir}: no such run folder")
     meta = read_meta(run_dir)
     manifest = _read_manifest(run_dir)
-    res = CheckResult(str(run_dir), sealed=manifest is not None, lab=lab_of(meta),
-                      nodes=[str(n.get("hostname", "?")) for n in nodes_of(meta)])
+    res = CheckResult(str(run_dir), sealed=manifest is not None, lab=lab_of(meta), nodes=run_nodes(meta))
     scan = scan_folder(run_dir)
     res.failures += scan.refused
     if scan.derived:
@@ -560,6 +614,8 @@ def check(run_dir: Path, pubkey: Optional[Path] = None) -> CheckResult:
             res.failures.append(f"{SIGNATURE}: missing, but the manifest names signer {manifest['signer']}")
     if meta.get("status") != "complete":
         res.failures.append(f"run.json: status {meta.get('status')!r}: not a complete run")
+    for name, diffs in fleet_drift(meta).items():  # measured by another harness or torch than the head's
+        res.failures.append(f"run.json: node {name} runs another version than the head: {'; '.join(diffs)}")
     results = run_dir / "results.jsonl"
     if "results.jsonl" not in scan.files:
         if not results.is_symlink():
@@ -592,6 +648,7 @@ class RunSeal:
     sealed: bool
     passed: Optional[bool]  # None: unsealed (not checked)
     failures: list[str] = field(default_factory=list)
+    drift: dict[str, list[str]] = field(default_factory=dict)  # fleet nodes on other versions than the head
 
     @property
     def status(self) -> str:
@@ -602,6 +659,42 @@ class RunSeal:
         """False: tables mark this run's figures (unsealed, or failing its check)."""
         return bool(self.sealed and self.passed)
 
+    @property
+    def mark(self) -> str:
+        """What a table puts on the label of this run's figures: MARK_UNSEALED, MARK_FAILED
+        or nothing (sealed+PASS)."""
+        return "" if self.trusted else MARK_FAILED if self.sealed else MARK_UNSEALED
+
+    def status_text(self, width: int = 160) -> str:
+        """The status as a table cell: a failing run says what failed first (and how many more)."""
+        if self.status != "sealed+FAIL":
+            return self.status
+        first = (self.failures or ["check failed"])[0]
+        more = f" (+{len(self.failures) - 1} more: harness check)" if len(self.failures) > 1 else ""
+        first = first if len(first) <= width else first[:width - 1].rstrip() + "…"
+        return f"sealed+FAIL: {first}{more}"
+
+    def nodes_text(self) -> str:
+        """The nodes that measured, each fleet node on other versions than the head flagged."""
+        return ", ".join(f"{n} (VERSIONS DIFFER FROM THE HEAD: {'; '.join(self.drift[n])})" if self.drift.get(n)
+                         else n for n in self.nodes) or "-"
+
+
+#: on the label of a figure whose run is unsealed / sealed but failing `harness check`
+MARK_UNSEALED, MARK_FAILED = "†", "‡"
+
+
+def mark_legend(seals) -> Optional[str]:
+    """The legend line for the marks the given RunSeals put in tables (None: no mark)."""
+    marks = {s.mark for s in seals}
+    parts = []
+    if MARK_UNSEALED in marks:
+        parts.append(f"{MARK_UNSEALED} unsealed run: nothing shows its files are those it measured "
+                     "(`harness seal RUN`, then `harness check RUN`)")
+    if MARK_FAILED in marks:
+        parts.append(f"{MARK_FAILED} sealed run that fails `harness check` (its first failure is in the runs table)")
+    return "; ".join(parts) or None
+
 
 def run_status(run_dir: str | Path) -> RunSeal:
     """Never raises: an unreadable folder is sealed+FAIL (or unsealed) with the reason.
@@ -610,13 +703,34 @@ def run_status(run_dir: str | Path) -> RunSeal:
     run_dir = Path(run_dir)
     try:
         meta = read_meta(run_dir)
-        lab, nodes = lab_of(meta), [str(n.get("hostname", "?")) for n in nodes_of(meta)]
+        lab, nodes, drift = lab_of(meta), run_nodes(meta), fleet_drift(meta)
     except SealError as e:
         return RunSeal(str(run_dir), None, [], (run_dir / MANIFEST).exists(), False, [str(e)])
     if not ((run_dir / MANIFEST).exists() or (run_dir / MANIFEST).is_symlink()):
-        return RunSeal(str(run_dir), lab, nodes, False, None)
+        return RunSeal(str(run_dir), lab, nodes, False, None, drift=drift)
     try:
         res = check(run_dir)
-    except (SealError, OSError) as e:
-        return RunSeal(str(run_dir), lab, nodes, True, False, [str(e)])
-    return RunSeal(str(run_dir), lab, nodes, True, res.passed, res.failures)
+    except (SealError, ResultsError, OSError, ValueError, TypeError, KeyError) as e:  # a hostile folder: FAIL, said
+        return RunSeal(str(run_dir), lab, nodes, True, False, [str(e)], drift)
+    return RunSeal(str(run_dir), lab, nodes, True, res.passed, res.failures, drift)
+
+
+def runs_block(run_dirs, cells=(), markdown: bool = False) -> list[str]:
+    """`harness verify`'s lines on the runs its verdicts stand on: lab, node(s) and check
+    status of each, marked as report tables mark them, and the legend of the marks. The
+    cells' RunSeals (harness.cells.load_runs) are reused: a sealed run is checked once."""
+    from harness.report.document import md_escape
+
+    known = {str(c.run_dir): c.seal for c in cells if getattr(c, "seal", None) is not None}
+    seals = [known.get(str(Path(d))) or run_status(d) for d in run_dirs]
+    # a received run.json's lab or node names: no terminal escapes, no Markdown
+    esc = (lambda v: md_escape(_show(v))) if markdown else _show
+    title = "Runs (lab; node(s); check status: `harness check RUN` for the details)"
+    out = ["", f"## {title}", ""] if markdown else [title + ":"]
+    for d, s in zip(run_dirs, seals):
+        out.append(f"- {esc(Path(d).name)}{' ' + s.mark if s.mark else ''}: lab {esc(s.lab or '-')}; "
+                   f"node(s) {esc(s.nodes_text())}; {esc(s.status_text())}")
+    legend = mark_legend(seals)
+    if legend:
+        out += ["", legend] if markdown else [legend]
+    return out

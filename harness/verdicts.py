@@ -73,10 +73,13 @@ class Verdict:
     blocked: Optional[str] = None
     best_baseline_blocked: Optional[str] = None
     bound: Optional["BoundCheck"] = None  # what physics allows (harness.bounds), when a catalog device is known
+    # a side of the claim matched no measured cell at all (wrong selector, workload not run):
+    # a required claim with no data fails the gate rather than passing as INCONCLUSIVE
+    no_data: bool = False
 
     @property
     def failed_required(self) -> bool:
-        return self.claim.required and self.verdict in (REFUTED, IMPLAUSIBLE)
+        return self.claim.required and (self.verdict in (REFUTED, IMPLAUSIBLE) or self.no_data)
 
 
 def _match_selector(c: ResultCell, sel: Selector) -> bool:
@@ -238,13 +241,14 @@ def _evaluate_measured(claim: Claim, cells: list[ResultCell]) -> Verdict:
                                 "add run, backend or precision to it")
         return at[0], pool, None
 
-    s_cell, _, s_err = side(claim.subject, "subject")
+    s_cell, s_pool, s_err = side(claim.subject, "subject")
     pinned = any(k in ("precision", "dtype") for k in claim.baseline.measured_keys())
     b_cell, b_pool, b_err = side(claim.baseline, "baseline",
                                  None if pinned or s_cell is None else s_cell.precision)
     v = Verdict(claim, INCONCLUSIVE, caveats=caveats)
     if s_err or b_err:
         v.reason = "; ".join(e for e in (s_err, b_err) if e)
+        v.no_data = not s_pool or not b_pool
         return v
 
     if not pinned and s_cell.precision != b_cell.precision:
@@ -282,6 +286,12 @@ def _evaluate_measured(claim: Claim, cells: list[ResultCell]) -> Verdict:
         v.reason = "no ratio could be computed"
     elif comp.ratio.ci_low is None:
         v.reason = "no confidence interval (fewer than 2 repetitions on both sides)"
+    elif METRICS[metric].energy and any(m is not None and m.quality == "speed-mismatch"
+                                        for m in (comp.subject_value.meter, comp.baseline_value.meter)):
+        # the energy was measured on work that ran at another speed than the timed figures (harness.energy)
+        v.reason = ("energy measured on work that ran at another speed than the timed repetitions (" + "; ".join(
+            m.reason or "" for m in (comp.subject_value.meter, comp.baseline_value.meter)
+            if m is not None and m.quality == "speed-mismatch") + f"): the measured ratio alone would be {measured}")
     elif METRICS[metric].energy and (is_estimate(comp.subject_value.meter) or is_estimate(comp.baseline_value.meter)):
         v.reason = f"energy is an estimate, not a measurement: the measured ratio alone would be {measured}"
     elif METRICS[metric].energy and any(m is not None and m.quality == "clock-skew"
@@ -317,6 +327,9 @@ def _caveats(claim: Claim, comp: ClaimComparison) -> list[str]:
                            f"{m.reason or 'too few meter updates'})")
             elif m.quality == "clock-skew":
                 out.append(f"{label} energy read on a meter clock that is off ({m.meter}: {m.reason})")
+            elif m.quality == "speed-mismatch":
+                out.append(f"{label} energy measured at another speed than the timed repetitions ({m.meter}: "
+                           f"{m.reason})")
             for w in m.warnings:
                 out.append(f"{label} energy warning: {w}")
         out.append("energy intervals reflect repetition-to-repetition timing only (one meter window per cell), "
@@ -385,11 +398,14 @@ def verify(claims: list[Claim], cells: list[ResultCell]) -> list[Verdict]:
 
 
 def exit_code(verdicts: list[Verdict], strict: bool = False) -> int:
-    """1 when a required claim is REFUTED or IMPLAUSIBLE (or, with strict, not SUPPORTED); else 0."""
-    for v in verdicts:
-        if v.claim.required and (v.verdict in (REFUTED, IMPLAUSIBLE) or (strict and v.verdict != SUPPORTED)):
-            return 1
-    return 0
+    """1 when a required claim is REFUTED or IMPLAUSIBLE, or matched no measured cell (or, with
+    strict, is not SUPPORTED); else 0."""
+    return 1 if gate_failures(verdicts, strict) else 0
+
+
+def gate_failures(verdicts: list[Verdict], strict: bool = False) -> list[Verdict]:
+    """The required claims that fail the gate (see exit_code), in order."""
+    return [v for v in verdicts if v.failed_required or (strict and v.claim.required and v.verdict != SUPPORTED)]
 
 
 # --- physical bounds (harness.bounds, harness.catalog) -----------------------------------------
@@ -587,6 +603,11 @@ def _single_valid_cell(cells: list[ResultCell], sel: Selector, w, metric: str, k
     return at[0] if len(at) == 1 else None
 
 
+def _matches_any(cells: list[ResultCell], sel: Selector, w) -> bool:
+    """Whether any measured cell (of any status) matches a side: none means the claim has no data."""
+    return any(_match_selector(c, sel) and _match_workload(c, w) for c in cells)
+
+
 def _evaluate_by_bounds(claim: Claim, cells: list[ResultCell]) -> Verdict:
     """A claim with a side that no run measured: a catalog device (judged by its bound) or a
     figure measured outside the project. IMPLAUSIBLE when the claimed factor exceeds what the
@@ -645,6 +666,7 @@ def _evaluate_by_bounds(claim: Claim, cells: list[ResultCell]) -> Verdict:
         bc = _single_valid_cell(cells, claim.baseline, w, m, kind, claim.scope)
         if bc is None:
             v.reason = f"no single valid measured baseline cell ({claim.baseline.describe()}; {w.describe()})"
+            v.no_data = not _matches_any(cells, claim.baseline, w)
             return v
         base_value = _generous(m, metric_value(bc, m, kind, claim.scope))
         if base_value is None:
@@ -695,6 +717,7 @@ def _evaluate_by_bounds(claim: Claim, cells: list[ResultCell]) -> Verdict:
     sc = _single_valid_cell(cells, claim.subject, w, m, kind, claim.scope)
     if sc is None:
         v.reason = f"no single valid measured subject cell ({claim.subject.describe()}; {w.describe()})"
+        v.no_data = not _matches_any(cells, claim.subject, w)
         return v
     sv = metric_value(sc, m, kind, claim.scope)
     bv = MetricValue(m, [base_value])
@@ -722,25 +745,33 @@ def _evaluate_by_bounds(claim: Claim, cells: list[ResultCell]) -> Verdict:
 
 # --- as text -------------------------------------------------------------------------------
 
-def verdicts_markdown(verdicts: list[Verdict], heading: str = "#") -> str:
+def verdicts_markdown(verdicts: list[Verdict], heading: str = "#", html_escape: bool = True) -> str:
+    """The verdicts as Markdown. html_escape=False leaves `&`, `<`, `>` for a caller that escapes
+    the whole text itself (the report's Document: escaping twice showed "&amp;gt;=" to readers)."""
     out = [f"{heading} Claim verdicts", ""]
     out.append("| # | claim | metric | factor | measured ratio [95% CI] | verdict | required |")
     out.append("|---:|---|---|---:|---:|---|---|")
     for i, v in enumerate(verdicts, 1):
         r = v.comparison.ratio if v.comparison else None
-        out.append(f"| {i} | {_md(v.claim.name)} | {v.claim.metric} | >= {v.claim.at_least:g}x | {shown_ratio(v)} | "
+        out.append(f"| {i} | {_md(v.claim.name, html_escape)} | {v.claim.metric} | >= {v.claim.at_least:g}x | "
+                   f"{shown_ratio(v)} | "
                    f"**{v.verdict}** | {'yes' if v.claim.required else 'no'} |")
     for i, v in enumerate(verdicts, 1):
-        out += ["", f"{heading}# {i}. {_md(v.claim.name)}: {v.verdict}", ""]
-        out += verdict_lines(v)
+        out += ["", f"{heading}# {i}. {_md(v.claim.name, html_escape)}: {v.verdict}", ""]
+        out += verdict_lines(v, html_escape)
     return "\n".join(out) + "\n"
 
 
-def verdict_lines(v: Verdict) -> list[str]:
-    """Markdown bullet lines describing one verdict (also used in the HTML report)."""
+def verdict_lines(v: Verdict, html_escape: bool = True) -> list[str]:
+    """Markdown bullet lines describing one verdict (also used in the HTML report, which
+    escapes them itself: it asks for html_escape=False)."""
+
+    def _md(s: str) -> str:
+        return _md_text(s, html_escape)
+
     c = v.claim
     m = METRICS[c.metric]
-    out = [f"- Claim: {_md(c.describe())} ({c.where})", f"- Verdict: **{v.verdict}** ({_md(v.reason)})"]
+    out = [f"- Claim: {_md(c.describe())} ({_md(c.where)})", f"- Verdict: **{v.verdict}** ({_md(v.reason)})"]
     if v.bound is not None:
         out += [f"- {_md(x)}" for x in v.bound.lines()]
     if v.comparison:
@@ -755,7 +786,7 @@ def verdict_lines(v: Verdict) -> list[str]:
             if val.meter:
                 src = f"; energy: {val.meter.meter}, {val.meter.method}, {val.meter.scope}" + (
                     " (ESTIMATE)" if val.meter.is_estimate else "")
-            out.append(f"- {label}: {cell.short} on {cell.device_label}: {c.metric} median "
+            out.append(f"- {label}: {_md(cell.short)} on {_md(cell.device_label)}: {c.metric} median "
                        f"{_g(s.median)} {m.unit} {stats.fmt_ci(s.ci_low, s.ci_high)}, n={s.n}{src}")
         direction = "subject / baseline" if m.higher_is_better else "baseline / subject"
         out.append(f"- Measured improvement ({direction}): {fmt_ratio(comp.ratio)}; claimed at least "
@@ -764,7 +795,7 @@ def verdict_lines(v: Verdict) -> list[str]:
         bb = v.best_baseline
         judged = (f"-> {v.best_baseline_verdict}" if v.best_baseline_verdict else
                   f"({_md(_no_verdict(v.best_baseline_blocked, v.blocked))})")
-        out.append(f"- Best baseline configuration measured: {bb.baseline.short} ({c.metric} median "
+        out.append(f"- Best baseline configuration measured: {_md(bb.baseline.short)} ({c.metric} median "
                    f"{_g(bb.baseline_value.summary().median)} {m.unit}); ratio against it "
                    f"{fmt_ratio(bb.ratio)} {judged}")
     out.append("- Caveats:" if v.caveats else "- Caveats: none found")
@@ -776,7 +807,14 @@ def _g(x: Optional[float]) -> str:
     return stats.fmt_num(x, 4)
 
 
-def _md(s: str) -> str:
+def _md(s: str, html_escape: bool = True) -> str:
     """Text from claims files and runs made inert in a Markdown table or line: HTML escaped
-    (as harness.report.document.md_escape does; that module imports this one) and pipes."""
-    return str(s).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    (as harness.report.document.md_escape does; that module imports this one) and pipes.
+    html_escape=False: pipes only, for a caller that escapes the whole text once itself."""
+    s = str(s)
+    if html_escape:
+        s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return s.replace("|", "\\|")
+
+
+_md_text = _md

@@ -357,6 +357,14 @@ def _message(e: BaseException) -> str:
 
 # --- the process ----------------------------------------------------------------------------
 
+def _log_failure(what: str) -> None:
+    """The traceback of a failure into the worker's log (logs/<group>.log, its stderr): the
+    record holds the message, the log where it came from (issue 20: the log was empty)."""
+    print(f"FAILED {what}:", file=sys.stderr)
+    traceback.print_exc(file=sys.stderr)
+    sys.stderr.flush()
+
+
 def main(job_path: str, events_path: str) -> int:
     _die_with_parent()
     ev = Events(events_path)
@@ -366,6 +374,7 @@ def main(job_path: str, events_path: str) -> int:
         group = load_group(job)
     except Exception as e:  # noqa: BLE001 - any load failure fails this group's cells, with its message
         ev.emit(event="load_failed", message=_message(e), trace=traceback.format_exc())
+        _log_failure(f"loading {job.backend_name} {job.model} {job.dtype}")
         return 0
     ev.emit(event="loaded", load_s=group.info.load_s, compile_s=group.info.compile_s)
     meters, meter_error = start_meters(job, group.backend)
@@ -380,6 +389,7 @@ def main(job_path: str, events_path: str) -> int:
             record = CellRecord.failure(cell, "exception", _message(e), device=job.device, params=group.params,
                                         trace=traceback.format_exc())
             record.precision = group.precision
+            _log_failure(f"cell {cell.id}")
         record.started_at, record.wall_s = t0, time.time() - t0
         ev.emit(event="done", cell_id=cell.id, record=record.to_json())
     for m in meters:

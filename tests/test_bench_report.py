@@ -54,6 +54,7 @@ def test_generator_writes_distinct_real_records(big_runs):
 
 def test_report_per_1000_records(benchmark, big_runs):
     a, _ = big_runs
+    benchmark.extra_info["records"] = RECORDS  # the history's unit: seconds per 1,000 records
     doc = benchmark.pedantic(build_report, args=([a],), kwargs={"with_plots": True}, rounds=1, iterations=1)
     md = to_markdown(doc)
     assert f"{RECORDS} cell(s)" in md and "Procurement figures" in md
@@ -62,6 +63,7 @@ def test_report_per_1000_records(benchmark, big_runs):
 def test_compare_per_1000_records(benchmark, big_runs):
     a, b = big_runs
     cells = load_cells([a, b])
+    benchmark.extra_info["records"] = RECORDS
     cmp = benchmark.pedantic(build_compare, args=(cells,), rounds=1, iterations=1)
     assert cmp.rows and len(cmp.overall) > 0
     assert "across" in compare_markdown(cmp)
@@ -129,3 +131,152 @@ def test_progress_only_on_a_terminal_and_without_quiet(tty, quiet, shown):
     text = "".join(stream.parts)
     assert ("comparing 42 cells" in text) is shown
     assert (text != "") is shown
+
+
+# --- the fast loader (orjson with json deciding when unsure; depth read off the text) -------
+
+def _seed_line() -> dict:
+    import json
+
+    return json.loads((SEED_RUN / "results.jsonl").read_text().splitlines()[0])
+
+
+def _one_record_run(tmp_path: Path, line: bytes) -> Path:
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(SEED_RUN / "run.json", run / "run.json")
+    (run / "results.jsonl").write_bytes(line + b"\n")
+    return run
+
+
+@pytest.mark.parametrize("digits", [19, 20, 45])
+def test_a_long_integer_reads_as_the_integer_it_is(tmp_path, digits):
+    """orjson keeps 64 bits (a 20-digit integer becomes a float, which the type check would
+    refuse for `params`); such a line must read as json reads it: every digit, an int."""
+    import json
+
+    from harness.results import load_run
+
+    big = int("9" * digits)
+    rec = dict(_seed_line(), params=big)
+    rec.setdefault("load", {})["note"] = 0.1234567890123456789012  # a long fraction, not an integer
+    _, records = load_run(_one_record_run(tmp_path, json.dumps(rec).encode()))
+    assert type(records[0].params) is int and records[0].params == big
+
+
+def _nest(depth: int):
+    v: object = 1
+    for _ in range(depth - 2):  # the record itself and the describe mapping are two levels
+        v = [v]
+    return v
+
+
+@pytest.mark.parametrize("depth,quote,ok", [(64, False, True), (65, False, False), (64, True, True),
+                                            (65, True, False)])
+def test_nesting_limit_counts_brackets_outside_strings_only(tmp_path, depth, quote, ok):
+    import json
+
+    from harness.results import ResultsError, load_run
+
+    rec = dict(_seed_line())
+    # brackets inside strings are text, not nesting; an escaped quote takes the walk instead
+    rec["describe"] = {"deep": _nest(depth), "text": "[[[[{{{{" * 20 + ('\\"' if quote else "")}
+    line = json.dumps(rec).encode()
+    assert (b'\\"' in line) is quote
+    run = _one_record_run(tmp_path, line)
+    if ok:
+        assert load_run(run)[1][0].describe["text"].startswith("[[[[")
+    else:
+        with pytest.raises(ResultsError, match=r"results.jsonl:1: JSON nested more than 64 levels deep"):
+            load_run(run)
+
+
+@pytest.mark.parametrize("value,message", [(float("nan"), None), ('"\\ud800"', "lone UTF-16 surrogate")])
+def test_values_orjson_refuses_are_read_as_json_reads_them(tmp_path, value, message):
+    import json
+
+    from harness.results import ResultsError, load_run
+
+    rec = _seed_line()
+    text = json.dumps(rec)
+    text = text.replace('"model": ', f'"extra": {value if isinstance(value, str) else "NaN"}, "model": ', 1)
+    run = _one_record_run(tmp_path, text.encode())
+    if message is None:
+        assert load_run(run)[1][0].model == rec["model"]  # json reads NaN: the record loads
+    else:
+        with pytest.raises(ResultsError, match=message):
+            load_run(run)
+
+
+def test_median_is_numpys_median_of_the_finite_samples():
+    rng = np.random.default_rng(5)
+    for _ in range(3000):
+        n = int(rng.integers(0, 10))
+        x = list(rng.lognormal(0.0, 1.0, n))
+        if n > 2 and rng.random() < 0.3:
+            x[1], x[2] = None, float("inf")
+        if n > 3 and rng.random() < 0.3:
+            x[3] = x[0]  # ties
+        finite = [v for v in x if v is not None and math.isfinite(v)]
+        want = float(np.median(np.array(finite))) if finite else None
+        assert stats.median(x) == want
+
+
+def test_many_configurations_draw_every_point_in_their_colours(monkeypatch):
+    """Above MAX_SERIES_ARTISTS lines the batch figure draws collections; every valid point is
+    still a marker of its configuration's colour and every INVALID point a red cross."""
+    from matplotlib.colors import to_hex
+
+    from harness.report import plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "to_png", lambda fig: drawn.setdefault("fig", fig) and b"")
+    series = []
+    for i in range(plots.MAX_SERIES_ARTISTS + 7):
+        pts = [plots.CellPoint(f"cfg{i}", "dev", b, 100.0 * i + b, 0.5 + i + b, 1.0 / (1 + i + b), 1.0,
+                               valid=bool(i % 10 or b != 4), estimate=False) for b in (1, 2, 4)]
+        series.append(plots.Series(f"cfg{i}", "dev", pts))
+    plots.batch_figure(series)
+    ax = drawn["fig"].axes[0]
+    got = {}
+    for line in ax.get_lines():
+        for x, y in zip(line.get_xdata(), line.get_ydata()):
+            got.setdefault((float(x), float(y)), set()).add(to_hex(line.get_color()))
+    for i, s in enumerate(series):
+        for p in s.points:
+            want = plots.PALETTE[i % len(plots.PALETTE)] if p.valid else plots.INVALID_COLOR
+            assert want in got[(float(p.batch), p.decode_tps)]
+    segments = [seg for c in ax.collections for seg in c.get_segments()]
+    assert len(segments) == len(series)  # one polyline per configuration
+
+
+def test_reading_without_orjson_gives_the_same_records(monkeypatch):
+    """orjson is optional (the report extra): json alone reads every run to the same records."""
+    from harness import results
+
+    for run in sorted((ROOT / "tests" / "data" / "v1_runs").iterdir()):
+        fast = [r.to_json() for r in results.load_run(run)[1]]
+        with monkeypatch.context() as m:
+            m.setattr(results, "_orjson", None)
+            slow = [r.to_json() for r in results.load_run(run)[1]]
+        assert fast == slow and len(fast) > 0
+
+
+def test_pooled_interval_equals_sorting_every_replicate(monkeypatch):
+    """The pooled interval of compare reads each workload's replicates in order; counting the
+    few values they take must give the floats the sort of all n_resamples replicates gives."""
+    rng = np.random.default_rng(21)
+    pairs = []
+    for na, nb in [(5, 5), (4, 4), (3, 5), (5, 4), (2, 2), (1, 3), (7, 7), (6, 6)]:  # (6, 6): the sort path
+        for _ in range(40):
+            a, b = rng.lognormal(0.0, 0.3, na), rng.lognormal(0.1, 0.3, nb)
+            if rng.random() < 0.3:
+                a = np.round(a, 1)  # ties
+            pairs.append((list(a), list(b)))
+    fast = stats.pooled_ratio(pairs)
+    monkeypatch.setattr(stats, "_ranked_log_ratios", lambda *a: None)
+    slow = stats.pooled_ratio(pairs)
+    assert (fast.ratio, fast.ci_low, fast.ci_high) == (slow.ratio, slow.ci_low, slow.ci_high)
+    assert fast.ci_low < fast.ratio < fast.ci_high

@@ -1,5 +1,6 @@
 """`harness run` end to end, as a user runs it: a real subprocess, real worker processes."""
 import json
+import re
 import subprocess
 import sys
 
@@ -41,7 +42,10 @@ def smoke_run(tmp_path_factory):
 def test_run_prints_table_and_writes_parseable_results(smoke_run):
     proc, run_dir = smoke_run
     assert proc.returncode == 0, proc.stderr
-    assert "pp16" in proc.stdout and "tg8" in proc.stdout and "±" in proc.stdout
+    assert "pp16" in proc.stdout and "tg8" in proc.stdout and "±" not in proc.stdout
+    # t/s: the median with its 95 % interval, as report.md shows it (noisy rows marked ~, with a footnote)
+    assert re.search(r"│\s+[\d.,]+ \[[\d.,]+, [\d.,]+\]( ~)? │", proc.stdout), proc.stdout
+    assert "median [95 % bootstrap interval]" in proc.stdout
     meta, records = load_run(run_dir)
     assert meta["status"] == "complete"
     assert meta["inventory"]["cpu"]["logical_cores"] >= 1 and "torch" in meta["inventory"]["packages"]

@@ -78,10 +78,17 @@ def test_full_procedure_with_counter_meter():
     w = res.record.windows
     assert res.record.window == "phases" and res.record.status == "ok"
     assert list(w) == ["idle-before", "prefill", "generation", "idle-after"]
-    # lengthened: one prefill is 20 ms, the window must reach 0.2 s
-    assert w["prefill"]["repeats"] == e.windows["prefill"]["repeats"] == wl.calls["prefill"] >= 8
-    assert w["generation"]["repeats"] == e.windows["generation"]["repeats"] == wl.calls["generation"] >= 3
-    assert w["prefill"]["duration_s"] >= 0.2 and w["idle-before"]["duration_s"] >= 0.15
+    # lengthened: the window repeats the work until it reaches 0.2 s. How many repeats that takes
+    # depends on how long each call took on this (possibly loaded) machine, so it is derived from
+    # the calls' measured lengths, never pinned: more than one whenever the first call was shorter.
+    n_pf, n_gen = w["prefill"]["repeats"], w["generation"]["repeats"]
+    assert n_pf == e.windows["prefill"]["repeats"] == wl.calls["prefill"]
+    assert n_gen == e.windows["generation"]["repeats"] == wl.calls["generation"]
+    first_gen = wl.hi["prefill"][n_pf] + wl.hi["decode"][0]
+    assert n_pf >= 2 or wl.hi["prefill"][0] >= 0.2
+    assert n_gen >= 2 or first_gen >= 0.2
+    assert w["prefill"]["duration_s"] >= 0.2 and w["generation"]["duration_s"] >= 0.2
+    assert w["idle-before"]["duration_s"] >= 0.15
     # provenance
     assert (e.method, e.scope, e.quality) == ("counter", "gpu-board", "ok")
     assert 0.001 <= e.update_period_s < 0.2       # counter 1 ms, seen through a 5 ms poll
@@ -101,7 +108,9 @@ def test_full_procedure_with_counter_meter():
     assert per_rep(e, "prefill", "net") == pytest.approx(exp_pf_net, rel=0.1)
     assert decode_net == pytest.approx(exp_dec_net, rel=0.1)
     pf = e.windows["prefill"]
-    assert pf["net_j"] == pytest.approx(pf["gross_j"] - e.idle_w * pf["duration_s"])
+    # idle W from the idle windows' own joules and lengths, not the record's idle_w (the figure under test)
+    idle_w = sum(e.windows[k]["gross_j"] / e.windows[k]["duration_s"] for k in ("idle-before", "idle-after")) / 2
+    assert pf["net_j"] == pytest.approx(pf["gross_j"] - idle_w * pf["duration_s"])
     assert e.j_per_generated_token_gross == pytest.approx(decode_gross / (GEN_TOKENS - SEQS))
     assert e.j_per_prompt_token_net == pytest.approx(per_rep(e, "prefill", "net") / PROMPT_TOKENS)
     assert e.j_per_generated_token_net == pytest.approx(decode_net / (GEN_TOKENS - SEQS))

@@ -8,6 +8,7 @@ finalizer kills exactly those (never another session's Ray) and checks none is l
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 from pathlib import Path
@@ -73,9 +74,10 @@ class Cluster:
                                        "RAY_health_check_failure_threshold": "5"})
         self.address = ""
 
-    def _start(self, *args: str, name: str) -> subprocess.Popen:
+    def _start(self, *args: str, name: str, env: dict | None = None) -> subprocess.Popen:
         return subprocess.Popen([RAY, "start", *args, "--temp-dir", self.dir, "--disable-usage-stats",
-                                 "--dashboard-agent-listen-port=0"], env=dict(self.env, HARNESS_NODE_NAME=name),
+                                 "--dashboard-agent-listen-port=0"],
+                                env=dict(self.env, HARNESS_NODE_NAME=name, **(env or {})),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     @staticmethod
@@ -88,12 +90,14 @@ class Cluster:
         self._wait([self._start("--head", "--port=0", "--num-cpus=1", "--include-dashboard=false", name="head")])
         self.address = (Path(self.dir) / "ray_current_cluster").read_text().strip()
 
-    def add_nodes(self, nodes: dict[str, dict]) -> None:
-        """Start worker nodes ({name: resources}), one after another: nodes of one machine
-        started at once can fail to register."""
+    def add_nodes(self, nodes: dict[str, dict], labels: dict[str, str] | None = None,
+                  env: dict | None = None) -> None:
+        """Start worker nodes ({name: resources}, each with `labels` and `env` when given), one
+        after another: nodes of one machine started at once can fail to register."""
+        extra = ["--labels=" + ",".join(f"{k}={v}" for k, v in labels.items())] if labels else []
         for name, res in nodes.items():
             self._wait([self._start(f"--address={self.address}", "--num-cpus=1", f"--resources={json.dumps(res)}",
-                                    name=name)])
+                                    *extra, name=name, env=env)])
 
     def kill_node(self, name: str) -> None:
         procs = _cluster_procs(self.dir, name)
@@ -228,6 +232,57 @@ def test_a_node_killed_mid_run_fails_its_cells_and_resume_completes(cluster, tmp
     assert {r["node"] for r in final if r["cell_id"] in {x["cell_id"] for x in lost}} == {"node-doomed-2"}
     moved = _lines(run_dir / "results.superseded.jsonl")
     assert sorted(r["cell_id"] for r in moved) == sorted(r["cell_id"] for r in lost)
+
+
+@needs_ray
+def test_node_labels_place_groups_and_a_node_on_another_version_is_flagged(cluster, tmp_path):
+    """A node started with `ray start --labels` takes the group whose `placement: {node_label:}`
+    names its label. Its Python finds another accel-harness release first on its path (a
+    node upgraded apart from the head): run.json records it, the run warns, check fails."""
+    newer = tmp_path / "newer"
+    (newer / "accel_harness-9.9.9.dist-info").mkdir(parents=True)
+    (newer / "accel_harness-9.9.9.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: accel-harness\nVersion: 9.9.9\n")
+    cluster.add_nodes({"node-labelled": {}}, labels={"lab.example/chip": "tpu-x"},
+                      env={"PYTHONPATH": f"{newer}:{cluster.env['PYTHONPATH']}"})
+    labelled = _torch("labelled")
+    labelled["placement"] = {"node_label": {"lab.example/chip": "tpu-x"}}
+    absent = _torch("absent")
+    absent["placement"] = {"node_label": {"lab.example/chip": "in(npu-y, npu-z)"}}
+    suite = _suite(tmp_path, [labelled, absent])
+    # not from the source tree: Ray puts the driver's working directory first on its workers'
+    # path, and the tree's egg-info would then name the head's release on every node
+    proc = subprocess.run([sys.executable, "-m", "harness", "run", str(suite), "--output", str(tmp_path / "out"),
+                           "--name", "l", "--quiet", "--cluster", cluster.address], env=cluster.env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = tmp_path / "out" / "l"
+    lines = _lines(run_dir / "results.jsonl")
+    assert {(r["backend"], r["status"], r.get("node")) for r in lines} == {("labelled", "ok", "node-labelled"),
+                                                                         ("absent", "failed", None)}
+    assert all("in(npu-y, npu-z)" in r["error"]["message"] for r in lines if r["backend"] == "absent")
+    meta = json.loads((run_dir / "run.json").read_text())
+    head = importlib.metadata.version("accel-harness")
+    assert meta["harness_version"] == head
+    drift = [f"harness 9.9.9 (head: {head})"]
+    assert meta["nodes"]["node-labelled"]["version_drift"] == drift
+    assert f"warning: node node-labelled runs another version than the head: {drift[0]}" in proc.stderr
+    assert harness("seal", str(run_dir)).returncode == 0
+    checked = harness("check", str(run_dir))
+    assert checked.returncode == 1 and checked.stdout.splitlines()[1:] == [
+        f"run.json: node node-labelled runs another version than the head: {drift[0]}"], checked.stdout
+
+
+def test_node_label_is_validated_with_file_line_and_key(tmp_path):
+    bad = _torch("x")
+    bad["placement"] = {"node_label": {"chip": 1, "bad key!": "a", "ok": "in(a,"}}
+    suite = _suite(tmp_path, [bad])
+    proc = harness("run", str(suite), "--dry-run")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    line = next(i for i, l in enumerate(suite.read_text().splitlines(), 1) if "chip" in l)
+    assert f"s.yaml:{line}: backends[0].placement.node_label.chip: expected a label value" in proc.stderr
+    assert "backends[0].placement.node_label: expected label names" in proc.stderr and "'bad key!'" in proc.stderr
+    assert "backends[0].placement.node_label.ok: expected a label value" in proc.stderr
 
 
 def test_placement_is_validated_with_file_line_and_key(tmp_path):

@@ -298,3 +298,56 @@ def test_refuses_non_regular_files_and_existing_runs(tmp_path, capsys, exports):
     assert "/dev/zero: not a regular file" in capsys.readouterr().err
     assert harness(["import", str(a), "--output", str(out), "--name", "../escape"]) == 2
     assert "run name '../escape'" in capsys.readouterr().err
+
+
+def test_guidellm_on_one_line_names_its_server(tmp_path):
+    """guidellm 0.8.1 writes its report as one line, which starts like an aiperf record
+    ({"metadata": ..., "metrics" inside); and it names the server and model it ran against,
+    which become the cell's device (as the openai-http backend labels that server) and model."""
+    from harness.importers import detect, import_file
+    from harness.importers.common import Labels
+    from harness.results import load_run
+
+    doc = json.loads(_guidellm())
+    doc["config"]["spec"] = {"backend": {"kind": "openai_http", "target": "http://127.0.0.1:18315",
+                                         "model": "tiny", "request_format": "/v1/chat/completions"}}
+    g = tmp_path / "one-line.json"
+    g.write_text(json.dumps(doc))
+    assert g.read_text().count("\n") == 0 and detect(g) == "guidellm"
+    (r,) = load_run(import_file(g, tmp_path / "res", name="g", labels=Labels(dtype="fp32")))[1]
+    assert (r.device, r.model) == ("endpoint:127.0.0.1:18315", "tiny")
+    assert r.sut["endpoint"] == "http://127.0.0.1:18315"
+    # an explicit label wins; an export that names no server keeps the plain "endpoint"
+    (r,) = load_run(import_file(g, tmp_path / "res", name="g2", labels=Labels(device="rngd-1", model="m")))[1]
+    assert (r.device, r.model) == ("rngd-1", "m")
+    h = tmp_path / "no-target.json"
+    h.write_text(_guidellm())
+    (r,) = load_run(import_file(h, tmp_path / "res", name="g3"))[1]
+    assert r.device == "endpoint"
+
+
+def test_aiperf_summary_beside_the_records_names_server_model_and_concurrency(tmp_path):
+    """aiperf 0.13 writes profile_export_aiperf.json beside profile_export.jsonl; its
+    input_config names the server, the model and the profiling phase's concurrency."""
+    from harness.importers import import_file
+    from harness.importers.common import Labels
+    from harness.results import load_run
+
+    d = tmp_path / "artifacts"
+    d.mkdir()
+    (d / "profile_export.jsonl").write_text(_aiperf())
+    summary = {"schema_version": "1.4", "aiperf_version": "0.13.0",
+               "input_config": {"models": {"items": [{"name": "tiny"}]},
+                                "endpoint": {"urls": ["http://127.0.0.1:18317"], "type": "chat", "streaming": True},
+                                "phases": [{"name": "warmup", "kind": "warmup", "type": "concurrency", "concurrency": 2},
+                                           {"name": "profiling", "kind": "profiling", "type": "concurrency",
+                                            "requests": 64, "concurrency": 8}]}}
+    (d / "profile_export_aiperf.json").write_text(json.dumps(summary))
+    (r,) = load_run(import_file(d / "profile_export.jsonl", tmp_path / "res", name="a", labels=Labels(dtype="fp32")))[1]
+    # 8, not the 4 streams' peak in flight: the label is aiperf's own setting
+    assert (r.device, r.model, r.batch, r.sut["tool_version"]) == ("endpoint:127.0.0.1:18317", "tiny", 8, "0.13.0")
+    # a summary that is not JSON is passed over, and the record says so
+    (d / "profile_export_aiperf.json").write_text("{not json")
+    (r,) = load_run(import_file(d / "profile_export.jsonl", tmp_path / "res", name="b"))[1]
+    assert (r.device, r.model, r.batch) == ("endpoint", "unknown", STREAMS)
+    assert "not read" in r.sut["tool_labels"]["sidecar"]

@@ -12,10 +12,12 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from backends.onnx_backend import OnnxBackend, OnnxOptions  # noqa: E402
-from harness.accuracy import TOLERANCE  # noqa: E402
 from harness.results import load_run  # noqa: E402
 from workloads import export_onnx as ex  # noqa: E402
 from workloads.zoo import ZOO, ModelSpec  # noqa: E402
+
+# the README's tolerances, written out: not read from harness.accuracy.TOLERANCE, the table under test
+FP32_TOL, INT8_TOL = 1e-4, 6e-2
 
 TINY = ModelSpec(ZOO["tiny"])
 
@@ -66,7 +68,7 @@ def test_int8_logits_error_is_inside_its_tolerance_and_above_fp32s(int8):
     toks = np.random.default_rng(1).integers(0, TINY.args.vocab_size, (2, 24))
     ref, got = fp32.logits(toks, 12), q.logits(toks, 12)
     rel = float(np.abs(got - ref).max() / np.abs(ref).max())
-    assert TOLERANCE["fp32"] < rel < TOLERANCE["int8"], rel  # quantized for real, and within its gate
+    assert FP32_TOL < rel < INT8_TOL, rel  # quantized for real, and within its gate
 
 
 def test_quantize_of_a_cached_variant_is_a_cache_hit(int8, tmp_path_factory):
@@ -106,7 +108,7 @@ def test_a_run_records_precision_int8_and_passes_the_gate(tmp_path, tmp_path_fac
     (rec,) = records
     assert rec.status == "ok" and rec.valid, rec.error
     assert rec.precision == "int8"
-    assert rec.accuracy["tolerance"] == TOLERANCE["int8"] and rec.accuracy["rel_err"] < TOLERANCE["int8"] and rec.accuracy["passed"]
+    assert rec.accuracy["tolerance"] == INT8_TOL and rec.accuracy["rel_err"] < INT8_TOL and rec.accuracy["passed"]
 
 
 def test_weight_quant_with_a_user_file_is_refused_at_validation(tmp_path):

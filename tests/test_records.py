@@ -97,12 +97,15 @@ def test_newer_schema_and_non_records_are_refused_with_file_and_line(tmp_path):
         load_run(run)
 
 
-def test_a_torn_line_is_skipped_and_the_next_append_starts_fresh(tmp_path):
+def test_a_torn_line_is_skipped_and_the_next_append_starts_fresh(tmp_path, capsys):
     lines = [json.dumps(l) for l in v1_lines("before-smoke-est")[:2]]
     run = write_run(tmp_path, lines)
     with open(run / "results.jsonl", "ab") as f:
         f.write(lines[0][:40].encode())  # a writer killed mid-line
     assert len(read_records(run / "results.jsonl")) == 2
+    # skipped, but said (once), naming the file and line: a record never vanishes without a word
+    assert read_records(run / "results.jsonl") and \
+        capsys.readouterr().err.count(f"warning: {run / 'results.jsonl'}:3: skipped an unfinished record") == 1
     rec = replace(record_from_json(json.loads(lines[0])), cell_id="again")
     append_record(run / "results.jsonl", rec)
     got = read_records(run / "results.jsonl")

@@ -1,5 +1,7 @@
 """The llama-bench table: placement shown where known, reasons as footnotes; batch and
 request-scenario cells read their energy through the same path."""
+import re
+
 import pytest
 
 from harness.figures import metric_value, primary_meter
@@ -58,3 +60,45 @@ def test_batch_and_request_scenario_cells_share_one_energy_path():
         assert metric_value(r, "tokens_per_joule").samples == [pytest.approx(1 / j)]
     assert bench_rows([batch])["J/token"].iloc[-1] == "0.02 (gpu-board)"
     assert scenario_rows([server])["J/out-token"].iloc[0] == "0.05 (gpu-board)"
+
+
+def _tps(samples: list[float]) -> dict:
+    return {"mean": sum(samples) / len(samples), "sd": 1.0, "median": sorted(samples)[len(samples) // 2],
+            "n": len(samples), "samples": samples}
+
+
+def test_t_s_is_the_median_with_its_interval_and_wide_intervals_are_marked(capsys):
+    from harness.report.table import print_table
+
+    steady = rec(metrics={"prefill_tps": _tps([100.0] * 5), "decode_tps": _tps([50.0, 50.0, 50.0, 50.0, 51.0])})
+    noisy = rec(batch=2, metrics={"prefill_tps": _tps([50.0, 100.0, 150.0, 200.0, 250.0]),
+                                  "decode_tps": _tps([10.0, 30.0, 20.0, 40.0, 25.0])})
+    df = bench_rows([steady, noisy])
+    tps = df["t/s"].tolist()
+    assert tps[0] == "100 [100, 100]"  # every sample equal: the interval is the point, not noisy
+    assert re.fullmatch(r"50 \[50, 5[01](\.\d+)?\]", tps[1])  # half-width <= 1 % of 50: not noisy
+    assert re.fullmatch(r"150 \[[\d.]+, [\d.]+\] ~", tps[2])  # samples 50..250: far wider than +-5 %
+    assert re.fullmatch(r"25 \[[\d.]+, [\d.]+\] ~", tps[3])
+    assert not any("±" in t for t in tps)
+    print_table(df)
+    out = capsys.readouterr().out
+    assert "median [95 % bootstrap interval]" in out and "~ noisy" in out and "5 %" in out
+    print_table(bench_rows([steady]))
+    assert "~ noisy" not in capsys.readouterr().out  # the footnote only when a row is marked
+
+
+def test_invalid_and_failed_rows_keep_their_words_and_ci_adds_n():
+    bad = rec(metrics={"prefill_tps": _tps([100.0] * 5), "decode_tps": _tps([50.0] * 5)},
+              accuracy={"passed": False, "rel_err": 0.5}, status="invalid", valid=False)
+    failed = rec(status="failed", error={"message": "boom\nmore"}, metrics={})
+    df = bench_rows([bad, failed], ci=True)
+    assert df["t/s"].tolist() == ["INVALID 100 [100, 100]", "INVALID 50 [50, 50]", "FAILED"]
+    assert df["n"].tolist() == [5, 5, "-"] and "median [95% CI]" not in df.columns
+
+
+def test_a_speed_mismatch_is_tagged_beside_the_figure():
+    flagged = MeterEnergy(meter="smi", method="sampled", scope="wall", quality="speed-mismatch",
+                          reason="speed-mismatch: generation energy window ran at 5 tok/s vs timed 40 tok/s [35, 45]",
+                          j_per_generated_token_gross=0.5)
+    r = rec(energy={"meters": [flagged.to_json()]})
+    assert bench_rows([r])["J/token"].iloc[-1] == "0.5 (wall, SPEED MISMATCH)"

@@ -78,3 +78,38 @@ def test_cuda_without_a_gpu_is_a_clear_error():
         pytest.skip("a GPU is present")
     with pytest.raises(BackendError, match="sees no CUDA device"):
         TorchBackend(TorchOptions(device="cuda"))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_int8_weights_pass_the_int8_gate_and_say_so(dtype):
+    """weight_quant: int8 really quantizes (error far above fp32's ~1e-6) yet stays within
+    the int8 tolerance of the fp32 reference, and the load details carry the precision."""
+    b = TorchBackend(TorchOptions(device="cpu", threads=1, weight_quant="int8"))
+    info = b.load(SPEC, dtype, 2, 32)
+    assert info.details["precision"] == "int8" and info.details["weight_scales"] == "per output channel"
+    assert info.details["quantized_linears"] == 4 * SPEC.args.n_layers + 1
+    gate = gate_tokens(SPEC.args.vocab_size, 2, 24, 1)
+    result = compare(b.logits(gate, 16), reference_logits(SPEC, gate), "int8")
+    assert result["passed"], result
+    assert result["rel_err"] > 1e-3  # not the fp32 path in disguise
+    assert b.describe()["weight_quant"] == "int8"
+
+
+def test_int8_decode_advances_its_state_like_one_long_decode():
+    b = TorchBackend(TorchOptions(device="cpu", threads=1, weight_quant="int8"))
+    b.load(SPEC, "fp32", 2, 40)
+    b.prepare(2, 40)
+    prompts = np.random.default_rng(5).integers(0, SPEC.args.vocab_size, (2, 12))
+    whole = b.decode(b.prefill(prompts), 24).tokens
+    split = b.prefill(prompts)
+    parts = np.concatenate([b.decode(split, 10).tokens, b.decode(split, 14).tokens], axis=1)
+    np.testing.assert_array_equal(parts, whole)
+
+
+def test_the_fp8_tolerance_still_fails_other_weights():
+    """fp8's tolerance is the loosest but one; a model with other weights must still fail it."""
+    b = TorchBackend(TorchOptions(device="cpu", threads=1))
+    b.load(ModelSpec(ZOO["tiny"], seed=12), "fp32", 2, 32)
+    gate = gate_tokens(SPEC.args.vocab_size, 2, 24, 1)
+    result = compare(b.logits(gate, 16), reference_logits(SPEC, gate), "fp8")
+    assert result["tolerance"] == 0.25 and not result["passed"] and result["rel_err"] > 2 * 0.25, result

@@ -13,8 +13,11 @@ DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}  # dtypes a suite can ask for
 # Bytes per weight of every precision a backend may report, quantized formats included
 # (GGML blocks of 32 weights: q8_0 = 32 int8 + one fp16 scale, q4_0 = 16 bytes + scale).
 # int8: weight-only, one byte per weight plus one fp32 scale per block of 32 (onnxruntime's
-# MatMulNBits, workloads/export_onnx.py WEIGHT_SCHEMES).
-PRECISION_BYTES = {**DTYPE_BYTES, "q8_0": 34 / 32, "q4_0": 18 / 32, "int8": 36 / 32}
+# MatMulNBits, workloads/export_onnx.py WEIGHT_SCHEMES). torch's int8 (backends/quant.py) has
+# one scale per output row, ~1.0 byte a weight: the shared "int8" keeps the larger figure, so
+# a torch int8 cell's roofline share reads up to 12.5 % high (docs/decisions.md, issue 18).
+# fp8: torch's e4m3 weights, one byte each plus one scale per output row (negligible).
+PRECISION_BYTES = {**DTYPE_BYTES, "q8_0": 34 / 32, "q4_0": 18 / 32, "int8": 36 / 32, "fp8": 1.0}
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,8 @@ def add_import_command(sub) -> None:
     p.add_argument("--model", help="model name, as the harness run to compare with names it (e.g. llama-3.1-8b)")
     p.add_argument("--dtype", default="unknown", help="precision label, as in that run (e.g. bf16)")
     p.add_argument("--backend", help="backend label in tables (default: the tool's name)")
-    p.add_argument("--device", default="endpoint", help="device label (default endpoint)")
+    p.add_argument("--device", help="device label (default: endpoint:HOST:PORT of the URL the export names, "
+                                    "as the openai-http backend labels that server; else endpoint)")
     p.add_argument("--batch", type=_positive_int,
                    help="concurrency label (default: the tool's, else the peak requests in flight)")
     p.add_argument("--prompt-len", type=_positive_int, help="prompt length label (default: median prompt tokens)")

@@ -18,11 +18,14 @@ one JSON object per line::
 Times are exported in display units (``ms``; aiperf's MetricTimeUnit tags are ns, us,
 ms, sec). Only ``benchmark_phase: profiling`` records are the measurement (warm-up
 records are skipped). aiperf's per-record file does not carry the load settings
-(concurrency, rate): give ``--batch``/``--scenario``, or the peak requests in flight is
-used as the concurrency.
+(concurrency, rate), the server or aiperf's version: they are read from the run summary
+aiperf writes beside it (``profile_export_aiperf.json``, :func:`sidecar`) where it is
+there; else give ``--batch``/``--scenario``/``--device``, or the peak requests in flight
+is used as the concurrency.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -37,7 +40,10 @@ TIME_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "sec": 1.0, "s": 1.0}
 
 
 def looks_like(first_line: bytes) -> bool:
-    return first_line.lstrip().startswith(b"{") and b'"metadata"' in first_line and b'"metrics"' in first_line
+    # request_start_ns too: guidellm 0.8 writes its whole report on one line, which also
+    # starts with {"metadata" and holds "metrics"; an aiperf record always has the key
+    return (first_line.lstrip().startswith(b"{") and b'"metadata"' in first_line and b'"metrics"' in first_line
+            and b'"request_start_ns"' in first_line)
 
 
 def read(path: Path, scenario: Optional[str] = None, concurrency: Optional[int] = None,
@@ -80,8 +86,66 @@ def read(path: Path, scenario: Optional[str] = None, concurrency: Optional[int] 
         raise ImportFormatError(f"{path}: no aiperf profiling record (expected profile_export.jsonl: one JSON "
                                 "object per line with metadata, metrics and error)")
     label = scenario or ("concurrency" if rate is None else f"server@{rate:g}")
+    side = sidecar(path)
+    details = {"skipped_phases": skipped_phases} if skipped_phases else {}
+    if side.note:
+        details["sidecar"] = side.note
+    if concurrency is None and rate is None and label == "concurrency":
+        concurrency = side.concurrency
     return [ImportedCell(tool="aiperf", scenario=label, requests=reqs, concurrency=concurrency, rate=rate,
-                         details={"skipped_phases": skipped_phases} if skipped_phases else {})]
+                         tool_version=side.version, model=side.model, endpoint=side.url, details=details)]
+
+
+@dataclass
+class Sidecar:
+    """What aiperf's run summary beside the records says about the run (all optional)."""
+
+    version: Optional[str] = None
+    url: Optional[str] = None
+    model: Optional[str] = None
+    concurrency: Optional[int] = None  # of the profiling phase, when it ran at a fixed concurrency
+    note: Optional[str] = None  # why the summary was not read
+
+
+SIDECAR = "profile_export_aiperf.json"
+MAX_SIDECAR_BYTES = 64 << 20
+
+
+def sidecar(records: Path) -> Sidecar:
+    """aiperf 0.13 writes ``profile_export_aiperf.json`` beside ``profile_export.jsonl``: its
+    ``aiperf_version`` and ``input_config`` (``endpoint.urls``, ``models.items[].name``,
+    ``phases[]`` with the profiling phase's ``type: concurrency`` and ``concurrency``) name
+    what the per-record file does not. Optional, and only a label: a missing or malformed
+    summary leaves the labels to the command line (and says why in the record's details)."""
+    import json
+
+    f = records.parent / SIDECAR
+    if not f.exists():
+        return Sidecar()
+    try:
+        if not f.is_file() or f.stat().st_size > MAX_SIDECAR_BYTES:
+            return Sidecar(note=f"{f.name}: not a regular file under {MAX_SIDECAR_BYTES >> 20} MiB; not read")
+        doc = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        return Sidecar(note=f"{f.name}: not read ({type(e).__name__})")
+    if not isinstance(doc, dict):
+        return Sidecar(note=f"{f.name}: not a JSON object; not read")
+
+    def text(v: Any) -> Optional[str]:
+        return v[:200] if isinstance(v, str) and v else None
+
+    ic = doc.get("input_config") if isinstance(doc.get("input_config"), dict) else {}
+    urls = (ic.get("endpoint") or {}).get("urls") if isinstance(ic.get("endpoint"), dict) else None
+    items = (ic.get("models") or {}).get("items") if isinstance(ic.get("models"), dict) else None
+    url = text(urls[0]) if isinstance(urls, list) and len(urls) == 1 else None  # several: no one server
+    model = text(items[0].get("name")) if isinstance(items, list) and len(items) == 1 \
+        and isinstance(items[0], dict) else None
+    conc = None
+    for ph in ic.get("phases") or [] if isinstance(ic.get("phases"), list) else []:
+        if isinstance(ph, dict) and ph.get("kind") == "profiling" and ph.get("type") == "concurrency":
+            c = ph.get("concurrency")
+            conc = c if isinstance(c, int) and not isinstance(c, bool) and c > 0 else None
+    return Sidecar(version=text(doc.get("aiperf_version")), url=url, model=model, concurrency=conc)
 
 
 def _metric(loc: Located, metrics: dict, name: str, kind: str) -> Any:

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 import stat
 from typing import Any, Optional
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -148,6 +149,7 @@ class ImportedCell:
     rate: Optional[float] = None
     tool_version: Optional[str] = None
     model: Optional[str] = None  # as the export names it
+    endpoint: Optional[str] = None  # the server URL the tool ran against, where the export names it
     details: dict = field(default_factory=dict)  # the tool's own labels, kept as provenance
 
 
@@ -232,10 +234,26 @@ class Labels:
     backend: Optional[str] = None  # default: the tool's name
     model: Optional[str] = None  # default: the model the export names, else "unknown"
     dtype: str = "unknown"
-    device: str = "endpoint"
+    device: Optional[str] = None  # default: endpoint_device(the export's URL), else "endpoint"
     batch: Optional[int] = None  # default: the tool's concurrency, else the peak requests in flight
     prompt_len: Optional[int] = None  # default: median prompt tokens
     gen_len: Optional[int] = None  # default: median output tokens
+
+
+def endpoint_device(url: Optional[str]) -> Optional[str]:
+    """The device label the openai-http backend gives the same server (``endpoint:HOST:PORT``),
+    so that an imported run and the harness's own run of one server share the report's
+    table of that system (harness.report.request_tables.system_key)."""
+    if not url:
+        return None
+    try:
+        u = urlsplit(url)
+        port = u.port
+    except ValueError:
+        return None
+    if not u.hostname:
+        return None
+    return f"endpoint:{u.hostname}:{port}" if port else f"endpoint:{u.hostname}"
 
 
 def peak_in_flight(reqs: list[ImportedRequest]) -> int:
@@ -274,7 +292,8 @@ def build_record(c: ImportedCell, labels: Labels, source: dict) -> CellRecord:
              "ttft_s": r.ttft_s, "e2e_s": r.e2e_s, "tpot_s": r.tpot_s, "tpot_observed": r.tpot_observed,
              "error": r.error, "count_mismatch": False, "prompt_mismatch": False, "finish_reason": None}
             for r in c.requests]
-    provenance = {"measured_by": c.tool, "tool_version": c.tool_version, "imported_by": "harness import", **source,
+    provenance = {"measured_by": c.tool, "tool_version": c.tool_version, "imported_by": "harness import",
+                  "endpoint": c.endpoint, "model_served": c.model, **source,
                   "tool_labels": c.details}
     warnings = [f"measured by {c.tool}, imported by `harness import` from {source.get('source_file')}: the harness "
                 "did not issue these requests; figures are recomputed from the tool's per-request timings"]
@@ -284,7 +303,7 @@ def build_record(c: ImportedCell, labels: Labels, source: dict) -> CellRecord:
     return CellRecord(
         cell_id=cell.id, backend=backend, backend_type=cell.backend_type, model=model, dtype=labels.dtype,
         batch=batch, prompt_len=prompt_len, gen_len=gen_len, scenario=c.scenario, status=status, valid=status == "ok",
-        device=labels.device, precision=labels.dtype,
+        device=labels.device or endpoint_device(c.endpoint) or "endpoint", precision=labels.dtype,
         error=None if ok else CellError(message=f"no successful request in the {c.tool} export", kind="exception"),
         describe={"measured_by": c.tool, "tool_version": c.tool_version},
         tokens={"requests": m["requests"], "output_tokens": m["output_tokens"], "prompt_tokens": m["prompt_tokens"]},

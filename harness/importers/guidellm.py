@@ -6,7 +6,8 @@ src/guidellm/schemas/request_stats.py ``GenerativeRequestStats``, read at commit
 2026-08; report schema version 2)::
 
     {"metadata": {"version": 2, "guidellm_version": "...", ...},
-     "config": {...},
+     "config": {"spec": {"backend": {"target": "http://127.0.0.1:8000", "model": "tiny", ...}, ...}},
+                                     # 0.8: the server and model (default device endpoint:HOST:PORT, model)
      "benchmarks": [
        {"type_": "generative_benchmark",
         "config": {"strategy": {"type_": "concurrent", "streams": 4}, ...},   # older releases: "args"
@@ -121,15 +122,29 @@ def read(path: Path) -> list[ImportedCell]:
         raise loc.fail("benchmarks", "expected a non-empty list of benchmarks")
     meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
     version = loc.string(meta.get("guidellm_version"), "metadata.guidellm_version")
+    target, model = _backend(doc, loc)
     cells, total = [], 0
     for i, b in enumerate(benchmarks):
         where = f"benchmarks[{i}]"
         cell = _benchmark(b, where, loc, version)
+        cell.endpoint, cell.model = target, model
         total += len(cell.requests)
         if total > MAX_REQUESTS:
             raise loc.fail(where, f"more than {MAX_REQUESTS:,} requests")
         cells.append(cell)
     return cells
+
+
+def _backend(doc: dict, loc: Located) -> tuple[Optional[str], Optional[str]]:
+    """The server URL and model name the run was made against (guidellm 0.8:
+    ``config.spec.backend.{target, model}``); None where the export does not say."""
+    config = doc.get("config")
+    spec = config.get("spec") if isinstance(config, dict) else None
+    backend = spec.get("backend") if isinstance(spec, dict) else None
+    if not isinstance(backend, dict):
+        return None, None
+    return (loc.string(backend.get("target"), "config.spec.backend.target"),
+            loc.string(backend.get("model"), "config.spec.backend.model"))
 
 
 def _strategy(b: dict, where: str, loc: Located) -> tuple[str, Optional[int], Optional[float], dict]:

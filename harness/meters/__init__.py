@@ -13,7 +13,7 @@
 
 from typing import Optional
 
-from harness.schema import build
+from harness.schema import METER_ENTRY_KEYS, build
 
 from .base import METHODS, SCOPES, EnergyReading, Meter, MeterError
 from .clock import ClockAlignment, ClockSignature, align_clocks
@@ -44,7 +44,7 @@ def build_meters(configs: Optional[list[dict]], where: str = "meters") -> list[M
         if kind not in METER_TYPES:
             raise MeterError(f"{at}: unknown meter type {kind!r}; expected one of {', '.join(METER_TYPES)}")
         cls = METER_TYPES[kind]
-        opts = {k: v for k, v in cfg.items() if k != "type"}
+        opts = {k: v for k, v in cfg.items() if k not in METER_ENTRY_KEYS}  # `primary` is the report's
         meter = cls(build(cls.Options, opts, f"{at} ({kind})", error=MeterError))
         meters.append(meter)
     seen: dict[str, int] = {}

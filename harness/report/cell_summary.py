@@ -19,6 +19,11 @@ def fmt(x: Optional[float], digits: int = 4) -> str:
     return stats.fmt_num(x, digits)
 
 
+#: a failure reason or energy note is shown in full and wrapped by the table (issue 20); this
+#: bound only keeps a hostile results file from filling the report with one message
+MAX_REASON = 4000
+
+
 def shorten(text: str, n: int) -> str:
     return text if len(text) <= n else text[:n - 1].rstrip() + "…"
 
@@ -42,7 +47,8 @@ def energy_tag(m: Optional[MeterEnergy]) -> str:
         return ""
     if m.is_estimate:
         return " (estimate)"
-    return " (short window)" if m.quality == "short-window" else ""
+    return {"short-window": " (short window)", "speed-mismatch": " (FLAGGED: energy window ran at another speed)",
+            "clock-skew": " (FLAGGED: meter clock off)"}.get(m.quality, "")
 
 
 class SummaryTable:
@@ -150,5 +156,5 @@ def labeler(cells: list[ResultCell]):
             s += f" [{c.run_id}]"
         if len(shapes) > 1:
             s += f" p{r.prompt_len}/g{r.gen_len}"
-        return s
+        return f"{s} {c.mark}" if c.mark else s  # unsealed / failing run (harness.seal): in every table
     return label

@@ -6,11 +6,11 @@ harness.results.ResultsError (a run folder, an output path) or harness.schema.Co
 prints without a traceback, with exit status 2.
 
   harness report RUN... [--out DIR] [--prices FILE] [--timeline CELL_ID] [--claims FILE]
-  harness compare RUN_A RUN_B [...] [--markdown FILE] [--metric NAME ...] [--same-backend]
+  harness compare RUN_A RUN_B [...] [--markdown FILE] [--metric NAME ...] [--against-first]
   harness verify CLAIMS.yaml RUN... [--markdown FILE] [--strict]
 
-verify exits 1 when a claim marked `required: true` is REFUTED (with --strict: when it is
-anything but SUPPORTED), 0 otherwise.
+verify exits 1 when a claim marked `required: true` is REFUTED or IMPLAUSIBLE, or matched no
+measured cell (with --strict: when it is anything but SUPPORTED), 0 otherwise.
 """
 from __future__ import annotations
 
@@ -39,14 +39,19 @@ def add_commands(subparsers) -> None:
 
     cmp = subparsers.add_parser(
         "compare", help="matching cells of several runs side by side, with ratios and intervals",
-        description="The first configuration (run, backend, device) is the reference A; each other one is "
-                    "compared with it on the cells they share (same model, precision, batch, prompt and generation "
-                    "length, scenario).")
+        description="Like with like: each backend of the later runs is compared with the same backend name in the "
+                    "first run (the same suite on two machines, or before / after a change), on the cells they share "
+                    "(same model, precision, batch, prompt and generation length, scenario). With --against-first, "
+                    "or when no backend name is shared (one run holding two backends), the first configuration "
+                    "(run, backend, device) is the reference A for every other one.")
     cmp.add_argument("runs", nargs="+", metavar="RUN", help="run folders (one is enough if it holds two backends)")
     cmp.add_argument("--markdown", metavar="FILE", help="also write the comparison as Markdown")
+    cmp.add_argument("--against-first", action="store_true",
+                     help="compare every configuration with the first one (run, backend, device), whatever its "
+                          "backend, instead of each backend with the same backend name in the first run")
     cmp.add_argument("--same-backend", action="store_true",
-                     help="compare each backend of the later runs with the same backend label in the first run "
-                          "(before / after a software change) instead of everything with the first configuration")
+                     help="the default, kept for old scripts: each backend of the later runs against the same backend "
+                          "name in the first run")
     cmp.add_argument("--metric", action="append", metavar="NAME",
                      help="metric(s) to compare (default: decode_tps prefill_tps ttft_s tpot_s tokens_per_joule "
                           "j_per_token)")
@@ -57,7 +62,8 @@ def add_commands(subparsers) -> None:
         "verify", help="judge efficiency claims against measured runs (SUPPORTED / REFUTED / INCONCLUSIVE)",
         description="Each claim's verdict comes from the 95 % interval of the measured ratio: SUPPORTED when its "
                     "lower bound reaches the factor, REFUTED when its upper bound is below it, INCONCLUSIVE "
-                    "otherwise. Exit status 1 when a required claim is REFUTED.")
+                    "otherwise. Exit status 1 when a required claim is REFUTED or IMPLAUSIBLE, or matched no measured "
+                    "cell.")
     ver.add_argument("claims", metavar="CLAIMS.yaml", help="claims file (see workloads/claims.example.yaml)")
     ver.add_argument("runs", nargs="*", metavar="RUN", help="run folder(s) holding the measurements (none: claims "
                                                           "on catalog devices and external figures only)")
@@ -93,19 +99,24 @@ def _write(path: Path, text: str) -> None:
 
 def cmd_report(args) -> int:
     from harness.report.progress import Stages
-    from harness.report.run_report import REPORT_STAGES, build_report, write_report
+    from harness.report.run_report import REPORT_STAGES, build_report_parts, write_report
 
     _check_runs(args.runs)
     # work of more than a couple of seconds at thousands of cells: a bar on stderr (terminal only)
     with Stages(REPORT_STAGES + 1, quiet=args.quiet) as progress:
-        doc = build_report(args.runs, prices_path=args.prices, timeline_cell=args.timeline, claims_path=args.claims,
-                           progress=progress)
+        parts = build_report_parts(args.runs, prices_path=args.prices, timeline_cell=args.timeline,
+                                   claims_path=args.claims, progress=progress)
+        doc = parts.doc
         progress.stage("writing report.md and report.html")
         out = Path(args.out) if args.out else Path(args.runs[0]) / "report"
         md, html = write_report(doc, out)
     if args.print_table:
         from harness.report.table import bench_rows, print_table
 
+        # what the report puts first comes first here too: verdicts, then the procurement headline
+        if parts.verdicts is not None:
+            print_verdicts(parts.verdicts)
+        print_doc_table(parts.headline, "at a glance: per device, best tokens/J and cost per 1M tokens, with the meter")
         print_table(bench_rows([c.record for c in doc.cells], ci=True), title=doc.title)
     print(f"wrote {md} (figures in {md.parent / 'plots'})")
     print(f"wrote {html} (self-contained: open it in any browser, no network needed)")
@@ -130,7 +141,7 @@ def cmd_compare(args) -> int:
         progress.stage("reading records")
         cells = load_cells(args.runs)
         progress.stage(f"comparing {len(cells)} cells")
-        cmp = build_compare(cells, metrics, same_backend=args.same_backend)
+        cmp = build_compare(cells, metrics, same_backend=args.same_backend, against_first=args.against_first)
         progress.stage("writing")
         text = compare_markdown(cmp) if args.markdown else None
     print_compare(cmp, args.markdown)
@@ -143,23 +154,50 @@ def cmd_compare(args) -> int:
 def cmd_verify(args) -> int:
     from harness.cells import load_cells
     from harness.claims import load_claims
-    from harness.verdicts import SUPPORTED, exit_code, verdicts_markdown, verify
+    from harness.verdicts import exit_code, gate_failures, verdicts_markdown, verify
 
     claims = load_claims(args.claims)  # check the claims file before touching any run
     _check_runs(args.runs)
-    verdicts = verify(claims, load_cells(args.runs))
+    cells = load_cells(args.runs)
+    verdicts = verify(claims, cells)
     print_verdicts(verdicts)
+    from harness.seal import runs_block  # issue 17: each run's lab, node(s) and check status, marked
+
+    for line in runs_block(args.runs, cells) if args.runs else []:
+        print(line)
     md = Path(args.markdown) if args.markdown else Path(args.runs[0] if args.runs else ".") / \
         f"verdicts-{Path(args.claims).stem}.md"
-    _write(md, verdicts_markdown(verdicts))
-    print(f"wrote {md}")
+    _write(md, verdicts_markdown(verdicts) + "".join(f"{line}\n" for line in runs_block(args.runs, cells, True))
+           if args.runs else verdicts_markdown(verdicts))
+    print(f"wrote {md} (the verdicts as Markdown)")
     code = exit_code(verdicts, strict=args.strict)
     if code:
-        bad = [v for v in verdicts if v.claim.required and v.verdict != SUPPORTED
-               and (args.strict or v.verdict in ("REFUTED", "IMPLAUSIBLE"))]
-        print(f"{len(bad)} required claim(s) {'not supported' if args.strict else 'refuted'}: "
-              + "; ".join(v.claim.name for v in bad))
+        failing = gate_failures(verdicts, strict=args.strict)
+        empty = [v for v in failing if v.no_data]  # matched no measured cell: said apart, with why
+        bad = [v for v in failing if not v.no_data]
+        if bad:
+            print(f"{len(bad)} required claim(s) {'not supported' if args.strict else 'refuted'}: "
+                  + "; ".join(v.claim.name for v in bad))
+        for v in empty:
+            print(f"required claim {v.claim.name!r} matched no data ({v.reason}): the gate fails")
     return code
+
+
+def print_doc_table(table, title: str) -> None:
+    """A report Table (harness.report.document) on the terminal, cells wrapped, never cut."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(width=max(150, Console().width))
+    t = Table(title=title, title_justify="left", show_lines=True)
+    for col in table.columns:
+        t.add_column(escape(col), justify="right" if col in table.right else "left", overflow="fold")
+    for row in table.rows:
+        t.add_row(*(escape(v) for v in row))
+    console.print(t)
+    if table.caption:
+        console.print(escape(table.caption), style="dim", highlight=False)
 
 
 def print_verdicts(verdicts) -> None:
@@ -184,5 +222,5 @@ def print_verdicts(verdicts) -> None:
     for i, v in enumerate(verdicts, 1):
         c = colors[v.verdict]
         console.print(f"\n[bold]{i}. {escape(v.claim.name)}[/bold]: [bold {c}]{v.verdict}[/bold {c}]")
-        for line in verdict_lines(v)[1:]:
+        for line in verdict_lines(v, html_escape=False)[1:]:  # a terminal shows ">=", not "&gt;="
             console.print(escape(line.replace("**", "")), highlight=False, soft_wrap=True)

@@ -43,12 +43,23 @@ class RunComparison:
     rows: list[CompareRow]
     overall: dict[tuple, stats.Ratio]  # (other config, metric) -> geometric mean over workloads (pooled)
     unmatched: list[ResultCell]
+    # how the references were chosen: "backend" (each backend of a later run against the same
+    # backend name in the first run) or "first" (everything against the first configuration)
+    pairing: str = "backend"
+    note: str = ""  # why the pairing is not the one asked for, said to the reader
 
     def rows_by_config(self) -> dict[tuple, list[CompareRow]]:
         out: dict[tuple, list[CompareRow]] = {}
         for r in self.rows:
             out.setdefault(r.other.config_key, []).append(r)
         return out
+
+
+#: a ratio whose whole 95 % interval lies within 1 ± this is judged SAME, even when the
+#: interval excludes 1: a run compared with itself, or a difference under 1 %, which the
+#: noise between runs of one machine exceeds (docs/decisions.md, issue 15)
+SAME_TOLERANCE = 0.01
+SAME = f"same (within ±{100 * SAME_TOLERANCE:g} %)"
 
 
 def _judge(metric: str, r: stats.Ratio, ref: ResultCell, other: ResultCell) -> str:
@@ -61,6 +72,8 @@ def _judge(metric: str, r: stats.Ratio, ref: ResultCell, other: ResultCell) -> s
     if r.ci_low is None:
         return "no interval"
     hi_better = METRICS[metric].higher_is_better
+    if r.ci_high is not None and 1 - SAME_TOLERANCE <= r.ci_low and r.ci_high <= 1 + SAME_TOLERANCE:
+        return SAME  # identical runs give [1, 1]; a difference this small is no difference to a buyer
     if r.ci_low > 1:
         return "better" if hi_better else "worse"
     if r.ci_high < 1:
@@ -68,29 +81,48 @@ def _judge(metric: str, r: stats.Ratio, ref: ResultCell, other: ResultCell) -> s
     return "no clear difference"
 
 
-def build_compare(cells: list[ResultCell], metrics=COMPARE_METRICS, same_backend: bool = False) -> RunComparison:
+def build_compare(cells: list[ResultCell], metrics=COMPARE_METRICS, same_backend: bool = False,
+                  against_first: bool = False) -> RunComparison:
     """Configurations (run, backend, device) side by side on the workloads they share.
 
-    By default the first configuration (in the order the runs were given) is the reference;
-    each other one is compared with it. same_backend: each configuration of a later run is
-    compared with the configuration of the same backend label in the first run (a before /
-    after comparison of the same software on the same hardware). Comparisons are made on
-    every matching cell (same model, precision, batch, prompt length, generation length and
-    scenario). Ratios are other / reference of the metric as measured, with their bootstrap
-    interval, and a judgement of which side is better. Across workloads: the geometric mean
+    By default (like with like: the same suite on two machines, or before / after a change)
+    each configuration of a later run is compared with the configuration of the same backend
+    name in the first run: onnx with onnx, torch with torch. same_backend asks for the same
+    (the old flag, kept as an alias). When no backend name of a later run appears in the first
+    run (one run folder holding two backends, or runs with different backend names), the
+    comparison falls back to the first configuration as the reference, and says so in `note`.
+    against_first: every configuration against the first one (in the order the runs were
+    given), whatever its backend. Comparisons are made on every matching cell (same model,
+    precision, batch, prompt length, generation length and scenario). Ratios are other /
+    reference of the metric as measured, with their bootstrap interval, and a judgement of
+    which side is better. Across workloads: the geometric mean
     of the valid rows' ratios, its interval carrying each workload's own (stats.pooled_ratio).
     """
     configs = list(dict.fromkeys(c.config_key for c in cells))
     if len(configs) < 2:
         raise ResultsError("compare needs at least two configurations (run, backend, device); these runs hold "
                            f"{len(configs)}: give another run folder")
-    if same_backend:
+    if same_backend and against_first:
+        raise ResultsError("--same-backend and --against-first contradict each other: give one")
+    pairing, note, refs = "first", "", {}
+    if not against_first:
         first_run = configs[0][0]
-        firsts = {k[1]: k for k in configs if k[0] == first_run}
+        firsts: dict[str, tuple] = {}
+        for k in configs:
+            if k[0] == first_run:
+                firsts.setdefault(k[1], k)  # the first of a backend name in the first run (one device per name)
         refs = {k: firsts[k[1]] for k in configs if k[0] != first_run and k[1] in firsts}
-        if not refs:
-            raise ResultsError(f"--same-backend: no backend label of {first_run} appears in the other runs")
-    else:
+        if refs:
+            pairing = "backend"
+            refs.update(imported_references(cells, configs, refs))
+            alone = [k for k in configs if k[0] != first_run and k not in refs]
+            if alone:
+                note = ("no backend of the same name in the first run, so not compared: "
+                        + ", ".join(f"{k[0]}: {k[1]}" for k in alone))
+        else:
+            note = (f"no backend name of {first_run} appears in another run" if len({k[0] for k in configs}) > 1
+                    else "one run") + ": every configuration is compared with the first one"
+    if not refs:
         refs = {k: configs[0] for k in configs[1:]}
     first_cell: dict[tuple, ResultCell] = {}
     cells_of: dict[tuple, dict[tuple, ResultCell]] = {}  # configuration -> workload -> cell (the last wins)
@@ -119,7 +151,31 @@ def build_compare(cells: list[ResultCell], metrics=COMPARE_METRICS, same_backend
             if len(rs) >= 2:
                 overall[(other, m)] = stats.pooled_ratio([(r.other_samples, r.ref_samples) for r in rs])
     unmatched = [c for c in cells if id(c) not in matched]
-    return RunComparison(configs, refs, labels, rows, overall, unmatched)
+    return RunComparison(configs, refs, labels, rows, overall, unmatched, pairing, note)
+
+
+def imported_references(cells: list[ResultCell], configs: list[tuple], refs: dict[tuple, tuple]) -> dict[tuple, tuple]:
+    """References for configurations imported from another tool (`harness import`: backend
+    type ``imported:TOOL``) that pairing by backend name left without one: a tool names its
+    cells after itself (guidellm, aiperf), never after the harness backend that ran the same
+    load, so each gets the first configuration the harness measured itself (in the order the
+    runs were given) that holds a cell of the same workload (model, precision, batch, lengths,
+    scenario: concurrency N). Issue 15: a tool's run sits against the harness's own."""
+    imported: dict[tuple, bool] = {}
+    loads: dict[tuple, set] = {}
+    for c in cells:
+        k = c.config_key
+        imported[k] = imported.get(k, False) or str(c.record.backend_type).startswith("imported:")
+        loads.setdefault(k, set()).add(c.workload_key)
+    own = [k for k in configs if not imported.get(k)]
+    out = {}
+    for k in configs:
+        if k in refs or k[0] == configs[0][0] or not imported.get(k):
+            continue
+        ref = next((o for o in own if loads.get(o, set()) & loads.get(k, set())), None)
+        if ref is not None:
+            out[k] = ref
+    return out
 
 
 def _compare_rows(pairs: list[tuple[tuple, ResultCell, ResultCell]], metrics) -> list[CompareRow]:
@@ -174,7 +230,7 @@ def ratio_text(r: stats.Ratio) -> str:
 
 
 def compare_markdown(cmp: RunComparison) -> str:
-    out = ["# Comparison", ""]
+    out = ["# Comparison", "", md_escape(_pairing_text(cmp)), ""]
     refs = set(cmp.refs.values())
     if len(refs) == 1:
         out += [f"Reference (A): **{md_escape(cmp.config_labels[next(iter(refs))])}**", ""]
@@ -208,12 +264,19 @@ def compare_markdown(cmp: RunComparison) -> str:
     return "\n".join(out)
 
 
+def _pairing_text(cmp: RunComparison) -> str:
+    how = ("Pairing: each backend against the same backend name in the first run (same model, precision, batch and "
+           "lengths)" if cmp.pairing == "backend" else "Pairing: every configuration against the first one")
+    return how + (f"; {cmp.note}" if cmp.note else "") + "."
+
+
 def print_compare(cmp: RunComparison, markdown: str | None = None) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
     console = Console(width=max(170, Console().width))
+    console.print(escape(_pairing_text(cmp)))
     refs = set(cmp.refs.values())
     if len(refs) == 1:
         console.print(f"[bold]A (reference):[/bold] {escape(cmp.config_labels[next(iter(refs))])}")

@@ -2,27 +2,53 @@
 figures with cost per million tokens, and energy provenance per meter."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, Optional
 
 from harness.cells import ResultCell
 from harness.records import MeterEnergy
-from harness.report.cell_summary import CellSummary, fmt, money, shorten
+from harness.report.cell_summary import MAX_REASON, CellSummary, fmt, shorten
 from harness.report.document import Table
 from harness.report.prices import Prices, cost_per_million
 from harness.report.table import bench_rows
+from harness.stats import STABLE_REL_HALF_WIDTH
 
 Labeler = Callable[[ResultCell], str]
 
 
 def throughput_table(cells: list[ResultCell]) -> Table:
-    df = bench_rows([c.record for c in cells], ci=True).drop(columns=["device"])
-    t = Table(list(df.columns), right=("batch", "t/s", "median [95% CI]", "n", "% roof", "J/token"),
-              caption="t/s: mean ± sd over repetitions; median [95 % bootstrap CI]; % roof: share of the "
-                      "calibrated roofline (SUSPECT above 100 %); J/token: gross, primary meter (scope)")
+    """The llama-bench table with one central figure: the median and its 95 % interval (the
+    terminal's mean ± sd column is left out here: two central numbers side by side left the
+    reader asking which to quote; the sd stays in the records)."""
+    # request-scenario cells have no prefill/decode repetitions: their table is request_tables'
+    cells = [c for c in cells if not c.record.is_request_scenario]
+    if not cells:
+        return Table(["note"], [["no batch (offline) cells on this device: see Request scenarios"]], [None])
+    # the backend of an unsealed or failing run carries its mark (harness.seal), as labels do
+    df = bench_rows([replace(c.record, backend=f"{c.record.backend} {c.mark}") if c.mark else c.record
+                     for c in cells], ci=True)
+    # bench_rows' t/s is the median [95 % CI] (with ~ where noisy); a second, mean ± sd, column
+    # would leave the reader asking which to quote: only the one central figure is shown
+    central = "t/s"
+    flags = [str(v) for v in df["t/s"]]  # INVALID / FAILED as bench_rows says them
+    if "median [95% CI]" in df.columns:  # a bench_rows with both: keep the median
+        df = df.drop(columns=["t/s"]).rename(columns={"median [95% CI]": "t/s"})
+    df = df.drop(columns=[c for c in ("device",) if c in df.columns])
+    t = Table(list(df.columns), right=("batch", central, "n", "% roof", "J/token"),
+              caption="t/s: median of the repetitions [95 % bootstrap CI] (~: interval wider than "
+                      f"±{100 * STABLE_REL_HALF_WIDTH:g} % of the median); % roof: share of the calibrated roofline "
+                      "(SUSPECT above 100 %); J/token: gross, primary meter (scope); a failed cell's accuracy column "
+                      "holds its whole reason")
     cols = list(df.columns)
-    acc, roof = cols.index("accuracy"), cols.index("% roof")
-    for row in df.itertuples(index=False, name=None):  # iterrows builds a Series per row: slow at thousands
+    acc, roof, med = cols.index("accuracy"), cols.index("% roof"), cols.index(central)
+    failures = iter([shorten(" ".join(c.record.error.message.split()), MAX_REASON)
+                     if c.record.error and c.record.error.message else "-" for c in cells if c.record.failed])
+    for flag, row in zip(flags, df.itertuples(index=False, name=None)):  # iterrows: a Series per row, slow
         vals = [str(v) for v in row]
+        if flag == "FAILED":
+            vals[med], vals[acc] = "FAILED", next(failures)  # the reason in full, not its first 60 characters
+        elif flag.startswith("INVALID") and not vals[med].startswith("INVALID"):
+            vals[med] = f"INVALID {vals[med]}"
         t.add(vals, "invalid" if any(v.startswith(("INVALID", "FAILED")) for v in vals)
               or "INVALID" in vals[acc] else ("suspect" if "SUSPECT" in vals[roof] else None))
     return t
@@ -50,7 +76,7 @@ def procurement_table(cells: list[ResultCell], summaries: dict[int, CellSummary]
         if m:
             src = f"{m.meter}, {m.method}, {m.scope}" + (" — ESTIMATE" if m.is_estimate else "")
         elif c.ok:
-            src = shorten(f.reasons.get("tokens_per_joule") or "no energy figure", 140)
+            src = shorten(f.reasons.get("tokens_per_joule") or "no energy figure", MAX_REASON)
         r = c.record
         row = [label(c), r.batch, f"pp{r.prompt_len}+tg{r.gen_len}", f.value("decode_tps"),
                f.value("tokens_per_joule"), f.value("j_per_1k_tokens"), f.value("tokens_per_s_per_watt"),
@@ -60,8 +86,7 @@ def procurement_table(cells: list[ResultCell], summaries: dict[int, CellSummary]
                 row.append(c.status_label)
             else:
                 cost = cost_per_million(c, f.meters.get("tokens_per_joule"), prices)
-                row.append(f"{money(cost.hardware)} + {money(cost.energy)} = {money(cost.total, prices.currency)}"
-                           + (f" ({'; '.join(cost.notes)})" if cost.notes else ""))
+                row.append(cost.text(prices.currency) + (f" ({'; '.join(cost.notes)})" if cost.notes else ""))
         t.add(row, "invalid" if not c.ok else None)
     return t
 
@@ -100,6 +125,6 @@ def provenance_table(cells: list[ResultCell], label: Labeler) -> Optional[Table]
                    _work_windows(m, "n_updates"), _work_windows(m, "duration_s", 3),
                    fmt(m.idle_w, 3), fmt(m.avg_w, 3),
                    fmt(m.j_per_generated_token_gross) + (" est." if est else ""),
-                   shorten("; ".join(str(x) for x in notes), 200)],
+                   shorten("; ".join(str(x) for x in notes), MAX_REASON)],
                   "invalid" if not c.ok else ("estimate" if est else None))
     return t if t.rows else None

@@ -126,6 +126,6 @@ def to_markdown(doc: Document, image_dir: str = "plots") -> str:
         elif isinstance(b, Figure):
             out += [f"![{esc(b.caption)}]({image_dir}/{b.key}.png)", "", f"_{esc(b.caption)}_", ""]
         elif isinstance(b, Verdicts):  # under the report's own "Claim verdicts" heading
-            # built in harness.verdicts from claim names and reasons: escaped line by line
-            out += [esc(x) for x in verdicts_markdown(b.verdicts, heading="##").splitlines()[2:]] + [""]
+            # built in harness.verdicts from claim names and reasons: escaped here, once, line by line
+            out += [esc(x) for x in verdicts_markdown(b.verdicts, heading="##", html_escape=False).splitlines()[2:]] + [""]
     return "\n".join(out).rstrip() + "\n"

@@ -123,7 +123,7 @@ def verdicts_html(verdicts: list[Verdict], used: set) -> str:
     for i, v in enumerate(verdicts, 1):
         title = f"{i}. {v.claim.name}"
         out.append(f'<h3 id="{_slug(title, used)}">{inline(title)} <span class="verdict {v.verdict}">{v.verdict}</span></h3>')
-        out.append(_bullets(verdict_lines(v)))
+        out.append(_bullets(verdict_lines(v, html_escape=False)))  # inline() escapes each line once
     return "".join(out)
 
 

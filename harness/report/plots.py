@@ -22,6 +22,11 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#1
 MAX_ANNOTATED = 80
 #: legend entries shown; the rest are counted in one last entry
 MAX_LEGEND = 24
+#: above this many configurations (lines) in a figure, their lines are drawn as one line collection and their
+#: markers in one call per colour, marker and fill, not one artist per configuration: the same colours, markers
+#: and points, drawn in another order (lines under all markers). Thousands of artists took most of a 10,000-record
+#: report's time (issue 21); small runs keep one artist per configuration, their figures unchanged.
+MAX_SERIES_ARTISTS = 80
 PHASE_COLORS = {"idle-before": "#e8e8e8", "prefill": "#fde2b8", "generation": "#cfe6f7", "idle-after": "#e8e8e8",
                 "between": "#ffffff"}
 
@@ -105,6 +110,8 @@ def batch_figure(series: list[Series]) -> bytes:
     panels = [("decode_tps", "decode tokens/s", "higher is better"), ("j_per_token", "J per generated token", "lower is better"),
               ("tokens_per_joule", "generated tokens per joule", "higher is better")]
     devices = sorted({s.device for s in series})
+    if len(series) > MAX_SERIES_ARTISTS:
+        return _batch_figure_collected(fig, axes, panels, series, devices)
     for ax, (key, title, hint) in zip(axes, panels):
         drawn = False
         for i, s in enumerate(series):
@@ -127,26 +134,88 @@ def batch_figure(series: list[Series]) -> bytes:
                 for p in bad:
                     ax.annotate("INVALID", (p.batch, p.value(key)), textcoords="offset points", xytext=(4, 4),
                                 color=INVALID_COLOR, fontsize=7)
-        ax.set_title(f"{title}\n({hint})", fontsize=10)
-        ax.set_xlabel("batch size")
-        if not drawn:
-            _no_data(ax, "no measurement" if key == "decode_tps" else "no energy measurement\nfor these cells")
-            continue
-        ax.set_xscale("log", base=2)
-        ax.grid(True, alpha=0.3)
-        batches = sorted({p.batch for s in series for p in s.points})
-        ax.set_xticks(batches, [str(b) for b in batches])
-        ax.minorticks_off()
+        _finish_batch_panel(ax, key, title, hint, drawn, series)
     handles, labels = axes[0].get_legend_handles_labels()
     for ax in axes[1:]:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
+    return _batch_legend(fig, handles, labels)
+
+
+def _finish_batch_panel(ax, key: str, title: str, hint: str, drawn: bool, series: list[Series]) -> None:
+    ax.set_title(f"{title}\n({hint})", fontsize=10)
+    ax.set_xlabel("batch size")
+    if not drawn:
+        _no_data(ax, "no measurement" if key == "decode_tps" else "no energy measurement\nfor these cells")
+        return
+    ax.set_xscale("log", base=2)
+    ax.grid(True, alpha=0.3)
+    batches = sorted({p.batch for s in series for p in s.points})
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.minorticks_off()
+
+
+def _batch_legend(fig, handles: list, labels: list[str]) -> bytes:
     handles, labels = _capped_legend(handles, labels)
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)), fontsize=8, frameon=False)
     return to_png(fig)
+
+
+def _batch_figure_collected(fig, axes, panels, series: list[Series], devices: list[str]) -> bytes:
+    """batch_figure over more than MAX_SERIES_ARTISTS configurations: each panel's lines in one
+    LineCollection (solid, and dashed for estimates) and its markers in one plot call per
+    (colour, marker, fill); legend entries are stand-ins drawn as the per-configuration path draws them."""
+    from matplotlib.collections import LineCollection
+    from matplotlib.lines import Line2D
+    import matplotlib
+
+    width = matplotlib.rcParams["lines.linewidth"]
+    legend: dict[str, Line2D] = {}
+    for ax, (key, title, hint) in zip(axes, panels):
+        drawn = False
+        lines: dict[bool, tuple[list, list]] = {False: ([], []), True: ([], [])}  # estimate -> (segments, colours)
+        marks: dict[tuple, tuple[list, list]] = {}  # (colour, marker, hollow) -> (xs, ys)
+        bad_x: list[float] = []
+        bad_y: list[float] = []
+        for i, s in enumerate(series):
+            color = PALETTE[i % len(PALETTE)]
+            marker = MARKERS[devices.index(s.device) % len(MARKERS)]
+            pts = sorted((p for p in s.points if p.value(key) is not None), key=lambda p: p.batch)
+            ok = [p for p in pts if p.valid]
+            if ok:
+                est = any(p.estimate for p in ok) and key != "decode_tps"
+                xy = [(p.batch, p.value(key)) for p in ok]
+                segs, colors = lines[est]
+                segs.append(xy)
+                colors.append(color)
+                xs, ys = marks.setdefault((color, marker, est), ([], []))
+                xs.extend(x for x, _ in xy)
+                ys.extend(y for _, y in xy)
+                label = s.label + (" (estimate)" if est else "")
+                if label not in legend:
+                    legend[label] = Line2D([], [], marker=marker, color=color, markerfacecolor="white" if est else color,
+                                           linestyle="--" if est else "-", label=label)
+                drawn = True
+            bad = [p for p in pts if not p.valid]
+            bad_x += [p.batch for p in bad]
+            bad_y += [p.value(key) for p in bad]
+            if bad and len(bad) <= MAX_ANNOTATED:
+                for p in bad:
+                    ax.annotate("INVALID", (p.batch, p.value(key)), textcoords="offset points", xytext=(4, 4),
+                                color=INVALID_COLOR, fontsize=7)
+        for est, (segs, colors) in lines.items():
+            if segs:
+                ax.add_collection(LineCollection(segs, colors=colors, linewidths=width, linestyles="--" if est else "-"))
+        for (color, marker, est), (xs, ys) in marks.items():
+            ax.plot(xs, ys, marker=marker, color=color, markerfacecolor="white" if est else color, linestyle="")
+        if bad_x:
+            ax.plot(bad_x, bad_y, marker="x", color=INVALID_COLOR, markersize=9, mew=2, linestyle="")
+            drawn = True
+        _finish_batch_panel(ax, key, title, hint, drawn, series)
+    return _batch_legend(fig, list(legend.values()), list(legend))
 
 
 def _capped_legend(handles: list, labels: list[str]) -> tuple[list, list[str]]:
@@ -165,6 +234,7 @@ def tradeoff_figure(points: list[CellPoint]) -> bytes:
     fig = _figure(12, 4.6)
     axes = fig.subplots(1, 2)
     labels = list(dict.fromkeys(p.label for p in points))
+    label_at = {lab: i for i, lab in enumerate(labels)}
     devices = list(dict.fromkeys(p.device for p in points))
     specs = [(axes[0], "decode_tps", True, "decode throughput (tokens/s)  ->  better"),
              (axes[1], "j_per_token", False, "better  <-  J per generated token")]
@@ -183,9 +253,14 @@ def tradeoff_figure(points: list[CellPoint]) -> bytes:
         for p in have:
             if p.valid:
                 groups.setdefault((p.label, p.device, p.estimate and xkey == "j_per_token"), []).append(p)
+        styled: dict[tuple, list[CellPoint]] = {}  # (colour, marker, hollow) -> points
         for (lab, dev, est), pts in groups.items():
-            color = PALETTE[labels.index(lab) % len(PALETTE)]
-            marker = MARKERS[devices.index(dev) % len(MARKERS)]
+            key = (PALETTE[label_at[lab] % len(PALETTE)], MARKERS[devices.index(dev) % len(MARKERS)], est)
+            if len(groups) > MAX_SERIES_ARTISTS:  # one call per style, not per configuration (issue 21)
+                styled.setdefault(key, []).extend(pts)
+            else:
+                styled[key + (lab, dev)] = pts
+        for (color, marker, est, *_), pts in styled.items():
             ax.plot([p.value(xkey) for p in pts], [p.tpot_ms for p in pts], marker=marker, color=color, markersize=7,
                     linestyle="", markerfacecolor="white" if est else color)
         if label_each:

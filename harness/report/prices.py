@@ -7,7 +7,9 @@ Cost per million generated tokens (documented in the report's Methods section to
     hardware = price / (lifetime_years x 31 557 600 s x u x T) x 1e6
     energy   = (1e6 / tokens_per_joule  +  idle_W x (1e6 / T) x (1 - u) / u) x pue / 3.6e6 kWh
                x electricity_per_kwh
-    total    = hardware + energy
+    total    = hardware + energy       (only when both are known: a cost without its energy
+                                         share is shown as incomplete, "USD 0.575 + energy
+                                         unknown", never as a total that understates it)
 
 tokens_per_joule is the gross figure of the cell's primary meter (board, package or
 wall, as labelled); idle_W is that meter's idle baseline (left out, and said so, when
@@ -26,6 +28,7 @@ from harness import stats
 from harness.cells import ResultCell
 from harness.figures import metric_value
 from harness.records import MeterEnergy
+from harness.report.cell_summary import money
 from harness.schema import check_file
 
 SECONDS_PER_YEAR = 365.25 * 86400
@@ -91,8 +94,18 @@ class CostPerMillion:
 
     hardware: Optional[float] = None
     energy: Optional[float] = None
-    total: Optional[float] = None
+    total: Optional[float] = None  # hardware + energy; None unless both are known
     notes: list[str] = field(default_factory=list)
+
+    def text(self, currency: str) -> str:
+        """The cost as a reader should see it: a total only when both shares are known."""
+        if self.total is not None:
+            return f"{money(self.hardware)} + {money(self.energy)} = {money(self.total, currency)}"
+        if self.hardware is not None:
+            return f"{money(self.hardware, currency)} + energy unknown (incomplete: hardware only)"
+        if self.energy is not None:
+            return f"hardware price unknown + {money(self.energy, currency)} energy (incomplete)"
+        return "-"
 
 
 def cost_per_million(c: ResultCell, tpj_meter: Optional[MeterEnergy], prices: Prices) -> CostPerMillion:
@@ -121,6 +134,6 @@ def cost_per_million(c: ResultCell, tpj_meter: Optional[MeterEnergy], prices: Pr
             out.notes.append("energy is an ESTIMATE")
     else:
         out.notes.append("no energy figure")
-    if out.hardware is not None or out.energy is not None:
-        out.total = (out.hardware or 0.0) + (out.energy or 0.0)
+    if out.hardware is not None and out.energy is not None:
+        out.total = out.hardware + out.energy
     return out

@@ -1,11 +1,13 @@
 """`harness report`: the document built from result folders only, and its files
 (report.md with plots/ beside it, and a self-contained report.html).
 
-Sections: runs, at a glance per device, per-device tables (harness.report.device_tables),
-figures (harness.report.plots), claim verdicts (harness.verdicts), methods.
+Sections: claim verdicts (harness.verdicts) and the procurement headline per device
+(harness.report.headline) first, as a reader acts on them; then runs, per-device tables
+(harness.report.device_tables), figures (harness.report.plots), methods.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 import datetime as _dt
 from pathlib import Path
 from typing import Optional
@@ -13,26 +15,42 @@ from typing import Optional
 from harness import stats
 from harness.cells import LoadedRun, ResultCell, load_runs
 from harness.claims import load_claims
-from harness.figures import METRICS, is_estimate
+from harness.figures import is_estimate
 from harness.report import device_tables
-from harness.report.cell_summary import CellSummary, by_device, cell_summaries, energy_tag, fmt, labeler
+from harness.report.cell_summary import MAX_REASON, CellSummary, by_device, cell_summaries, labeler, shorten
 from harness.report.document import Document, Table, to_markdown
+from harness.report.headline import device_headline, headline_table, primary_keys
 from harness.report.html import to_html
 from harness.report.methods import methods_section
 from harness.report.prices import load_prices
 from harness.report.progress import Stages, stage
 from harness.report.timeline import pick_timeline_cell
 from harness.results import ResultsError
-from harness.verdicts import verify
+from harness.verdicts import Verdict, verify
 
 
 #: the stages build_report announces (harness.report.progress), for the bar's length
 REPORT_STAGES = 5
 
 
+@dataclass
+class ReportParts:
+    """The document and what `report --print` shows of it on a terminal."""
+
+    doc: Document
+    verdicts: Optional[list[Verdict]]
+    headline: Table  # the procurement headline, one row per device
+
+
 def build_report(run_dirs, prices_path: str | Path | None = None, timeline_cell: Optional[str] = None,
                  claims_path: str | Path | None = None, with_plots: bool = True,
                  progress: Optional[Stages] = None) -> Document:
+    return build_report_parts(run_dirs, prices_path, timeline_cell, claims_path, with_plots, progress).doc
+
+
+def build_report_parts(run_dirs, prices_path: str | Path | None = None, timeline_cell: Optional[str] = None,
+                       claims_path: str | Path | None = None, with_plots: bool = True,
+                       progress: Optional[Stages] = None) -> ReportParts:
     stage(progress, "reading records")
     runs = load_runs(run_dirs)
     cells = [c for run in runs for c in run.cells]
@@ -48,15 +66,26 @@ def build_report(run_dirs, prices_path: str | Path | None = None, timeline_cell:
           "Every figure is the **median** of the repetitions with its **95 % bootstrap interval** in brackets; "
           "INVALID marks a cell whose outputs failed the accuracy gate (shown, never ranked best); "
           "an energy figure labelled *estimate* was not measured.")
-    doc.h(2, "Runs")
-    doc.table(_runs_table(runs))
-
     stage(progress, f"summarising {len(cells)} cells")
     devices = by_device(cells)
+    # what a reader acts on comes first (issue 20): the verdicts, then per device the
+    # procurement headline (tokens/J and cost per million tokens, with their meter)
+    if verdicts is not None:
+        doc.h(2, "Claim verdicts")
+        doc.verdicts(verdicts)
+    primary = primary_keys(cells)
+    headline = headline_table([device_headline(dev, dcells, sums, label, prices, primary)
+                               for dev, dcells in devices.items()], prices)
     doc.h(2, "At a glance")
+    doc.table(headline)
     for dev, dcells in devices.items():
-        doc.h(3, dev)
-        doc.ul(_glance(dcells, sums, label) + _warnings(dcells, sums))
+        warnings = _warnings(dcells, sums)
+        if warnings:
+            doc.h(3, dev)
+            doc.ul(warnings)
+
+    doc.h(2, "Runs")
+    doc.table(_runs_table(runs))
 
     for dev, dcells in devices.items():
         doc.h(2, f"Device: {dev}")
@@ -72,17 +101,17 @@ def build_report(run_dirs, prices_path: str | Path | None = None, timeline_cell:
         else:
             doc.p("No energy records.")
 
+    from harness.report.request_tables import add_request_section  # issue 15: request cells, imported runs
+
+    add_request_section(doc, cells)
     from harness.report.bounds_table import add_bounds_section  # issue 16: cells against their physical bounds
 
     add_bounds_section(doc, cells)
     if with_plots and cells:
         stage(progress, "drawing figures")
         _figures(doc, cells, sums, label, timeline_cell)
-    if verdicts is not None:
-        doc.h(2, "Claim verdicts")
-        doc.verdicts(verdicts)
     methods_section(doc, prices)
-    return doc
+    return ReportParts(doc, verdicts, headline)
 
 
 def write_report(doc: Document, out_dir: str | Path) -> tuple[Path, Path]:
@@ -114,39 +143,26 @@ def _real_dir(path: Path, parents: bool = False) -> None:
 
 
 def _runs_table(runs: list[LoadedRun]) -> Table:
-    t = Table(["run", "suite", "host", "devices", "started", "harness", "git commit", "cells (ok / failed / invalid)",
-               "repetitions"], right=("repetitions",))
-    for run in runs:
+    from harness.seal import mark_legend, run_status
+
+    # lab, nodes and seal status per run (issue 17); an unsealed or failing run's label carries
+    # its mark here and in every table that shows its figures, explained in the caption
+    seals = [run.seal or run_status(run.run_dir) for run in runs]
+    t = Table(["run", "lab", "suite", "node(s)", "check", "devices", "started", "harness", "git commit",
+               "cells (ok / failed / invalid)", "repetitions"], right=("repetitions",),
+              caption=mark_legend(seals) or "")
+    for run, seal in zip(runs, seals):
         meta, cs = run.meta, run.cells
         started = meta.get("started_at")
         if isinstance(started, (int, float)):
             started = _dt.datetime.fromtimestamp(started, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        t.add([run.run_id, meta.get("suite", "-"), (meta.get("inventory") or {}).get("hostname", "-"),
+        t.add([f"{run.run_id} {seal.mark}" if seal.mark else run.run_id, seal.lab or "-", meta.get("suite", "-"),
+               seal.nodes_text(), seal.status_text(),
                ", ".join(sorted({c.device_label for c in cs})) or "-", started or "-",
                meta.get("harness_version", "-"), str((meta.get("inventory") or {}).get("git_commit") or "-")[:12],
                f"{sum(c.ok for c in cs)} / {sum(c.failed for c in cs)} / {sum(c.invalid for c in cs)}",
-               (meta.get("config") or {}).get("repetitions", "-")])
+               (meta.get("config") or {}).get("repetitions", "-")], "invalid" if seal.status == "sealed+FAIL" else None)
     return t
-
-
-def _glance(dcells: list[ResultCell], sums: dict[int, CellSummary], label) -> list[str]:
-    """The best decode throughput and tokens per joule on one device, with who reached them."""
-    items = []
-    for metric in ("decode_tps", "tokens_per_joule"):
-        cand = [c for c in dcells if c.ok and sums[id(c)].med(metric) is not None]
-        if metric == "tokens_per_joule":  # a measurement beats any estimate for "best"
-            measured = [c for c in cand if not is_estimate(sums[id(c)].meters.get(metric))]
-            cand = measured or cand
-        if cand:
-            b = max(cand, key=lambda c: sums[id(c)].med(metric))
-            f, s = sums[id(b)], sums[id(b)].summaries[metric]
-            items.append(f"Best {METRICS[metric].label}: **{fmt(s.median)} {METRICS[metric].unit}**"
-                         f"{energy_tag(f.meters.get(metric))} {stats.fmt_ci(s.ci_low, s.ci_high)}"
-                         f" with {label(b)} at batch {b.record.batch}")
-        elif metric == "tokens_per_joule":
-            reasons = sorted({sums[id(c)].reasons.get(metric) or "" for c in dcells} - {""})
-            items.append("Energy: " + ("; ".join(reasons)[:300] if reasons else "no figure"))
-    return items
 
 
 def _warnings(dcells: list[ResultCell], sums: dict[int, CellSummary]) -> list[str]:
@@ -170,7 +186,8 @@ def _warnings(dcells: list[ResultCell], sums: dict[int, CellSummary]) -> list[st
     short = [c for c in dcells if c.record.energy and any(m.quality == "short-window" for m in c.record.energy.meters)]
     if short:
         out.append(f"{len(short)} cell(s) have meter windows too short for their meter (quality short-window)")
-    ns = [sums[id(c)].summaries["decode_tps"].n for c in dcells if c.ok]
+    # request-scenario cells have no decode repetitions of their own: not counted here
+    ns = [n for c in dcells if c.ok and (n := sums[id(c)].summaries["decode_tps"].n)]
     if ns and min(ns) < stats.MIN_REPETITIONS:
         out.append(f"Only {min(ns)} repetition(s) per cell: intervals from fewer than {stats.MIN_REPETITIONS} do not "
                    f"hold their coverage; run at least {stats.DEFAULT_REPETITIONS}")
@@ -189,8 +206,10 @@ def _warnings(dcells: list[ResultCell], sums: dict[int, CellSummary]) -> list[st
 
 
 def _first_line(c: ResultCell) -> str:
+    """A failure's reason in full (the tables wrap it; issue 20: cut at 80 characters it
+    hid the cause), joined onto one line; bounded only against a hostile results file."""
     msg = c.record.error.message if c.record.error else ""
-    return msg.splitlines()[0][:80] if msg else "no message"
+    return shorten(" ".join(msg.split()), MAX_REASON) if msg else "no message"
 
 
 def _figures(doc: Document, cells: list[ResultCell], sums: dict[int, CellSummary], label,

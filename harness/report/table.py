@@ -14,13 +14,38 @@ from harness.figures import energy_unavailable_reason, meter_figure, primary_met
 from harness.records import CellRecord
 
 
-def _pm(m: Optional[dict], scale: float = 1.0, digits: int = 2) -> str:
-    # a record from elsewhere may lack `sd` (the reader checks types, not completeness)
-    if not isinstance(m, dict) or not isinstance(m.get("mean"), (int, float)):
-        return "-"
-    sd = m.get("sd")
-    return (f"{m['mean'] * scale:.{digits}f} ± {sd * scale:.{digits}f}" if isinstance(sd, (int, float))
-            else f"{m['mean'] * scale:.{digits}f}")
+#: appended to a t/s figure whose 95 % interval is wider than the stable share of its median
+NOISY = "~"
+NOISY_NOTE = (f"{NOISY} noisy: the 95 % interval's half-width exceeds {100 * stats.STABLE_REL_HALF_WIDTH:g} % of the "
+              "median; more repetitions or a quieter machine narrow it")
+CENTRAL_NOTE = "t/s: median [95 % bootstrap interval] of the timed repetitions (mean and sd stay in results.jsonl)"
+
+
+def _central_texts(metric_dicts: list[Optional[dict]]) -> list[str]:
+    """The one central figure of each metric: the median with its 95 % bootstrap interval
+    (harness.stats, as report.md shows it), all bootstrapped together, and the noisy
+    marker where the interval is wider than stats.STABLE_REL_HALF_WIDTH of the median.
+
+    A record without samples (written elsewhere) shows its median alone, or "-"."""
+    out = ["-"] * len(metric_dicts)
+    have = []
+    for i, m in enumerate(metric_dicts):
+        if not isinstance(m, dict):
+            continue
+        samples = m.get("samples")
+        if isinstance(samples, list) and samples and all(isinstance(v, (int, float)) for v in samples):
+            have.append(i)
+        elif isinstance(m.get("median"), (int, float)):
+            out[i] = stats.fmt_num(m["median"])
+    for i, s in zip(have, stats.summarize_many([metric_dicts[i]["samples"] for i in have])):
+        text = stats.fmt_num(s.median)
+        if s.ci_low is not None and s.ci_high is not None:
+            text += f" {stats.fmt_ci(s.ci_low, s.ci_high, 4)}"
+        rhw = s.rel_half_width
+        if rhw is not None and rhw > stats.STABLE_REL_HALF_WIDTH:
+            text += f" {NOISY}"
+        out[i] = text
+    return out
 
 
 def _params(n) -> str:
@@ -42,6 +67,8 @@ def energy_text(r: CellRecord, metric: str) -> str:
     if m is None:
         return energy_unavailable_reason(r).replace("no energy figure", "unavailable")
     tag = "estimate" if m.is_estimate else (m.scope or "") + (", short" if m.quality == "short-window" else "")
+    if m.quality == "speed-mismatch":  # measured on work that ran at another speed: see the record's reason
+        tag += ", SPEED MISMATCH"
     return f"{meter_figure(m, metric):.4g} ({tag})"
 
 
@@ -64,22 +91,13 @@ def _accuracy(r: CellRecord) -> str:
     return a.get("status", "-")
 
 
-def _ci_texts(metric_dicts: list[Optional[dict]]) -> list[str]:
-    """median [95 % bootstrap CI] of each metric's samples (harness.stats), all bootstrapped
-    together (stats.summarize_many)."""
-    have = [i for i, m in enumerate(metric_dicts) if m and m.get("samples")]
-    sums = stats.summarize_many([metric_dicts[i]["samples"] for i in have])
-    out = ["-"] * len(metric_dicts)
-    for i, s in zip(have, sums):
-        out[i] = f"{stats.fmt_num(s.median)} {stats.fmt_ci(s.ci_low, s.ci_high, 4)}"
-    return out
-
-
 def bench_rows(records: list[CellRecord], ci: bool = False) -> pd.DataFrame:
-    """One row per cell and test. ci=True adds the median with its 95 % bootstrap
-    interval and the number of repetitions. Invalid cells say INVALID in the t/s column too."""
+    """One row per cell and test. t/s is the one central figure: the median with its 95 %
+    bootstrap interval, marked noisy (NOISY) where the interval is wide. ci=True adds the
+    number of repetitions. Invalid cells say INVALID in the t/s column too."""
     rows = []
-    ci_of: list[Optional[dict]] = []
+    central_of: list[Optional[dict]] = []
+    invalid_rows: set[int] = set()
     for r in records:
         base = {"model": r.model, "params": _params(r.params), "dtype": r.shown_precision,
                 "backend": r.backend, "device": r.device, "batch": r.batch}
@@ -87,7 +105,7 @@ def bench_rows(records: list[CellRecord], ci: bool = False) -> pd.DataFrame:
             msg = r.error.message if r.error else ""
             row = {**base, "test": f"pp{r.prompt_len}+tg{r.gen_len}", "t/s": "FAILED"}
             if ci:
-                row.update({"median [95% CI]": "-", "n": "-"})
+                row["n"] = "-"
             rows.append({**row, "% roof": "-", "J/token": "-", "accuracy": msg.splitlines()[0][:60] if msg else "-"})
             continue
         m = r.metrics
@@ -95,18 +113,19 @@ def bench_rows(records: list[CellRecord], ci: bool = False) -> pd.DataFrame:
         roof = r.roofline or {}
         for test, key, metric, pct in ((f"pp{r.prompt_len}", "prefill_tps", "j_per_prompt_token", "prefill_pct"),
                                        (f"tg{r.gen_len}", "decode_tps", "j_per_token", "decode_pct")):
-            tps = _pm(m.get(key))
-            row = {**base, "test": test, "t/s": f"INVALID {tps}" if r.invalid else tps}
+            if r.invalid:
+                invalid_rows.add(len(central_of))
+            row = {**base, "test": test, "t/s": len(central_of)}  # filled in below, every interval at once
+            central_of.append(m.get(key))
             if ci:
-                row.update({"median [95% CI]": len(ci_of), "n": (m.get(key) or {}).get("n", "-")})
-                ci_of.append(m.get(key))  # filled in below, every cell's interval at once
+                row["n"] = (m.get(key) or {}).get("n", "-")
             rows.append({**row, "% roof": _pct(roof.get(pct)), "J/token": energy_text(r, metric), "accuracy": acc,
                          "placement": placement(r)})
-    if ci_of:
-        texts = _ci_texts(ci_of)
-        for row in rows:
-            if isinstance(row.get("median [95% CI]"), int):
-                row["median [95% CI]"] = texts[row["median [95% CI]"]]
+    texts = _central_texts(central_of)
+    for row in rows:
+        i = row["t/s"]
+        if isinstance(i, int):
+            row["t/s"] = f"INVALID {texts[i]}" if i in invalid_rows else texts[i]
     df = pd.DataFrame(rows)
     if "placement" in df.columns and not (df["placement"].fillna("") != "").any():
         df = df.drop(columns="placement")  # no backend here reports node placement
@@ -155,10 +174,14 @@ def print_table(df: pd.DataFrame, title: str | None = None) -> None:
 
     df, notes = footnote_reasons(df)
 
+    if "t/s" in df.columns and len(df):
+        notes.insert(0, CENTRAL_NOTE)
+        if df["t/s"].astype(str).str.endswith(f" {NOISY}").any():
+            notes.insert(1, NOISY_NOTE)
+
     table = Table(title=title, show_lines=False)
     for c in df.columns:
-        table.add_column(c, justify="right" if c in ("batch", "t/s", "% roof", "J/token", "median [95% CI]", "n")
-                         else "left")
+        table.add_column(c, justify="right" if c in ("batch", "t/s", "% roof", "J/token", "n") else "left")
     for _, row in df.iterrows():
         style = "red" if "INVALID" in str(row.get("accuracy")) or str(row.get("t/s")).startswith(("FAILED", "INVALID")) \
             else None

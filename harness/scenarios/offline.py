@@ -14,7 +14,7 @@ from typing import Callable, ClassVar, Literal
 import numpy as np
 
 from backends.base import ModelBackend
-from harness.energy import measure_cell_energy
+from harness.energy import TimedRates, measure_cell_energy
 from harness.metrics import RepSample, Samples, cell_metrics
 from harness.scenarios.base import CellContext, Scenario, ScenarioOutcome, TimedOutput
 
@@ -83,6 +83,16 @@ def run_offline(backend: ModelBackend, prompts: np.ndarray, gen_len: int, warmup
     return samples, timed
 
 
+def timed_rates(samples: Samples) -> TimedRates:
+    """The timed repetitions' throughput of the work each energy window repeats: the
+    prefill window runs prefills (prompt tokens / TTFT), the generation window whole
+    requests (generated tokens / request time)."""
+    b, p, g = samples.batch, samples.prompt_len, samples.gen_len
+    reps = [r for r in samples.reps if r.ttft_s > 0 and r.e2e_s > r.ttft_s]
+    return TimedRates(prefill=[b * p / r.ttft_s for r in reps], generation=[b * g / r.e2e_s for r in reps],
+                      decode=[b * (g - 1) / (r.e2e_s - r.ttft_s) for r in reps] if g > 1 else [])
+
+
 class OfflineScenario(Scenario):
     name = "offline"
     Config = OfflineConfig
@@ -107,6 +117,6 @@ class OfflineScenario(Scenario):
                 # the energy windows' runs are timed too: their outputs are checked as well
                 run_generation=lambda: timed.add(run_one(backend, prompts, glen)[1]),
                 prompt_tokens=batch * plen, generated_tokens=batch * glen, settings=ctx.energy_settings,
-                sequences=batch)
+                sequences=batch, timed=timed_rates(samples))
             out.energy, out.timeline = measured.record, measured.timeline
         return out

@@ -190,7 +190,7 @@ class Transformer(nn.Module):
         """Size rotary tables and the causal mask for max_seq positions and allocate a KV
         cache for exactly max_batch sequences (decode reads the whole cache, so size
         max_seq tightly)."""
-        w = self.output.weight
+        w = self.tok_embeddings.weight  # never quantized (backends/quant.py may swap the head): dtype and device
         cos, sin = rotary_tables(self.args, max_seq)
         self.register_buffer("rope_cos", cos.to(w.device), persistent=False)
         self.register_buffer("rope_sin", sin.to(w.device), persistent=False)
@@ -206,7 +206,7 @@ class Transformer(nn.Module):
         seq = seq or self.max_seq
         if seq > self.max_seq:
             raise ValueError(f"cache of {seq} positions asked for; setup_cache sized tables for {self.max_seq}")
-        w, a = self.output.weight, self.args
+        w, a = self.tok_embeddings.weight, self.args
         return [KVCache(batch, a.n_kv_heads, seq, a.head_dim, w.dtype, w.device) for _ in self.layers]
 
     def get_caches(self) -> list[KVCache]:

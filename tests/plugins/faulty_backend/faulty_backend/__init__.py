@@ -10,6 +10,15 @@ fault: wrong-tokens is a cheat rather than a crash: decode() returns token 0 at 
 without running the model, while prefill() and logits() stay honest. The accuracy gate
 must find it out from the timed output and make the cell invalid.
 
+fault: slow-in-energy-window is a device that slows down after a while (thermal
+throttling, a neighbour's load arriving): the first ``slow_after_decodes`` decode calls
+run at full speed, every later one first sleeps ``slow_decode_s``. With
+slow_after_decodes = warmup + repetitions, the timed repetitions run fast and the
+offline scenario's energy windows (which come after them) run slow. The backend sees
+nothing of the harness -- no hook tells it a meter window is open -- so what the test
+shows is that the harness catches a real slowdown by comparing speeds, not that it
+trusts a signal of its own.
+
     backends:
       - type: faulty
         options: {fault: segfault, fault_at: prefill, fault_on_batch: 2}
@@ -34,7 +43,8 @@ __all__ = ["FaultyBackend", "FaultyOptions"]
 
 @dataclass
 class FaultyOptions:
-    fault: Literal["none", "segfault", "hang", "oom", "kill", "raise", "exit", "wrong-tokens"] = "none"
+    fault: Literal["none", "segfault", "hang", "oom", "kill", "raise", "exit", "wrong-tokens",
+                   "slow-in-energy-window"] = "none"
     fault_at: Literal["load", "prepare", "prefill", "decode"] = "prefill"
     fault_on_batch: int | None = None  # only the cell with this batch size faults (not for load)
     message: str = "injected fault"  # the exception text of fault: raise
@@ -43,6 +53,8 @@ class FaultyOptions:
     oom_alloc_mb: int = 8192  # fault: oom -- what the faulting call then tries to allocate
     threads: int | None = 1  # torch intra-op threads
     sleep_s: float = 0.0  # each prefill first sleeps this long: a slow device, for tests that interrupt a run
+    slow_after_decodes: int = 0  # fault: slow-in-energy-window -- decode calls at full speed before the slowdown
+    slow_decode_s: float = 0.2  # fault: slow-in-energy-window -- each later decode call first sleeps this long
 
 
 class FaultyBackend(ModelBackend):
@@ -55,6 +67,7 @@ class FaultyBackend(ModelBackend):
         self.inner = TorchBackend(TorchOptions(device="cpu", threads=options.threads))
         self._batch: int | None = None
         self._limited = False
+        self._decodes = 0  # decode calls so far (fault: slow-in-energy-window)
 
     @classmethod
     def device_of(cls, options: Any) -> str:
@@ -64,7 +77,7 @@ class FaultyBackend(ModelBackend):
 
     def _maybe_fault(self, where: str) -> None:
         o = self.options
-        if o.fault in ("none", "wrong-tokens") or o.fault_at != where:  # wrong-tokens: see decode()
+        if o.fault in ("none", "wrong-tokens", "slow-in-energy-window") or o.fault_at != where:  # see decode()
             return
         if where != "load" and o.fault_on_batch is not None and self._batch != o.fault_on_batch:
             return
@@ -146,6 +159,10 @@ class FaultyBackend(ModelBackend):
         o = self.options
         if o.fault == "wrong-tokens" and o.fault_on_batch in (None, self._batch):
             return DecodeResult(np.zeros((len(self.inner.first_tokens(state)), n), dtype=np.int64), None)
+        if o.fault == "slow-in-energy-window" and o.fault_on_batch in (None, self._batch):
+            self._decodes += 1
+            if self._decodes > o.slow_after_decodes:
+                time.sleep(o.slow_decode_s)  # a throttled device: same tokens, later
         self._maybe_fault("decode")
         return self.inner.decode(state, n)
 
