@@ -218,6 +218,10 @@ def cmd_run(args) -> int:
         # run.json (a check here, before the lock, would race a second run of the same name)
         run_plan(plan, run_dir=run_dir, quiet=args.quiet, resume=bool(args.resume), force=args.force,
                  retry_failed=args.retry_failed, cluster=getattr(args, "cluster", None))
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP: name the folder to resume, not a placeholder
+        print(f"interrupted: finished cells are saved; `harness run --resume {run_dir}` runs the rest",
+              file=sys.stderr)
+        return 130
     except StorageFault as e:  # not the user's input: exit 1; the folder holds whole records only
         print(f"error: {run_dir}: {e.reason}; finished cells are saved and the cell in flight was not recorded: "
               f"make room (or make the folder writable), then `harness run --resume {run_dir}` runs the rest",

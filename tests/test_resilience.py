@@ -227,6 +227,7 @@ def test_ctrl_c_saves_every_finished_cell_and_exits_130(faulty_plugin, tmp_path)
     assert proc.wait(60) == 130
     stderr = (tmp_path / "stderr.txt").read_text()
     assert "interrupted: finished cells are saved" in stderr and "Traceback" not in stderr
+    assert f"`harness run --resume {run_dir.name}`" in stderr.replace(str(run_dir), run_dir.name)  # the real folder
     meta = json.loads((run_dir / "run.json").read_text())
     assert meta["status"] == "interrupted"
     records = check_results(run_dir, complete=False)
