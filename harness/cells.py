@@ -120,7 +120,7 @@ def load_runs(run_dirs) -> list[LoadedRun]:
                     pass  # a calibration of another shape: the record keeps no roofline
             cells.append(ResultCell(run_id, d, meta, r, status))
         runs.append(LoadedRun(run_id, d, meta, cells, status))
-    if sum(len(run.cells) for run in runs) >= FREEZE_AT_RECORDS:
+    if FREEZE_LOADED_RECORDS and sum(len(run.cells) for run in runs) >= FREEZE_AT_RECORDS:
         # Loaded records live as long as the report and hold no reference cycles: set them
         # aside from the cyclic collector, whose full passes would otherwise walk them again
         # and again while the report allocates (a sixth of a 2,000-record report's CPU).
@@ -132,6 +132,11 @@ def load_runs(run_dirs) -> list[LoadedRun]:
 
 #: records loaded at once above which load_runs freezes them out of the cyclic collector (issue 21)
 FREEZE_AT_RECORDS = 1000
+#: set only by the report/compare/verify commands, whose process ends with the report:
+#: gc.freeze() is process-wide, and in a long-lived process (a test session, a notebook)
+#: frozen objects that own native threads were torn down in the wrong order at exit (CI saw
+#: "terminate called without an active exception" after a whole test run)
+FREEZE_LOADED_RECORDS = False
 
 
 def load_cells(run_dirs) -> list[ResultCell]:

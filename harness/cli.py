@@ -16,7 +16,11 @@ class UserError(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
+    # argv None: run as the program (console script, python -m harness), whose process ends
+    # with the command; a caller passing argv (tests, scripts) may live on after it
+    program = argv is None
     args = parser.parse_args(argv)
+    args.as_program = program
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         print("error: no command given: choose one of those above (harness run runs the smoke suite)",
