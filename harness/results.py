@@ -24,7 +24,7 @@ from pathlib import Path
 import re
 import stat
 import typing
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from harness.records import CellError, CellRecord, EnergyRecord, MeterEnergy, RecordError, record_from_json
 
@@ -199,9 +199,10 @@ def _long_integer(raw: bytes) -> bool:
     read as a float (it keeps 64 bits; json keeps every digit). May be true of a string or an
     exponent (json then decides). Bytes methods, not a regex: a regex scan of a 12 kB record
     costs what orjson saves."""
-    pieces = raw.translate(_DIGITS_TO_0).split(_RUN_19)
-    if len(pieces) == 1:
+    zeros = raw.translate(_DIGITS_TO_0)
+    if _RUN_19 not in zeros:  # a substring test: no list of pieces for the usual record
         return False
+    pieces = zeros.split(_RUN_19)
     # a piece ends just before a run; empty: the text starts with it, or a run of 38 or more
     return not pieces[0] or any(p and p[-1] != 46 for p in pieces[:-1])  # 46: "."
 _NOT_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
@@ -227,6 +228,8 @@ def _depth_ok_raw(raw: bytes, data: Any, limit: int = MAX_DEPTH) -> bool:
     """_depth_ok of `data`, parsed from `raw`, read off the text: in valid JSON without an
     escaped quote, the pieces between quotes alternate code and strings, and the nesting is
     the running count of the code's brackets (a twentieth of the walk's time on a record)."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:  # fewer openers than the limit, strings included
+        return True
     if b'\\"' in raw:
         return _depth_ok(data, limit)
     code = b"".join(raw.split(b'"')[0::2]).translate(None, _NOT_BRACKETS)
@@ -392,32 +395,27 @@ def _fits(tp: Any) -> Callable[[Any], bool]:
     if hit is not None and hit[0] is tp:
         return hit[1]
     origin, args, fields = _shape(tp)
-    if origin is typing.Union:
+    plain = _item_types(tp)
+    if plain is not None:  # a number, string or flag (or None): its exact type, one set lookup
+        fn = lambda v: type(v) in plain  # noqa: E731
+    elif origin is typing.Union:
         parts = [_fits(a) for a in args if a is not type(None)]
         nullable = type(None) in args
-        fn = lambda v: (v is None and nullable) or any(f(v) for f in parts)  # noqa: E731
+        if len(parts) == 1:
+            part = parts[0]
+            fn = lambda v: (v is None and nullable) or part(v)  # noqa: E731
+        else:
+            fn = lambda v: (v is None and nullable) or any(f(v) for f in parts)  # noqa: E731
     elif tp is Any:
         fn = lambda v: True  # noqa: E731
     elif fields is not None:
         hints = _type_hints(tp)
-        checks = tuple((name, _fits(hints[name])) for name in fields)
-        fn = lambda v: isinstance(v, tp) and all(f(getattr(v, name)) for name, f in checks)  # noqa: E731
-    elif tp is bool:
-        fn = lambda v: v is True or v is False  # noqa: E731
-    elif tp is int:
-        fn = lambda v: type(v) is int  # noqa: E731
-    elif tp is float:
-        fn = lambda v: type(v) is float or type(v) is int  # noqa: E731
-    elif tp is str:
-        fn = lambda v: type(v) is str  # noqa: E731
-    elif tp is dict or origin is dict:
-        inner = _fits(args[1]) if args else None
-        fn = (lambda v: type(v) is dict) if inner is None else (  # noqa: E731
-            lambda v: type(v) is dict and all(inner(x) for x in v.values()))
-    elif tp is list or origin is list:
-        inner = _fits(args[0]) if args else None
-        fn = (lambda v: type(v) is list) if inner is None else (  # noqa: E731
-            lambda v: type(v) is list and all(inner(x) for x in v))
+        fn = _fits_fields(tp, tuple((name, _fits(hints[name])) for name in fields))
+    elif tp is dict or origin is dict or tp is list or origin is list:
+        is_dict = tp is dict or origin is dict
+        item = (args[1] if is_dict else args[0]) if args else None
+        fn = _fits_container(dict if is_dict else list, None if item is None else _fits(item),
+                             None if item is None else _item_types(item))
     else:
         fn = lambda v: True  # noqa: E731
     _FITS[id(tp)] = (tp, fn)
@@ -425,6 +423,57 @@ def _fits(tp: Any) -> Callable[[Any], bool]:
 
 
 _FITS: dict[int, tuple] = {}  # id(annotation) -> (annotation, predicate), as _SHAPES
+#: scalar annotation -> the exact types _check_type accepts for it (a bool is not a number)
+_PLAIN_TYPES = ((float, frozenset({float, int})), (int, frozenset({int})), (str, frozenset({str})),
+                (bool, frozenset({bool})))
+
+
+def _item_types(tp: Any) -> Optional[frozenset]:
+    """The exact types a value of `tp` may have, where `tp` is a scalar (float, int, str,
+    bool) or a Union of scalars and None; else None. orjson and json make exactly these types."""
+    for a, types in _PLAIN_TYPES:
+        if tp is a:
+            return types
+    origin, args, _ = _shape(tp)
+    if origin is typing.Union:
+        out = frozenset({type(None)}) if type(None) in args else frozenset()
+        for a in args:
+            if a is not type(None):
+                types = next((t for b, t in _PLAIN_TYPES if a is b), None)
+                if types is None:
+                    return None
+                out |= types
+        return out
+    return None
+
+
+def _fits_fields(tp: type, checks: tuple) -> Callable[[Any], bool]:
+    def fits(v: Any) -> bool:  # a loop, not all() over a generator: a record has ~100 fields
+        if not isinstance(v, tp):
+            return False
+        for name, f in checks:
+            if not f(getattr(v, name)):
+                return False
+        return True
+    return fits
+
+
+def _fits_container(kind: type, item: Optional[Callable], item_types: Optional[frozenset]) -> Callable[[Any], bool]:
+    if item is None:
+        return lambda v: type(v) is kind
+    if item_types is not None:  # numbers or strings: every item's type in one C-level pass
+        if kind is dict:
+            return lambda v: type(v) is dict and item_types.issuperset(map(type, v.values()))
+        return lambda v: type(v) is list and item_types.issuperset(map(type, v))
+
+    def fits(v: Any) -> bool:
+        if type(v) is not kind:
+            return False
+        for x in (v.values() if kind is dict else v):
+            if not item(x):
+                return False
+        return True
+    return fits
 
 
 def _numbers(xs: list) -> bool:

@@ -267,11 +267,14 @@ def ratio_many(pairs: Sequence[tuple[Sequence[float], Sequence[float]]], *, stat
             A = np.stack([cleaned[i][0] for i in chunk])
             B = np.stack([cleaned[i][1] for i in chunk])
             # one generator per pair: A's indices are drawn first, then B's (scipy's order)
-            ma = _boot_medians(A, (na, n_resamples, seed, ()))
-            mb = _boot_medians(B, (nb, n_resamples, seed, (na,)))
-            with np.errstate(divide="ignore", invalid="ignore"):
-                theta = ma / mb
-            for i, lo, hi in zip(chunk, *_percentile_interval(theta, confidence)):
+            key_a, key_b = (na, n_resamples, seed, ()), (nb, n_resamples, seed, (na,))
+            dist = _pair_codes(A, B, key_a, key_b)
+            if dist is not None:  # the few values the replicates take, with their counts (issue 21)
+                interval = _pair_percentile_interval(*dist, n_resamples, confidence)
+            else:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    interval = _percentile_interval(_boot_medians(A, key_a) / _boot_medians(B, key_b), confidence)
+            for i, lo, hi in zip(chunk, *interval):
                 out[i] = Ratio(points[i], lo, hi, na, nb, confidence, "independent", statistic)
     return out  # type: ignore[return-value]
 
@@ -491,7 +494,11 @@ def pooled_ratio(pairs: Sequence[tuple[Sequence[float], Sequence[float]]], *, st
     # each workload's sorted bootstrap replicates of its log ratio (row i, column = rank): the
     # replicates its own ratio interval is made of (ratio_many's resamples, shared by every
     # workload of the same repetition counts, as scipy's fixed seed shares them)
-    ranked = np.empty((n, n_resamples))
+    # stored rank-major (ranked[rank, workload]): a pooled replicate reads n workloads at one
+    # shared rank, so its reads fall in one row of n floats rather than n rows apart (the gather
+    # was most of a 10,000-record compare's pooled intervals; the same values, summed in the
+    # same order)
+    ranked = np.empty((n_resamples, n))
     groups: dict[tuple[int, int], list[int]] = {}
     for i, (a, b) in enumerate(items):
         groups.setdefault((len(a), len(b)), []).append(i)
@@ -501,15 +508,13 @@ def pooled_ratio(pairs: Sequence[tuple[Sequence[float], Sequence[float]]], *, st
             XA, XB = np.stack([items[i][0] for i in chunk]), np.stack([items[i][1] for i in chunk])
             key_a, key_b = (na, n_resamples, seed, ()), (nb, n_resamples, seed, (na,) if na >= 2 else ())
             fast = _ranked_log_ratios(XA, XB, key_a, key_b) if statistic == "median" else None
-            if fast is not None:
-                ranked[chunk] = fast
-            else:
-                ranked[chunk] = np.sort(np.log(_boot_stat(XA, key_a, statistic) / _boot_stat(XB, key_b, statistic)),
-                                        axis=1)
+            if fast is None:
+                fast = np.sort(np.log(_boot_stat(XA, key_a, statistic) / _boot_stat(XB, key_b, statistic)), axis=1)
+            ranked[:, chunk] = fast.T
     rng = np.random.default_rng(seed)
     drawn = rng.integers(0, n, (n_resamples, n))  # workloads drawn with replacement
     rank = rng.integers(0, n_resamples, (n_resamples, 1))  # one shared rank per replicate
-    pooled = ranked[drawn, rank].mean(axis=1)
+    pooled = ranked[rank, drawn].mean(axis=1)
     tail = 100 * (1 - confidence) / 2
     lo, hi = np.percentile(pooled, [tail, 100 - tail])
     return Ratio(point, float(np.exp(lo)), float(np.exp(hi)), n, n, confidence, "pooled", "geomean")
@@ -518,13 +523,14 @@ def pooled_ratio(pairs: Sequence[tuple[Sequence[float], Sequence[float]]], *, st
 _MAX_PAIR_CODES = 400  # values one row's ratio replicates can take, above which sorting them all is cheaper
 
 
-def _ranked_log_ratios(XA: np.ndarray, XB: np.ndarray, key_a: tuple, key_b: tuple) -> np.ndarray | None:
-    """np.sort(np.log(_boot_medians(XA, key_a) / _boot_medians(XB, key_b)), axis=1), the same
-    floats, without sorting n_resamples values per row (issue 21: that sort was a sixth of a
-    10,000-record compare). A row's replicates take one value per pair of median codes (n, or
-    n * n for even n, per side): those few values are sorted and each repeated as many times as
-    resamples take it (counted once per pair of orderings, as _median_intervals counts). None
-    where the pairs are too many to gain."""
+def _pair_codes(XA: np.ndarray, XB: np.ndarray, key_a: tuple, key_b: tuple) -> tuple[np.ndarray, np.ndarray] | None:
+    """The bootstrap distribution of median(A) / median(B) per row, as the distinct values it
+    takes and how many of the n_resamples resamples take each: (values, counts), both
+    (rows, k). A row's ratio replicates take one value per pair of median codes (n, or n * n
+    for even n, per side), and how many resamples take each pair depends only on the two rows'
+    orderings, so it is counted once per pair of orderings (as _median_intervals counts). Each
+    value is the same float as _boot_medians(XA) / _boot_medians(XB) of a resample taking it.
+    None where the pairs are too many to gain."""
     na, nb = XA.shape[1], XB.shape[1]
     if na > _SUBSET_MAX_N or nb > _SUBSET_MAX_N:
         return None
@@ -541,15 +547,49 @@ def _ranked_log_ratios(XA: np.ndarray, XB: np.ndarray, key_a: tuple, key_b: tupl
     va, pca, inva = code_values(XA, key_a)
     vb, pcb, invb = code_values(XB, key_b)
     rows, k = len(XA), ka * kb
-    values = np.log(va[:, :, None] / vb[:, None, :]).reshape(rows, k)  # code pair ca * kb + cb
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = (va[:, :, None] / vb[:, None, :]).reshape(rows, k)  # code pair ca * kb + cb
     pairs, pair_of_row = np.unique(inva.astype(np.int64) * len(pcb) + invb, return_inverse=True)
     codes = pca[pairs // len(pcb)] * kb + pcb[pairs % len(pcb)]  # (pairs of orderings, n_resamples)
     counts = np.bincount((codes + (np.arange(len(pairs)) * k)[:, None]).ravel(),
                          minlength=len(pairs) * k).reshape(len(pairs), k)[pair_of_row.reshape(-1)]
+    return values, counts
+
+
+def _ranked_log_ratios(XA: np.ndarray, XB: np.ndarray, key_a: tuple, key_b: tuple) -> np.ndarray | None:
+    """np.sort(np.log(_boot_medians(XA, key_a) / _boot_medians(XB, key_b)), axis=1), the same
+    floats, without sorting n_resamples values per row (issue 21: that sort was a sixth of a
+    10,000-record compare): the few values a row's replicates take (_pair_codes) are sorted and
+    each repeated as many times as resamples take it. None where the pairs are too many to gain."""
+    dist = _pair_codes(XA, XB, key_a, key_b)
+    if dist is None:
+        return None
+    values, counts = dist
+    values = np.log(values)
     order = np.argsort(values, axis=1)
     ranked = np.repeat(np.take_along_axis(values, order, axis=1).ravel(),
                        np.take_along_axis(counts, order, axis=1).ravel())
-    return ranked.reshape(rows, codes.shape[1])
+    return ranked.reshape(len(XA), -1)
+
+
+def _pair_percentile_interval(values: np.ndarray, counts: np.ndarray, n_resamples: int,
+                              confidence: float) -> tuple[list, list]:
+    """_percentile_interval of the replicates _pair_codes describes, read off the sorted
+    distinct values and their cumulative counts (no partition of n_resamples values per row):
+    the same order statistics, so the same floats; a row where some resample's ratio is NaN
+    has no interval, as there."""
+    rows = np.arange(len(values))
+    order = np.argsort(values, axis=1, kind="stable")  # NaN last, as a partition places it
+    sorted_vals = np.take_along_axis(values, order, axis=1)
+    cum = np.cumsum(np.take_along_axis(counts, order, axis=1), axis=1)
+
+    def order_stat(t: int) -> np.ndarray:  # the t-th smallest (0-based) replicate of each row
+        return sorted_vals[rows, (cum <= t).sum(axis=1)]
+
+    lows, highs = _interpolate(order_stat, n_resamples, confidence, len(values))
+    for r in np.flatnonzero((np.isnan(values) & (counts > 0)).any(axis=1)):
+        lows[r] = highs[r] = None
+    return lows, highs
 
 
 def _boot_stat(X: np.ndarray, key: tuple, statistic: str) -> np.ndarray:

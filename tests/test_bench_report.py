@@ -280,3 +280,30 @@ def test_pooled_interval_equals_sorting_every_replicate(monkeypatch):
     slow = stats.pooled_ratio(pairs)
     assert (fast.ratio, fast.ci_low, fast.ci_high) == (slow.ratio, slow.ci_low, slow.ci_high)
     assert fast.ci_low < fast.ratio < fast.ci_high
+
+
+def test_ratio_intervals_from_value_counts_equal_the_partition(monkeypatch):
+    """ratio_many reads a row's interval off the few values its ratio replicates take
+    (stats._pair_codes) instead of partitioning n_resamples replicates: the same floats, a
+    row whose replicates hold a NaN (0 / 0) without an interval and one that reaches inf (x / 0)
+    as the partition path treats it."""
+    rng = np.random.default_rng(33)
+    pairs = []
+    for na, nb in [(5, 5), (4, 4), (3, 5), (5, 4), (2, 2), (2, 7), (7, 7), (6, 6), (13, 5)]:  # (6, 6), (13, 5): partition
+        for _ in range(30):
+            a, b = rng.lognormal(0.0, 0.3, na), rng.lognormal(0.1, 0.3, nb)
+            if rng.random() < 0.3:
+                a = np.round(a, 1)  # ties
+            pairs.append((list(a), list(b)))
+    pairs.append(([0.0, 0.0, 1.0, 2.0, 3.0], [0.0, 0.0, 0.0, 1.0, 1.0]))  # some resamples 0 / 0
+    pairs.append(([1.0, 2.0, 3.0, 4.0, 5.0], [0.0, 0.0, 0.0, 1.0, 2.0]))  # some resamples x / 0
+    # 0 / 0 is a value these replicates could take (both medians at their smallest, 5 of 9 draws
+    # each) but no resample of the 2000 takes it: the row keeps its interval
+    pairs.append(([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], [0.0, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5]))
+    fast = stats.ratio_many(pairs)
+    monkeypatch.setattr(stats, "_pair_codes", lambda *a: None)
+    slow = stats.ratio_many(pairs)
+    assert [(r.ratio, r.ci_low, r.ci_high) for r in fast] == [(r.ratio, r.ci_low, r.ci_high) for r in slow]
+    assert fast[-3].ci_low is None and fast[-3].ci_high is None  # 0 / 0 in some resample
+    assert fast[-1].ci_low is not None and fast[-1].ci_low < fast[-1].ratio < fast[-1].ci_high
+    assert sum(r.ci_low is not None for r in fast) >= len(pairs) - 3
