@@ -100,6 +100,30 @@ class LoadedRun:
 def load_runs(run_dirs) -> list[LoadedRun]:
     """Every run folder, in order. A record without a roofline gets one from run.json's
     calibration of its device (runs calibrated after they were made)."""
+    if not FREEZE_LOADED_RECORDS:
+        return _load_runs(run_dirs)
+    # the cyclic collector stays paused from the first folder to the freeze: re-enabled
+    # between folders, its next pass would walk every record read so far (issue 21)
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        runs = _load_runs(run_dirs)
+        if sum(len(run.cells) for run in runs) >= FREEZE_AT_RECORDS:
+            # Loaded records live as long as the report and hold no reference cycles: set
+            # them aside from the cyclic collector, whose full passes would otherwise walk
+            # them again and again while the report allocates (a sixth of a 2,000-record
+            # report's CPU). Reference counting still frees them. No collection first (a
+            # full pass over every record): they were read with the collector paused and
+            # hold no cycles; what cyclic garbage the imports left is kept until the
+            # command exits.
+            gc.freeze()
+    finally:
+        if was:
+            gc.enable()
+    return runs
+
+
+def _load_runs(run_dirs) -> list[LoadedRun]:
     runs: list[LoadedRun] = []
     seen: set[str] = set()
     for d in run_dirs:
@@ -120,14 +144,6 @@ def load_runs(run_dirs) -> list[LoadedRun]:
                     pass  # a calibration of another shape: the record keeps no roofline
             cells.append(ResultCell(run_id, d, meta, r, status))
         runs.append(LoadedRun(run_id, d, meta, cells, status))
-    if FREEZE_LOADED_RECORDS and sum(len(run.cells) for run in runs) >= FREEZE_AT_RECORDS:
-        # Loaded records live as long as the report and hold no reference cycles: set them
-        # aside from the cyclic collector, whose full passes would otherwise walk them again
-        # and again while the report allocates (a sixth of a 2,000-record report's CPU).
-        # Reference counting still frees them. No collection first (a full pass over every
-        # record, half a second at 10,000): records are read with the collector paused and hold
-        # no cycles, and what cyclic garbage the imports left is kept until the command exits.
-        gc.freeze()
     return runs
 
 
