@@ -41,6 +41,17 @@ def write_suite(tmp_path):
 _SESSION_STATUS: dict[str, int] = {}
 
 
+def _pytest_is_the_program() -> bool:
+    """pytest run as a command (`pytest`, `python -m pytest`), not pytest.main() called by
+    another program that goes on after it (mutmut runs every mutant's tests that way: ending
+    its process here killed `make mutation`)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name in ("pytest", "pytest.__main__", "py.test"):
+        return True
+    return os.path.basename(sys.argv[0] if sys.argv else "") in ("pytest", "py.test")
+
+
 def pytest_sessionfinish(session, exitstatus):
     _SESSION_STATUS["status"] = int(exitstatus)
 
@@ -48,7 +59,7 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
     if "status" in _SESSION_STATUS and os.environ.get("HARNESS_TEST_FINALIZE") != "1" \
-            and not hasattr(config, "workerinput"):
+            and not hasattr(config, "workerinput") and _pytest_is_the_program():
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(_SESSION_STATUS["status"])
