@@ -290,7 +290,9 @@ def cmd_calibrate(args) -> int:
     if cal.get("llc_bytes"):
         print(f"  last-level cache {cal['llc_bytes'] / 2**20:.0f} MiB (smaller models are cache-resident)")
     for dt, v in cal["matmul_flops"].items():
-        print(f"  matmul {dt}: {v / 1e12:.2f} TFLOP/s" if v else f"  matmul {dt}: unavailable")
+        # three significant digits: a dtype without native kernels here (fp16 on most CPUs)
+        # runs at GFLOP/s, which two decimals of TFLOP/s printed as 0.00
+        print(f"  matmul {dt}: {v / 1e12:.3g} TFLOP/s" if v else f"  matmul {dt}: unavailable")
     print(f"saved {', '.join(map(str, paths))}; later runs on this host and device show roofline %")
     return 0
 

@@ -56,7 +56,12 @@ def roofline(record: CellRecord, calibration: dict | None) -> dict:
     precision = record.shown_precision
     if precision not in PRECISION_BYTES:
         return {}
-    matmul_dtype = precision if precision in ("fp32", "bf16", "fp16") else "fp16"
+    # the prefill ceiling is the calibrated matmul rate of the cell's own compute type. A
+    # quantized cell (q8_0, q4_0, int8, fp8, ...) computes in integer dot products or FP8 tensor
+    # cores, which `harness calibrate` does not measure: no float peak bounds it (against
+    # fp16's, 1 GFLOP/s on a CPU without fp16 kernels, honest int8 cells read 20,000 % SUSPECT),
+    # so it gets no prefill figure and the basis says why
+    matmul_dtype = precision if precision in ("fp32", "bf16", "fp16") else None
     out: dict = {"basis": f"calibration {calibration.get('device')} on {calibration.get('host')}"}
     bw, margin = decode_ceiling(calibration)
     if bw:
@@ -73,7 +78,9 @@ def roofline(record: CellRecord, calibration: dict | None) -> dict:
             out["decode_margin_pct"] = 100 * margin
             if "read_bandwidth_Bps" not in calibration:
                 out["basis"] += " (copy bandwidth: calibrated before read bandwidth was measured; overstates %)"
-    peak = (calibration.get("matmul_flops") or {}).get(matmul_dtype)
+    peak = (calibration.get("matmul_flops") or {}).get(matmul_dtype)  # None: no key of that name
+    if matmul_dtype is None:
+        out["basis"] += f" (prefill: no calibrated peak for {precision} compute)"
     if peak:
         t_min = prefill_limit_s(args, record.batch, record.prompt_len, peak)
         out["prefill_pct"] = 100 * t_min / m["ttft_s"]["median"]

@@ -61,12 +61,20 @@ def test_decode_suspect_at_and_around_100_percent_without_noise(share, suspect):
     assert r["suspect"] is suspect
 
 
-@pytest.mark.parametrize("precision,peak", [("fp32", 1e12), ("fp16", 4e12), ("bf16", 3e12), ("q8_0", 4e12),
-                                            ("q4_0", 4e12)])
-def test_prefill_peak_is_the_precisions_own_or_fp16_for_quantized(precision, peak):
+@pytest.mark.parametrize("precision,peak", [("fp32", 1e12), ("fp16", 4e12), ("bf16", 3e12), ("q8_0", None),
+                                            ("q4_0", None), ("int8", None), ("fp8", None)])
+def test_prefill_peak_is_the_precisions_own_and_none_for_quantized(precision, peak):
+    """A quantized cell computes in integer or FP8 units no calibration measures: no float
+    peak bounds it, so no prefill figure (and no SUSPECT from it); the basis says why."""
     t = 2.0
     r = roofline(record(precision=precision, ttft=t), CAL)
-    assert r["prefill_pct"] == pytest.approx(100 * _prefill_flops(2, 64) / peak / t, rel=1e-9)
+    if peak is None:
+        assert "prefill_pct" not in r and "prefill_suspect" not in r
+        assert r["basis"] == f"calibration d on h (prefill: no calibrated peak for {precision} compute)"
+        assert r["decode_pct"] > 0  # the decode side still has its roofline
+    else:
+        assert r["prefill_pct"] == pytest.approx(100 * _prefill_flops(2, 64) / peak / t, rel=1e-9)
+        assert "prefill: no calibrated peak" not in r["basis"]
 
 
 def test_decode_ceiling_prefers_read_bandwidth_and_its_noise():
