@@ -225,3 +225,24 @@ def test_failure_reason_in_full_and_worker_log_holds_the_traceback(tmp_path_fact
     throughput = md.split("### Throughput (llama-bench style)")[1].split("###")[0]
     assert reason in throughput and "| **FAILED** |" in throughput
     assert reason in _glance(md)
+
+
+def test_a_calibrated_cache_resident_device_is_not_called_uncalibrated():
+    """A model whose weights fit the last-level cache has no DRAM roofline: the report says
+    so instead of "no calibration" (which sent a reader to calibrate a calibrated host)."""
+    import dataclasses
+
+    from harness.cells import load_cells
+    from harness.report.cell_summary import cell_summaries
+    from harness.report.run_report import _warnings
+
+    cells = load_cells([ROOT / "tests" / "data" / "v1_runs" / "before-smoke-est"])
+    resident = {"basis": "calibration cpu on h (decode: cache-resident, 11.0 MiB of weights in a 32 MiB cache: "
+                         "no DRAM roofline)", "decode_cache_resident": True, "suspect": False}
+    for roof, says, never in ((resident, "cache-resident", "no calibration"),
+                              (None, "no calibration for this device", "cache-resident")):
+        cs = [dataclasses.replace(c, record=dataclasses.replace(c.record, roofline=roof)) for c in cells]
+        text = " ".join(_warnings(cs, cell_summaries(cs)))
+        assert says in text and never not in text
+        if roof:
+            assert f"{sum(c.ok for c in cs)} cell(s) cache-resident" in text

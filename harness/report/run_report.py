@@ -178,8 +178,14 @@ def _warnings(dcells: list[ResultCell], sums: dict[int, CellSummary]) -> list[st
     if sus:
         out.append(f"**SUSPECT**: {len(sus)} cell(s) above 100 % of the roofline (a measurement or work-model error, "
                    "not a win): " + ", ".join(c.short for c in sus))
-    if not any((c.record.roofline or {}).get("decode_pct") is not None for c in dcells if c.ok):
-        out.append("Roofline unknown: no calibration for this device (run `harness calibrate`)")
+    ok_roofs = [c.record.roofline or {} for c in dcells if c.ok]
+    if not any(r.get("decode_pct") is not None for r in ok_roofs):
+        resident = sum(bool(r.get("decode_cache_resident")) for r in ok_roofs)
+        if resident:  # calibrated, but the weights fit the last-level cache: no DRAM roofline applies
+            out.append(f"Decode roofline: {resident} cell(s) cache-resident (their weights fit the last-level "
+                       "cache, so no DRAM roofline applies; see the roofline basis)")
+        elif not any(r.get("basis") for r in ok_roofs):
+            out.append("Roofline unknown: no calibration for this device (run `harness calibrate`)")
     est = [c for c in dcells if is_estimate(sums[id(c)].meters.get("tokens_per_joule"))]
     if est:
         out.append(f"Energy of {len(est)} cell(s) is an ESTIMATE (constant power x time), not a measurement")
