@@ -361,6 +361,13 @@ def _roofline_caveats(metric: str, s: ResultCell, b: ResultCell) -> list[str]:
     sides = METRICS[metric].rooflines
     broof, sroof = b.record.roofline or {}, s.record.roofline or {}
     unknown = [side for side in sides if broof.get(f"{side}_pct") is None]
+    # calibrated, but the weights fit the last-level cache: there is no DRAM roofline to be
+    # short of, and sending the reader to calibrate again would be wrong
+    resident = [side for side in unknown if broof.get(f"{side}_cache_resident")]
+    unknown = [side for side in unknown if side not in resident]
+    if resident:
+        out.append(f"baseline {' and '.join(resident)} is cache-resident (its weights fit the last-level cache, so "
+                   "no DRAM roofline applies): cannot tell from a roofline whether the baseline is tuned")
     if unknown:
         out.append(f"baseline {' and '.join(unknown)} roofline unknown (no calibration for {b.record.device} on "
                    f"{b.host} gives it: run `harness calibrate` there): cannot tell whether the baseline is tuned")

@@ -535,3 +535,18 @@ def test_a_baseline_pinned_to_a_precision_keeps_it(tmp_path):
     v = evaluate(claim(at_least=3, baseline={"backend": "gpu", "precision": "bf16"}), cells)
     assert v.comparison.baseline.precision == "bf16" and v.verdict == SUPPORTED
     assert not any("matched to the subject's precision" in c or "to match" in c for c in v.caveats)
+
+
+def test_a_cache_resident_baseline_is_not_sent_to_calibrate(tmp_path):
+    """A calibrated baseline whose weights fit the last-level cache has no DRAM roofline: the
+    caveat says cache-resident for that side, and still "unknown" for a side with no figure."""
+    resident = {"basis": "calibration cuda:0 on h (decode: cache-resident ...)", "decode_cache_resident": True,
+                "suspect": False}
+    cells = cells_of(tmp_path, [record(decode=1000)], [gpu(decode=100, roofline=resident)])
+    text = " | ".join(evaluate(claim(at_least=5), cells).caveats)
+    assert "baseline decode is cache-resident (its weights fit the last-level cache, so no DRAM roofline " \
+           "applies): cannot tell from a roofline whether the baseline is tuned" in text
+    assert "roofline unknown" not in text
+    text = " | ".join(evaluate(claim(metric="e2e_s", at_least=0.5), cells).caveats)  # decode and prefill
+    assert "baseline decode is cache-resident" in text and "baseline prefill roofline unknown" in text
+    assert "baseline decode and prefill" not in text
