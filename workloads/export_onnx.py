@@ -218,12 +218,26 @@ def _publish(tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+#: the graphs an export can be: "portable" (torch.export, standard ONNX operators, every
+#: provider) or "fused" (workloads/onnx_fused.py: ONNX Runtime's contrib operators, a
+#: preallocated KV cache; CPU and CUDA providers)
+GRAPHS = ("portable", "fused")
+
+
 def export_model(spec: ModelSpec, dtype: str, cache_dir: str | os.PathLike | None = None,
-                 force: bool = False, next_tokens: bool = True) -> ExportedModel:
+                 force: bool = False, next_tokens: bool = True, graph: str = "portable") -> ExportedModel:
     """The cached ONNX export of (spec, dtype); exported first if not on disk yet."""
     if dtype not in DTYPES:
         raise ExportError(f"ONNX export supports dtypes {', '.join(DTYPES)}, not {dtype!r}")
+    if graph not in GRAPHS:
+        raise ExportError(f"ONNX graph {graph!r} unknown; known: {', '.join(GRAPHS)}")
+    if graph == "fused" and not next_tokens:
+        raise ExportError("the fused graph always has next_tokens")
     final = export_path(spec, dtype, cache_dir).parent
+    if graph == "fused":
+        from workloads.onnx_fused import FUSED_VERSION
+
+        final = final.with_name(final.name + f"-fused{FUSED_VERSION}")
     if not next_tokens:
         final = final.with_name(final.name + "-nonext")
     model_file = final / MODEL_FILE
@@ -234,7 +248,10 @@ def export_model(spec: ModelSpec, dtype: str, cache_dir: str | os.PathLike | Non
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:
         t0 = time.perf_counter()
-        meta = _export_to(spec, dtype, tmp / MODEL_FILE, next_tokens)
+        if graph == "fused":
+            meta = _build_fused(spec, dtype, tmp / MODEL_FILE)
+        else:
+            meta = _export_to(spec, dtype, tmp / MODEL_FILE, next_tokens)
         meta["export_s"] = time.perf_counter() - t0
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         if force and final.exists():
@@ -244,6 +261,21 @@ def export_model(spec: ModelSpec, dtype: str, cache_dir: str | os.PathLike | Non
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ExportedModel(model_file, False, meta["export_s"], meta)
+
+
+def _build_fused(spec: ModelSpec, dtype: str, path: Path) -> dict[str, Any]:
+    from workloads.models.weights import build_model
+    from workloads.onnx_fused import build_fused
+
+    model = build_model(spec, dtype, "cpu")
+    external = spec.args.weight_bytes(dtype) > EXTERNAL_DATA_BYTES
+    try:
+        names = build_fused(model, dtype, path, external=external)
+    except ValueError as e:
+        raise ExportError(f"fused ONNX graph of {spec.args.name} ({dtype}): {e}") from None
+    return {"model": spec.args.to_dict(), "key": spec.key(dtype), "dtype": dtype, "seed": spec.seed,
+            "checkpoint": spec.checkpoint, "exporter": exporter_version(), "external_data": external,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **names}
 
 
 def _export_to(spec: ModelSpec, dtype: str, path: Path, next_tokens: bool) -> dict[str, Any]:
@@ -280,7 +312,7 @@ def _export_to(spec: ModelSpec, dtype: str, path: Path, next_tokens: bool) -> di
         raise ExportError(f"exported graph has inputs {got_in} and outputs {got_out}, expected {inputs}, {outputs}")
     return {"model": spec.args.to_dict(), "key": spec.key(dtype), "dtype": dtype, "seed": spec.seed,
             "checkpoint": spec.checkpoint, "exporter": exporter_version(), "external_data": external,
-            "inputs": inputs, "outputs": outputs, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "graph": "portable", "inputs": inputs, "outputs": outputs, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 # --- the I/O convention, for our files and users' ----------------------------------------
