@@ -102,7 +102,8 @@ class OnnxOptions:
     weight_quant: Optional[Literal["int8"]] = None
     #: which graph of our export runs: "portable" (standard ONNX operators, every provider)
     #: or "fused" (ONNX Runtime's fused operators, 10 nodes a layer instead of ~37, and a
-    #: preallocated KV cache written in place: CPU and CUDA providers; workloads/onnx_fused.py)
+    #: preallocated KV cache written in place: the CPU provider; CUDA has the operators for
+    #: fp16, not yet run on a GPU; workloads/onnx_fused.py)
     graph: Literal["portable", "fused"] = "portable"
 
     def problems(self) -> list[tuple[str, str]]:

@@ -21,9 +21,10 @@ logits, present.{i}, next_tokens) and the same weights, so the backend runs eith
 and the accuracy gate compares either against torch. Weight-only quantization then turns
 its MatMuls into MatMulNBits exactly as for the torch export.
 
-The com.microsoft operators exist in the CPU and CUDA providers; others (OpenVINO, QNN,
-DirectML) would fall back to the CPU for them, which is why this graph is an option
-(`graph: fused` on the onnxruntime backend) and not the default.
+The com.microsoft operators exist in the CPU provider (fp32, fp16: tested) and the CUDA
+provider (fp16; not yet run on a GPU); others (OpenVINO, QNN, DirectML) would fall back to
+the CPU for them, which is why this graph is an option (`graph: fused` on the onnxruntime
+backend) and not the default.
 
 Attention semantics: GroupQueryAttention masks causally over the cache (query t of the
 new tokens sees cache positions 0..past+t), which is what the torch export's position-
