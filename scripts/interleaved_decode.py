@@ -37,7 +37,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=8)
     a = ap.parse_args()
 
-    from backends.base import ModelBackend
+    from backends.base import BackendError, ModelBackend
     from harness.config import ConfigError, load_plan, resolve_suite_path
     from harness.registry import load_backend_class
     from harness.schema import build
@@ -52,7 +52,7 @@ def main() -> int:
     names = a.backends or [n for n, b in configs.items() if issubclass(load_backend_class(b.type), ModelBackend)]
     unknown = [n for n in names if n not in configs]
     if unknown:
-        print(f"error: --backends: {', '.join(unknown)} not in {plan.path} (it has {', '.join(configs)})",
+        print(f"error: --backends: {', '.join(unknown)} not in {plan.source} (it has {', '.join(configs)})",
               file=sys.stderr)
         return 2
     baseline = a.baseline or names[-1]
@@ -73,7 +73,11 @@ def main() -> int:
             return 2
         be = cls(build(cls.Options, configs[n].options, f"backend {n} options"))
         print(f"loading {n} ...", file=sys.stderr, flush=True)
-        be.load(spec, dtype, max_batch, max_seq)
+        try:
+            be.load(spec, dtype, max_batch, max_seq)
+        except BackendError as e:
+            print(f"error: {n}: {e}", file=sys.stderr)
+            return 2
         loaded[n] = be
 
     width = max(len(n) for n in names)
