@@ -908,11 +908,10 @@ class _Binding:
         return self.py.get_outputs()[i]
 
     def run(self) -> list:
+        self.run_only()
         if self.fast:
-            self.sess_c.run_with_iobinding(self.c, None)
             vec = self.c.get_outputs()
             return [vec[i] for i in range(len(vec))]  # copies that own their tensors
-        self.session.run_with_iobinding(self.py)
         if hasattr(self.py, "get_outputs_as_ortvaluevector"):
             # indexed, not iterated: onnxruntime 1.24's get_outputs() iterates the binding's
             # vector, and its OrtValues then follow the slots into the next Run

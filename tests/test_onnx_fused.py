@@ -126,12 +126,23 @@ def test_the_public_iobinding_api_gives_the_same_tokens(pair, monkeypatch):
     np.testing.assert_allclose(fused.logits(prompt, 3), want_logits, rtol=0, atol=1e-6)
 
 
-def test_decode_past_the_preallocated_cache_is_refused(pair):
+def test_decode_past_max_seq_is_refused(pair):
     _, fused, _ = pair
     st = fused.prefill(np.zeros((1, 60), np.int64))
     fused.decode(st, 4)
     with pytest.raises(BackendError, match="max_seq 64"):
         fused.decode(st, 1)
+
+
+def test_decode_past_the_preallocated_cache_is_refused(onnx_cache):
+    """Loaded without a max_seq, a prefill's cache holds just its prompt: a decode step
+    would write past the buffer, and is refused before the session runs."""
+    b = _backend(onnx_cache, graph="fused")
+    b.load(TINY, "fp32", max_batch=1, max_seq=0)
+    st = b.prefill(np.zeros((1, 8), np.int64))
+    assert st.cache_len == 8
+    with pytest.raises(BackendError, match="preallocated cache of 8 positions"):
+        b.decode(st, 1)
 
 
 def test_a_prompt_longer_than_max_seq_gets_a_cache_of_its_length(pair):

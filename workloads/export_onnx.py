@@ -220,7 +220,7 @@ def _publish(tmp: Path, final: Path) -> None:
 
 #: the graphs an export can be: "portable" (torch.export, standard ONNX operators, every
 #: provider) or "fused" (workloads/onnx_fused.py: ONNX Runtime's contrib operators, a
-#: preallocated KV cache; CPU and CUDA providers)
+#: preallocated KV cache; the CPU provider, not yet run on CUDA)
 GRAPHS = ("portable", "fused")
 
 
@@ -273,9 +273,14 @@ def _build_fused(spec: ModelSpec, dtype: str, path: Path) -> dict[str, Any]:
         names = build_fused(model, dtype, path, external=external)
     except ValueError as e:
         raise ExportError(f"fused ONNX graph of {spec.args.name} ({dtype}): {e}") from None
+    return _meta(spec, dtype, external, **names)
+
+
+def _meta(spec: ModelSpec, dtype: str, external: bool, **graph: Any) -> dict[str, Any]:
+    """meta.json of an export: what it was made from, by which exporter, and its graph."""
     return {"model": spec.args.to_dict(), "key": spec.key(dtype), "dtype": dtype, "seed": spec.seed,
             "checkpoint": spec.checkpoint, "exporter": exporter_version(), "external_data": external,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **names}
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **graph}
 
 
 def _export_to(spec: ModelSpec, dtype: str, path: Path, next_tokens: bool) -> dict[str, Any]:
@@ -310,9 +315,7 @@ def _export_to(spec: ModelSpec, dtype: str, path: Path, next_tokens: bool) -> di
     got_out = [o.name for o in prog.model.graph.outputs]
     if got_in != inputs or got_out != outputs:
         raise ExportError(f"exported graph has inputs {got_in} and outputs {got_out}, expected {inputs}, {outputs}")
-    return {"model": spec.args.to_dict(), "key": spec.key(dtype), "dtype": dtype, "seed": spec.seed,
-            "checkpoint": spec.checkpoint, "exporter": exporter_version(), "external_data": external,
-            "graph": "portable", "inputs": inputs, "outputs": outputs, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return _meta(spec, dtype, external, graph="portable", inputs=inputs, outputs=outputs)
 
 
 # --- the I/O convention, for our files and users' ----------------------------------------

@@ -9,7 +9,7 @@ This graph is what onnxruntime-genai's model builder makes for Llama, 10 nodes a
 
     SkipSimplifiedLayerNormalization   residual add + RMSNorm
     MatMul                             fused q/k/v projection
-    GroupQueryAttention                rotary, concatenating KV cache, causal GQA softmax
+    GroupQueryAttention                rotary, KV cache update, causal GQA softmax
     MatMul                             output projection
     SkipSimplifiedLayerNormalization
     MatMul                             fused gate/up projection
@@ -49,9 +49,9 @@ def _np(t) -> np.ndarray:
     return t.detach().cpu().contiguous().numpy()
 
 
-def build_fused(model: Any, dtype: str, path: Path, next_tokens: bool = True, external: bool = False) -> dict[str, Any]:
+def build_fused(model: Any, dtype: str, path: Path, external: bool = False) -> dict[str, Any]:
     """Write `model` (workloads.models.llama.Transformer, weights loaded) as a fused ONNX
-    graph to `path`; returns the graph's input and output names."""
+    graph to `path` (always with next_tokens); returns the graph's input and output names."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -76,6 +76,13 @@ def build_fused(model: Any, dtype: str, path: Path, next_tokens: bool = True, ex
 
     def weight_t(linear) -> np.ndarray:  # nn.Linear [out, in] -> MatMul's B [in, out]
         return _np(linear.weight).T.astype(np_dt)
+
+    def skip_norm(x: str, residual: str, name: str, norm) -> tuple[str, str]:
+        """(RMSNorm(x + residual), x + residual)"""
+        normed, _, _, summed = node("SkipSimplifiedLayerNormalization",
+                                    [x, residual, init(name, _np(norm.weight).astype(np_dt))],
+                                    [f"{name}.out", "", "", f"{name}.sum"], domain=MS, epsilon=float(norm.eps))
+        return normed, summed
 
     # --- shared inputs of every layer's attention ---
     emb = init("embed.weight", _np(model.tok_embeddings.weight).astype(np_dt))
@@ -104,15 +111,13 @@ def build_fused(model: Any, dtype: str, path: Path, next_tokens: bool = True, ex
     for i, layer in enumerate(model.layers):
         p = f"layers.{i}"
         # attention
-        if residual is None:
-            normed = node("SimplifiedLayerNormalization", [h, init(f"{p}.attention_norm", _np(layer.attention_norm.weight).astype(np_dt))],
-                          [f"{p}.attn_in"], axis=-1, epsilon=float(layer.attention_norm.eps), stash_type=1)[0]
+        if residual is None:  # the first layer: nothing to add yet
+            norm = layer.attention_norm
+            normed = node("SimplifiedLayerNormalization", [h, init(f"{p}.attention_norm", _np(norm.weight).astype(np_dt))],
+                          [f"{p}.attention_norm.out"], axis=-1, epsilon=float(norm.eps), stash_type=1)[0]
             residual = h
         else:
-            normed, _, _, residual = node(
-                "SkipSimplifiedLayerNormalization",
-                [h, residual, init(f"{p}.attention_norm", _np(layer.attention_norm.weight).astype(np_dt))],
-                [f"{p}.attn_in", "", "", f"{p}.resid_attn"], domain=MS, epsilon=float(layer.attention_norm.eps))
+            normed, residual = skip_norm(h, residual, f"{p}.attention_norm", layer.attention_norm)
         qkv = node("MatMul", [normed, init(f"{p}.wqkv", weight_t(layer.attention.wqkv))], [f"{p}.qkv"])[0]
         attn = node("GroupQueryAttention",
                     [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", "seqlens_k",
@@ -122,19 +127,14 @@ def build_fused(model: Any, dtype: str, path: Path, next_tokens: bool = True, ex
                     scale=float(1.0 / a.head_dim ** 0.5))[0]
         o = node("MatMul", [attn, init(f"{p}.wo", weight_t(layer.attention.wo))], [f"{p}.attn_out"])[0]
         # feed-forward
-        normed, _, _, residual = node(
-            "SkipSimplifiedLayerNormalization",
-            [o, residual, init(f"{p}.ffn_norm", _np(layer.ffn_norm.weight).astype(np_dt))],
-            [f"{p}.ffn_in", "", "", f"{p}.resid_ffn"], domain=MS, epsilon=float(layer.ffn_norm.eps))
+        normed, residual = skip_norm(o, residual, f"{p}.ffn_norm", layer.ffn_norm)
         gu = node("MatMul", [normed, init(f"{p}.w13", weight_t(layer.feed_forward.w13))], [f"{p}.gate_up"])[0]
         gate, up = node("Split", [gu], [f"{p}.gate", f"{p}.up"], axis=-1, num_outputs=2)
         act = node("QuickGelu", [gate], [f"{p}.silu"], domain=MS, alpha=1.0)[0]
         prod = node("Mul", [act, up], [f"{p}.swiglu"])[0]
         h = node("MatMul", [prod, init(f"{p}.w2", weight_t(layer.feed_forward.w2))], [f"{p}.ffn_out"])[0]
 
-    final, _, _, _ = node("SkipSimplifiedLayerNormalization",
-                          [h, residual, init("norm", _np(model.norm.weight).astype(np_dt))],
-                          ["final_norm", "", "", "final_resid"], domain=MS, epsilon=float(model.norm.eps))
+    final, _ = skip_norm(h, residual, "norm", model.norm)
     # the head: its own transposed copy even when tied, so quantization sees a constant B
     head = init("output.weight_t", _np(model.output.weight).T.astype(np_dt))
     logits_raw = node("MatMul", [final, head], ["logits_raw"])[0]
@@ -142,11 +142,10 @@ def build_fused(model: Any, dtype: str, path: Path, next_tokens: bool = True, ex
         node("Identity", [logits_raw], [LOGITS])
     else:
         node("Cast", [logits_raw], [LOGITS], to=TensorProto.FLOAT)
-    if next_tokens:
-        node("Slice", [LOGITS, "last_start", "last_end", "seq_axis"], ["last_logits"])  # [B, 1, V]
-        node("ArgMax", ["last_logits"], [NEXT_TOKENS], axis=-1, keepdims=0)  # [B, 1]
+    node("Slice", [LOGITS, "last_start", "last_end", "seq_axis"], ["last_logits"])  # [B, 1, V]
+    node("ArgMax", ["last_logits"], [NEXT_TOKENS], axis=-1, keepdims=0)  # [B, 1]
 
-    in_names, out_names = io_names(a.n_layers, next_tokens)
+    in_names, out_names = io_names(a.n_layers, next_tokens=True)
     kv = lambda n: helper.make_tensor_value_info(n, elem, ["batch", a.n_kv_heads, "past_seq", a.head_dim])
     kv_out = lambda n: helper.make_tensor_value_info(n, elem, ["batch", a.n_kv_heads, "total_seq", a.head_dim])
     inputs = [helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch", "seq"]),
@@ -154,8 +153,7 @@ def build_fused(model: Any, dtype: str, path: Path, next_tokens: bool = True, ex
     inputs += [kv(n) for n in in_names[2:]]
     outputs = [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", "seq", a.vocab_size])]
     outputs += [kv_out(n) for n in out_names[1:1 + 2 * a.n_layers]]
-    if next_tokens:
-        outputs.append(helper.make_tensor_value_info(NEXT_TOKENS, TensorProto.INT64, ["batch", 1]))
+    outputs.append(helper.make_tensor_value_info(NEXT_TOKENS, TensorProto.INT64, ["batch", 1]))
     graph = helper.make_graph(nodes, f"{a.name}-fused", inputs, outputs, inits)
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(MS, 1)],
                           producer_name="accel-harness", producer_version=str(FUSED_VERSION))
