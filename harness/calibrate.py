@@ -1,4 +1,5 @@
-"""Measure a device's ceilings once: read bandwidth, copy bandwidth and matmul rate per dtype.
+"""Measure a device's ceilings once: read bandwidth, copy bandwidth and matmul rate per dtype
+(fp32, bf16, fp16, and the int8 and FP8 rates quantized cells compute at).
 
 Decode reads every weight once per step and writes almost nothing, so its ceiling is the
 *read* bandwidth, measured the way decode uses memory: a matrix-vector product over a
@@ -105,6 +106,91 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, min_s: floa
     return 2 * size**3 / t
 
 
+def _int8_operands(device: torch.device, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-128, 128, (size, size), dtype=torch.int8, generator=g)
+    b = torch.randint(-128, 128, (size, size), dtype=torch.int8, generator=g)
+    return a.to(device), b.to(device)
+
+
+def _ort_int8_rate(size: int, min_s: float, threads: int) -> float:
+    """onnxruntime's MatMulInteger (uint8 x int8 -> int32): MLAS's integer GEMM, the kernel
+    family behind its quantized operators and, like llama.cpp's q8_0 dot products, built on
+    the CPU's integer multiply-add (VNNI where present, else AVX2 maddubs)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "int8_peak",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size]),
+         helper.make_tensor_value_info("b", TensorProto.INT8, [size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [size, size])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what every onnxruntime of the last years reads
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.integers(0, 256, (size, size), dtype=np.uint8),
+             "b": rng.integers(-128, 128, (size, size), dtype=np.int8)}
+    t = _best_time(lambda: sess.run(None, feeds), torch.device("cpu"), min_s)
+    return 2 * size**3 / t
+
+
+def int8_matmul_rate(device: torch.device, size: int, min_s: float = 1.0) -> tuple[float | None, str, list[str]]:
+    """(ops/s, kernel, notes) of the fastest int8 x int8 -> int32 matmul this device offers us.
+
+    The prefill ceiling of an integer-quantized cell (int8, q8_0, q4_0 weights with int8
+    activations). It must bound every engine's integer kernels, so it is the best of those
+    we can reach: torch._int_mm (cuBLASLt's int8 tensor cores on CUDA; a slow reference loop
+    on CPU, 2 GOP/s on the development machine) and, on CPU, onnxruntime's MLAS integer
+    GEMM (363 GOP/s there, twice its fp32 SGEMM). A kernel that fails is a note, not a crash."""
+    rates: dict[str, float] = {}
+    notes: list[str] = []
+    try:
+        a, b = _int8_operands(device, size)
+        rates["torch._int_mm"] = 2 * size**3 / _best_time(lambda: torch._int_mm(a, b), device, min_s)
+    except (RuntimeError, AttributeError, NotImplementedError) as e:
+        notes.append(f"int8 torch._int_mm failed: {str(e).splitlines()[0][:200]}")
+    if device.type == "cpu":
+        try:
+            rates["onnxruntime MatMulInteger"] = _ort_int8_rate(size, min_s, torch.get_num_threads())
+        except Exception as e:  # noqa: BLE001 - an absent or broken onnxruntime leaves torch's figure
+            notes.append(f"int8 onnxruntime MatMulInteger failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    if not rates:
+        return None, "", notes
+    kernel = max(rates, key=rates.__getitem__)
+    return rates[kernel], kernel, notes
+
+
+#: FP8 tensor cores: Ada (8.9) and Hopper (9.0) and later
+FP8_MIN_CAPABILITY = (8, 9)
+
+
+def fp8_supported(device: torch.device) -> tuple[bool, str]:
+    """(can this device multiply FP8 e4m3 natively, why not). CPU: no FP8 units; CUDA: capability 8.9+."""
+    if device.type != "cuda":
+        return False, "fp8 matmul: no FP8 units on a CPU (an FP8 cell there dequantizes to a float type)"
+    if not hasattr(torch, "float8_e4m3fn") or not hasattr(torch, "_scaled_mm"):
+        return False, f"fp8 matmul: torch {torch.__version__} has no float8_e4m3fn / _scaled_mm"
+    cap = torch.cuda.get_device_capability(device)
+    if cap < FP8_MIN_CAPABILITY:
+        return False, f"fp8 matmul: capability {cap[0]}.{cap[1]} is below {FP8_MIN_CAPABILITY[0]}.{FP8_MIN_CAPABILITY[1]}"
+    return True, ""
+
+
+def fp8_matmul_rate(device: torch.device, size: int, min_s: float = 1.0) -> float:
+    """FLOP/s of an e4m3 x e4m3 -> bf16 matmul through torch._scaled_mm (per-tensor scales; the
+    second operand column-major, as cuBLASLt's FP8 GEMM requires)."""
+    a = torch.randn(size, size, device=device).to(torch.float8_e4m3fn)
+    b = torch.randn(size, size, device=device).to(torch.float8_e4m3fn).t().contiguous().t()
+    one = torch.ones((), device=device, dtype=torch.float32)
+    t = _best_time(lambda: torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16), device, min_s)
+    return 2 * size**3 / t
+
+
 def calibrate(device: str = "cpu", quick: bool = False) -> dict:
     dev = torch.device(device)
     cuda = dev.type == "cuda"
@@ -134,6 +220,24 @@ def calibrate(device: str = "cpu", quick: bool = False) -> dict:
         except RuntimeError as e:  # a dtype the device cannot multiply
             out["matmul_flops"][name] = None
             out.setdefault("notes", []).append(f"{name} matmul failed: {e}")
+    # integer and FP8 peaks: the prefill ceilings of quantized cells (harness/roofline.py);
+    # "matmul_flops" holds them as ops/s, and "matmul_kernels" says which kernel was fastest
+    rate, kernel, notes = int8_matmul_rate(dev, sizes["fp32"], min_s)
+    out["matmul_flops"]["int8"] = rate
+    out["matmul_kernels"] = {"int8": kernel} if rate else {}
+    out.setdefault("notes", []).extend(notes)
+    ok, why = fp8_supported(dev)
+    if ok:
+        try:
+            out["matmul_flops"]["fp8"] = fp8_matmul_rate(dev, sizes["bf16"], min_s)
+            out["matmul_kernels"]["fp8"] = "torch._scaled_mm e4m3"
+        except RuntimeError as e:
+            out["matmul_flops"]["fp8"] = None
+            out["notes"].append(f"fp8 matmul failed: {str(e).splitlines()[0][:200]}")
+    else:
+        out["notes"].append(why)
+    if not out["notes"]:
+        del out["notes"]
     return out
 
 

@@ -292,7 +292,12 @@ def cmd_calibrate(args) -> int:
     for dt, v in cal["matmul_flops"].items():
         # three significant digits: a dtype without native kernels here (fp16 on most CPUs)
         # runs at GFLOP/s, which two decimals of TFLOP/s printed as 0.00
-        print(f"  matmul {dt}: {v / 1e12:.3g} TFLOP/s" if v else f"  matmul {dt}: unavailable")
+        unit = "TOP/s" if dt == "int8" else "TFLOP/s"
+        kernel = (cal.get("matmul_kernels") or {}).get(dt)
+        print(f"  matmul {dt}: {v / 1e12:.3g} {unit}" + (f" ({kernel})" if kernel else "") if v
+              else f"  matmul {dt}: unavailable")
+    for note in cal.get("notes", []):
+        print(f"  note: {note}")
     print(f"saved {', '.join(map(str, paths))}; later runs on this host and device show roofline %")
     return 0
 

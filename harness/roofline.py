@@ -44,6 +44,38 @@ def decode_ceiling(calibration: dict) -> tuple[float | None, float]:
     return (float(copy), 0.0) if isinstance(copy, (int, float)) and copy > 0 else (None, 0.0)
 
 
+#: what a quantized precision's matmuls compute in: integer weights (int8, llama.cpp's q8_0 and
+#: q4_0) meet int8-quantized activations in integer multiply-adds; FP8 weights use FP8 units
+QUANTIZED_COMPUTE = {"int8": "int8", "q8_0": "int8", "q4_0": "int8", "fp8": "fp8"}
+FLOAT_COMPUTE = ("fp32", "bf16", "fp16")
+
+
+def _positive(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf")
+
+
+def prefill_ceiling(precision: str, peaks) -> tuple[float | None, str]:
+    """(the matmul rate that bounds this precision's prefill, what the basis says about it).
+
+    A float cell: its own dtype's calibrated rate. A quantized cell: the fastest of its
+    compute type's calibrated rate and every calibrated float rate, because a weight-only
+    engine may dequantize and multiply in float instead (torch int8 on a CPU does), and a
+    ceiling must bound every route, never flag an honest one. Without its compute type's
+    rate (calibrations before int8/FP8 were measured; FP8 on a CPU) there is no bound: no
+    float peak can stand in for integer units that may be faster."""
+    peaks = peaks if isinstance(peaks, dict) else {}
+    if precision in FLOAT_COMPUTE:
+        own = peaks.get(precision)
+        return (float(own), "") if _positive(own) else (None, "")
+    compute = QUANTIZED_COMPUTE.get(precision)
+    if compute is None or not _positive(peaks.get(compute)):
+        return None, f"no calibrated {compute or precision} matmul peak for {precision}"
+    candidates = {k: float(peaks[k]) for k in (compute, *FLOAT_COMPUTE) if _positive(peaks.get(k))}
+    best = max(candidates, key=candidates.__getitem__)
+    return candidates[best], f"{precision} against the fastest calibrated matmul, {best} " \
+                             f"{candidates[best] / 1e9:.3g} G{'OP' if best == 'int8' else 'FLOP'}/s"
+
+
 def roofline(record: CellRecord, calibration: dict | None) -> dict:
     """{"decode_pct", "prefill_pct", "decode_suspect", "prefill_suspect", "suspect", "basis"} for one ok
     batch record (a side without its calibrated peak has neither pct nor flag); {} when unknown."""
@@ -56,12 +88,6 @@ def roofline(record: CellRecord, calibration: dict | None) -> dict:
     precision = record.shown_precision
     if precision not in PRECISION_BYTES:
         return {}
-    # the prefill ceiling is the calibrated matmul rate of the cell's own compute type. A
-    # quantized cell (q8_0, q4_0, int8, fp8, ...) computes in integer dot products or FP8 tensor
-    # cores, which `harness calibrate` does not measure: no float peak bounds it (against
-    # fp16's, 1 GFLOP/s on a CPU without fp16 kernels, honest int8 cells read 20,000 % SUSPECT),
-    # so it gets no prefill figure and the basis says why
-    matmul_dtype = precision if precision in ("fp32", "bf16", "fp16") else None
     out: dict = {"basis": f"calibration {calibration.get('device')} on {calibration.get('host')}"}
     bw, margin = decode_ceiling(calibration)
     if bw:
@@ -78,12 +104,13 @@ def roofline(record: CellRecord, calibration: dict | None) -> dict:
             out["decode_margin_pct"] = 100 * margin
             if "read_bandwidth_Bps" not in calibration:
                 out["basis"] += " (copy bandwidth: calibrated before read bandwidth was measured; overstates %)"
-    peak = (calibration.get("matmul_flops") or {}).get(matmul_dtype)  # None: no key of that name
-    if matmul_dtype is None:
-        out["basis"] += f" (prefill: no calibrated peak for {precision} compute)"
-    if peak:
+    peak, why = prefill_ceiling(precision, calibration.get("matmul_flops"))
+    if why:
+        out["basis"] += f" (prefill: {why})"
+    ttft = m.get("ttft_s")
+    if peak and isinstance(ttft, dict) and _positive(ttft.get("median")):
         t_min = prefill_limit_s(args, record.batch, record.prompt_len, peak)
-        out["prefill_pct"] = 100 * t_min / m["ttft_s"]["median"]
+        out["prefill_pct"] = 100 * t_min / ttft["median"]
     for side in SIDES:
         if f"{side}_pct" in out:
             out[f"{side}_suspect"] = out[f"{side}_pct"] > 100 * SUSPECT_ABOVE + out.get(f"{side}_margin_pct", 0.0)

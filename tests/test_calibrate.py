@@ -53,6 +53,7 @@ def test_calibrate_command_prints_read_and_copy_bandwidth(tmp_path):
     assert len(files) == 2
     cal = json.loads(files[0].read_text())
     assert cal["read_bandwidth_Bps"] > 0 and cal["memory_bandwidth_Bps"] > 0
+    assert "matmul int8: " in out.stdout and "TOP/s" in out.stdout and cal["matmul_flops"]["int8"] > 0
 
 
 import pytest  # noqa: E402
@@ -82,3 +83,57 @@ def test_no_command_is_an_error_on_stderr(capsys):
     assert main([]) == 2
     out = capsys.readouterr()
     assert out.out == "" and "error: no command given" in out.err
+
+
+def test_int8_peak_is_the_fastest_integer_kernel_reached():
+    from harness.calibrate import int8_matmul_rate
+
+    rate, kernel, notes = int8_matmul_rate(torch.device("cpu"), 256, min_s=0.05)
+    # onnxruntime is installed here: its MLAS GEMM is one of the candidates, and any machine
+    # multiplies 256^3 int8 faster than 10 MOP/s
+    assert kernel in ("onnxruntime MatMulInteger", "torch._int_mm") and rate > 1e7 and notes == []
+
+
+def test_int8_peak_without_onnxruntime_falls_back_to_torch_and_says_so(monkeypatch):
+    from harness.calibrate import int8_matmul_rate
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    rate, kernel, notes = int8_matmul_rate(torch.device("cpu"), 64, min_s=0.01)
+    assert kernel == "torch._int_mm" and rate > 0
+    assert len(notes) == 1 and notes[0].startswith("int8 onnxruntime MatMulInteger failed: ModuleNotFoundError")
+
+
+def test_int8_peak_with_no_kernel_is_none_with_the_reasons(monkeypatch):
+    from harness.calibrate import int8_matmul_rate
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+
+    def broken(a, b):
+        raise RuntimeError("no int8 kernel for this device")
+    monkeypatch.setattr(torch, "_int_mm", broken)
+    assert int8_matmul_rate(torch.device("cpu"), 64, min_s=0.01) == (None, "", [
+        "int8 torch._int_mm failed: no int8 kernel for this device",
+        "int8 onnxruntime MatMulInteger failed: ModuleNotFoundError: import of onnxruntime halted; None in sys.modules"])
+
+
+@pytest.mark.parametrize("capability,ok", [((8, 0), False), ((8, 6), False), ((8, 9), True), ((9, 0), True),
+                                           ((10, 0), True)])
+def test_fp8_is_measured_only_where_fp8_units_exist(capability, ok, monkeypatch):
+    """The capability guard, checked without a GPU: Ada (8.9), Hopper (9.0) and later."""
+    from harness.calibrate import fp8_supported
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    got, why = fp8_supported(torch.device("cuda"))
+    assert got is ok
+    assert why == ("" if ok else f"fp8 matmul: capability {capability[0]}.{capability[1]} is below 8.9")
+    cpu_ok, cpu_why = fp8_supported(torch.device("cpu"))
+    assert cpu_ok is False and "no FP8 units on a CPU" in cpu_why
+
+
+def test_calibrate_records_the_int8_peak_and_why_no_fp8_on_cpu():
+    from harness.calibrate import calibrate
+
+    cal = calibrate("cpu", quick=True)
+    assert cal["matmul_flops"]["int8"] > 0 and cal["matmul_kernels"]["int8"]
+    assert "fp8" not in cal["matmul_flops"]
+    assert any("no FP8 units on a CPU" in n for n in cal["notes"])

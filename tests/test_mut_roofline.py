@@ -61,20 +61,63 @@ def test_decode_suspect_at_and_around_100_percent_without_noise(share, suspect):
     assert r["suspect"] is suspect
 
 
-@pytest.mark.parametrize("precision,peak", [("fp32", 1e12), ("fp16", 4e12), ("bf16", 3e12), ("q8_0", None),
-                                            ("q4_0", None), ("int8", None), ("fp8", None)])
-def test_prefill_peak_is_the_precisions_own_and_none_for_quantized(precision, peak):
-    """A quantized cell computes in integer or FP8 units no calibration measures: no float
-    peak bounds it, so no prefill figure (and no SUSPECT from it); the basis says why."""
+@pytest.mark.parametrize("precision,compute,peak", [("fp32", None, 1e12), ("fp16", None, 4e12), ("bf16", None, 3e12),
+                                                    ("q8_0", "int8", None), ("q4_0", "int8", None),
+                                                    ("int8", "int8", None), ("fp8", "fp8", None)])
+def test_prefill_peak_is_the_precisions_own_and_none_for_quantized_without_theirs(precision, compute, peak):
+    """A quantized cell computes in integer or FP8 units: without their calibrated rate (a
+    calibration from before they were measured) no float peak bounds it, so no prefill
+    figure (and no SUSPECT from it); the basis says why."""
     t = 2.0
     r = roofline(record(precision=precision, ttft=t), CAL)
     if peak is None:
         assert "prefill_pct" not in r and "prefill_suspect" not in r
-        assert r["basis"] == f"calibration d on h (prefill: no calibrated peak for {precision} compute)"
+        assert r["basis"] == f"calibration d on h (prefill: no calibrated {compute} matmul peak for {precision})"
         assert r["decode_pct"] > 0  # the decode side still has its roofline
     else:
         assert r["prefill_pct"] == pytest.approx(100 * _prefill_flops(2, 64) / peak / t, rel=1e-9)
-        assert "prefill: no calibrated peak" not in r["basis"]
+        assert "prefill:" not in r["basis"]
+
+
+@pytest.mark.parametrize("precision,peaks,ceiling,name", [
+    # integer weights against the int8 rate when it is the fastest route...
+    ("q8_0", {"fp32": 1e12, "int8": 5e12}, 5e12, "int8"),
+    ("q4_0", {"fp32": 1e12, "int8": 5e12}, 5e12, "int8"),
+    ("int8", {"fp32": 1e12, "int8": 5e12, "fp8": 9e12}, 5e12, "int8"),
+    # ...and against a float rate when that is faster: a weight-only engine may dequantize
+    ("int8", {"fp32": 1e12, "bf16": 7e12, "int8": 5e12}, 7e12, "bf16"),
+    ("fp8", {"bf16": 1e15, "int8": 2e15, "fp8": 2e15}, 2e15, "fp8"),
+    ("fp8", {"bf16": 3e15, "fp8": 2e15}, 3e15, "bf16"),
+])
+def test_a_quantized_cell_is_bounded_by_the_fastest_route_it_could_take(precision, peaks, ceiling, name):
+    t = 2.0
+    r = roofline(record(precision=precision, ttft=t), dict(CAL, matmul_flops=peaks))
+    assert r["prefill_pct"] == pytest.approx(100 * _prefill_flops(2, 64) / ceiling / t, rel=1e-9)
+    assert f"prefill: {precision} against the fastest calibrated matmul, {name} " in r["basis"]
+    # just under the fastest route is not SUSPECT; just over it is
+    fast = roofline(record(precision=precision, ttft=_prefill_flops(2, 64) / ceiling / 0.999),
+                    dict(CAL, matmul_flops=peaks))
+    slow_peak_only = roofline(record(precision=precision, ttft=_prefill_flops(2, 64) / ceiling * 0.999),
+                              dict(CAL, matmul_flops=peaks))
+    assert fast["prefill_suspect"] is False and slow_peak_only["prefill_suspect"] is True
+
+
+@pytest.mark.parametrize("bad", ["5e12", True, -1.0, 0, float("inf"), float("nan"), None, [5e12]])
+def test_a_calibrations_bad_int8_rate_is_no_rate(bad):
+    """Calibrations travel in run.json from other labs: a rate that is not a positive finite
+    number gives no prefill figure, never a crash or a percentage against nonsense."""
+    r = roofline(record(precision="q8_0"), dict(CAL, matmul_flops={"fp32": 1e12, "int8": bad}))
+    assert "prefill_pct" not in r and "no calibrated int8 matmul peak for q8_0" in r["basis"]
+    r = roofline(record(precision="q8_0"), dict(CAL, matmul_flops={"fp32": "fast", "int8": 5e12}))
+    assert r["prefill_pct"] == pytest.approx(100 * _prefill_flops(2, 64) / 5e12, rel=1e-9)
+
+
+def test_no_prefill_side_without_a_time_to_first_token():
+    rec = CellRecord(cell_id="c", backend="b", backend_type="torch", model="smollm2-135m", dtype="fp32", batch=1,
+                     prompt_len=64, gen_len=32, scenario="offline", status="ok", valid=True, precision="fp32",
+                     metrics={"decode_tps": {"median": 1.0}})
+    r = roofline(rec, CAL)
+    assert "prefill_pct" not in r and r["decode_pct"] > 0
 
 
 def test_decode_ceiling_prefers_read_bandwidth_and_its_noise():
