@@ -4,12 +4,27 @@ a figure comes from, and a cell's per-repetition samples of a metric.
 There is one energy path for every cell: batch and request scenarios both carry an
 EnergyRecord of MeterEnergy entries (harness.records), so a figure is picked and read
 the same way whatever scenario produced it.
+
+Which meter, when a cell has several, is one rule (primary_meter) that every table,
+verdict, comparison and the procurement headline call:
+
+1. a meter the run's suite marks `primary: true` (run.json `config.meters`; matched by
+   name, or by type, which default names start with: `rapl` marks `rapl:package-0`);
+2. then the better quality: a measurement over an estimate, a full window over a short
+   one, a flagged or unrated figure last (_QUALITY_RANK);
+3. then the widest scope (SCOPE_WIDTH: wall, then board or module, then package, then
+   DRAM: the wider, the more of what is paid for it sees);
+4. then the first configured meter.
+
+Quality before scope: a wider meter's figure is not a better answer when its own window
+says it cannot be trusted as far as a narrower meter's; the figure always carries its
+scope, so the reader sees which was quoted.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 import math
-from typing import Optional
+from typing import Any, Iterable, Optional, Sequence
 
 from harness import stats
 from harness.cells import ResultCell
@@ -48,9 +63,12 @@ ALIASES = {"tokens_per_j": "tokens_per_joule", "tok_per_j": "tokens_per_joule", 
            "decode_tokens_per_s": "decode_tps", "j_per_generated_token": "j_per_token",
            "joules_per_token": "j_per_token", "tpot": "tpot_s", "ttft": "ttft_s"}
 
-# which meter a table shows: a measurement over an estimate, a full window over a short one
-# (speed-mismatch flags every meter of a cell alike: a flagged measurement still beats an estimate)
+# which meter a figure is read from, after a `primary: true` mark: a measurement over an
+# estimate, a full window over a short one (speed-mismatch flags every meter of a cell alike:
+# a flagged measurement still beats an estimate); any other quality (clock-skew, unrated) last
 _QUALITY_RANK = {"ok": 0, "short-window": 1, "speed-mismatch": 1, "estimate": 2}
+#: how much of the machine a scope sees; a wider one is closer to what is paid for
+SCOPE_WIDTH = {"wall": 4, "npu-module": 3, "gpu-board": 3, "cpu-package": 2, "dram": 1}
 
 
 def canonical_metric(name: str) -> str:
@@ -73,20 +91,98 @@ def meter_figure(m: MeterEnergy, metric: str, kind: str = "gross") -> Optional[f
     raise KeyError(metric)
 
 
-def primary_meter(record: CellRecord, metric: str = "tokens_per_joule", kind: str = "gross",
-                  scope: Optional[str] = None) -> Optional[MeterEnergy]:
-    """The meter whose figure a table shows: a measurement over an estimate, a full window
-    over a short one; the first configured meter among equals. None if no meter has it."""
-    cands = []
+def primary_keys(meta: Any) -> tuple[str, ...]:
+    """The meters a run's suite marks `primary: true`, from its run.json (`config.meters`):
+    each entry's `name`, else its `type` (every default meter name starts with its type:
+    nvml:0, rapl:package-0, csv-log:file). run.json comes from other labs and from older
+    harness versions: whatever is not of that shape marks nothing (never an exception)."""
+    if meta is _LAST_KEYS[0]:  # the cells of one run share its run.json: read it once
+        return _LAST_KEYS[1]
+    config = meta.get("config") if isinstance(meta, dict) else None
+    meters = config.get("meters") if isinstance(config, dict) else None
+    keys: list[str] = []
+    for m in meters if isinstance(meters, list) else []:
+        if not isinstance(m, dict) or m.get("primary") is not True:
+            continue
+        key = m.get("name") if isinstance(m.get("name"), str) and m.get("name") else m.get("type")
+        if isinstance(key, str) and key:
+            keys.append(key)
+    _LAST_KEYS[:] = [meta, tuple(keys)]
+    return _LAST_KEYS[1]
+
+
+_LAST_KEYS: list = [object(), ()]  # (run.json mapping, its keys)
+
+
+def is_marked(meter: Any, primary: Iterable[str]) -> bool:
+    """Is this meter name one that a `primary: true` key names (the name itself, or a meter
+    of that type: key `rapl` marks rapl:package-0 and rapl:dram-0)?"""
+    return isinstance(meter, str) and any(meter == k or meter.startswith(k + ":") for k in primary)
+
+
+def quality_of(m: MeterEnergy) -> str:
+    """The quality the rule ranks: an estimate is one whatever its window says."""
+    return "estimate" if m.method == "estimate" else m.quality
+
+
+def meter_rank(m: MeterEnergy, index: int, primary: Iterable[str] = ()) -> tuple:
+    """The one rule's sort key (smaller first): marked `primary: true`, then quality, then
+    the widest scope, then the configured order (index in the cell's meters)."""
+    q = quality_of(m)
+    return (0 if is_marked(m.meter, primary) else 1, _QUALITY_RANK.get(q, 3) if isinstance(q, str) else 3,
+            -SCOPE_WIDTH.get(m.scope, 0) if isinstance(m.scope, str) else 0, index)
+
+
+def meter_candidates(record: CellRecord, metric: str = "tokens_per_joule", kind: str = "gross",
+                     scope: Optional[str] = None) -> list[tuple[int, MeterEnergy]]:
+    """(index, meter) of the cell's meters that have a finite figure of the metric."""
+    out = []
     for i, m in enumerate(record.energy.meters if record.energy else []):
         if scope and m.scope != scope:
             continue
         v = meter_figure(m, metric, kind)
         if v is None or (isinstance(v, float) and not math.isfinite(v)):
             continue
-        q = "estimate" if m.method == "estimate" else m.quality
-        cands.append((_QUALITY_RANK.get(q, 3), i, m))
-    return min(cands, key=lambda t: (t[0], t[1]))[2] if cands else None
+        out.append((i, m))
+    return out
+
+
+def primary_meter(record: CellRecord, metric: str = "tokens_per_joule", kind: str = "gross",
+                  scope: Optional[str] = None, primary: Sequence[str] = ()) -> Optional[MeterEnergy]:
+    """The meter whose figure every table, verdict and the headline show for this cell: one
+    the suite marks `primary: true` (`primary`: primary_keys of its run.json), then a
+    measurement over an estimate and a full window over a short one, then the widest scope,
+    then the first configured meter. None if no meter has the figure."""
+    cands = [(meter_rank(m, i, primary), m) for i, m in meter_candidates(record, metric, kind, scope)]
+    return min(cands, key=lambda t: t[0])[1] if cands else None
+
+
+def why_meter(record: CellRecord, chosen: MeterEnergy, metric: str = "tokens_per_joule", kind: str = "gross",
+              primary: Sequence[str] = ()) -> str:
+    """Why primary_meter chose `chosen` among the cell's meters, in words, e.g. "widest
+    scope of 2 meters (fake-smi, fake-wall)" or "best quality (ok) of 2 meters (board,
+    wall); set aside: wall (short-window)"."""
+    cands = [(meter_rank(m, i, primary), m) for i, m in meter_candidates(record, metric, kind)]
+    names = ", ".join(sorted({m.meter for _, m in cands} | {chosen.meter}))
+    marked = [m for _, m in cands if is_marked(m.meter, primary)]
+    if is_marked(chosen.meter, primary):
+        return "marked `primary: true` in the suite"
+    unmarked = f"; no figure from the `primary: true` meter ({', '.join(primary)})" if primary and not marked else ""
+    mine = next((r for r, m in cands if m is chosen), None)
+    if mine is None or len(cands) == 1:
+        return "the only meter" + unmarked
+    estimate = "an ESTIMATE: " if chosen.is_estimate else ""
+    if chosen.is_estimate and all(m.is_estimate for _, m in cands):
+        return "an ESTIMATE: no meter measured this device" + unmarked
+    worse = [m for r, m in cands if r[1] > mine[1]]
+    ties = [r for r, m in cands if r[1] == mine[1] and m is not chosen]
+    steps = [f"best quality ({quality_of(chosen)})"] if worse else []
+    if ties:
+        steps.append("widest scope" if all(r[2] > mine[2] for r in ties) else "first configured of the widest scope")
+    text = f"{estimate}{', then '.join(steps)} of {len(cands)} meters ({names})"
+    if worse:
+        text += "; set aside: " + ", ".join(f"{m.meter} ({quality_of(m)})" for m in worse)
+    return text + unmarked
 
 
 def energy_unavailable_reason(record: CellRecord) -> str:
@@ -126,8 +222,12 @@ class MetricValue:
 
 
 def metric_value(cell: ResultCell | CellRecord, metric: str, kind: str = "gross",
-                 scope: Optional[str] = None) -> MetricValue:
+                 scope: Optional[str] = None, primary: Optional[Sequence[str]] = None) -> MetricValue:
     """Per-repetition samples of a metric for one cell.
+
+    An energy figure is read from primary_meter's meter; a ResultCell's `primary: true`
+    marks come from its run.json (primary_keys) unless `primary` names them; a bare
+    CellRecord has none (the rest of the rule still applies).
 
     Timing metrics are the record's own samples. An energy figure comes from one meter
     window per cell (work repeated inside it), so it has no per-repetition samples of its
@@ -136,6 +236,8 @@ def metric_value(cell: ResultCell | CellRecord, metric: str, kind: str = "gross"
     That interval reflects timing variation only, not meter error.
     """
     rec = cell.record if isinstance(cell, ResultCell) else cell
+    if primary is None:
+        primary = primary_keys(cell.meta) if isinstance(cell, ResultCell) else ()
     metric = canonical_metric(metric)
     if metric not in METRICS:
         raise KeyError(metric)
@@ -145,12 +247,12 @@ def metric_value(cell: ResultCell | CellRecord, metric: str, kind: str = "gross"
         s = samples(rec, metric)
         return MetricValue(metric, s, reason=None if s else f"no {metric} samples")
     if metric == "tokens_per_s_per_watt":
-        m = primary_meter(rec, "tokens_per_s_per_watt", kind, scope)
+        m = primary_meter(rec, "tokens_per_s_per_watt", kind, scope, primary)
         dec = samples(rec, "decode_tps")
         if m is None or not dec or not m.avg_w:
             return MetricValue(metric, [], m, reason=energy_unavailable_reason(rec))
         return MetricValue(metric, [d / m.avg_w for d in dec], m)
-    m = primary_meter(rec, metric, kind, scope)
+    m = primary_meter(rec, metric, kind, scope, primary)
     if m is None:
         return MetricValue(metric, [], reason=energy_unavailable_reason(rec))
     value = meter_figure(m, metric, kind)
