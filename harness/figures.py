@@ -96,8 +96,6 @@ def primary_keys(meta: Any) -> tuple[str, ...]:
     each entry's `name`, else its `type` (every default meter name starts with its type:
     nvml:0, rapl:package-0, csv-log:file). run.json comes from other labs and from older
     harness versions: whatever is not of that shape marks nothing (never an exception)."""
-    if meta is _LAST_KEYS[0]:  # the cells of one run share its run.json: read it once
-        return _LAST_KEYS[1]
     config = meta.get("config") if isinstance(meta, dict) else None
     meters = config.get("meters") if isinstance(config, dict) else None
     keys: list[str] = []
@@ -107,11 +105,7 @@ def primary_keys(meta: Any) -> tuple[str, ...]:
         key = m.get("name") if isinstance(m.get("name"), str) and m.get("name") else m.get("type")
         if isinstance(key, str) and key:
             keys.append(key)
-    _LAST_KEYS[:] = [meta, tuple(keys)]
-    return _LAST_KEYS[1]
-
-
-_LAST_KEYS: list = [object(), ()]  # (run.json mapping, its keys)
+    return tuple(keys)
 
 
 def is_marked(meter: Any, primary: Iterable[str]) -> bool:

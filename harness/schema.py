@@ -58,9 +58,9 @@ ITEM_RANGES = {"batch_sizes": (1, 65536), "prompt_lens": (1, 1 << 20), "gen_lens
                "devices": (0, 65535), "token_range": (0, 1 << 24)}
 
 #: keys every entry of a suite's `meters:` list takes besides its type's own options:
-#: `type`, and `primary: true`, the meter a report's procurement headline quotes when a cell
-#: has several (issue 20; without it the headline takes the widest scope, wall over board
-#: over package over DRAM, and says which)
+#: `type`, and `primary: true`, the meter a report reads a cell's energy figures from when it
+#: has several (issue 20; headline, tables and verdicts alike: harness.figures.primary_meter,
+#: which without it takes the better quality, then the widest scope, and the headline says which)
 METER_ENTRY_KEYS = ("type", "primary")
 
 

@@ -165,11 +165,15 @@ def test_values_carry_their_metric_and_meter(tmp_path):
 
 def test_scope_picks_the_meter_for_every_energy_metric():
     r = rec([meter("pkg", scope="cpu-package", tpj=3.0, avg_w=100.0), meter("board", tpj=4.0, avg_w=200.0)])
-    assert metric_value(r, "tokens_per_s_per_watt").meter.meter == "pkg"
+    assert metric_value(r, "tokens_per_s_per_watt").meter.meter == "board"  # both ok: the wider scope
     board = metric_value(r, "tokens_per_s_per_watt", scope="gpu-board")
     assert board.meter.meter == "board" and board.samples == pytest.approx([0.05, 0.1, 0.2])
     tpj = metric_value(r, "tokens_per_joule", scope="gpu-board")
     assert tpj.meter.meter == "board" and tpj.samples == pytest.approx([8.0, 4.0, 2.0])
+    pkg = metric_value(r, "tokens_per_s_per_watt", scope="cpu-package")
+    assert pkg.meter.meter == "pkg" and pkg.samples == pytest.approx([0.1, 0.2, 0.4])
+    tpj = metric_value(r, "tokens_per_joule", scope="cpu-package")  # 3 tok/J x median 2 s / (1, 2, 4) s
+    assert tpj.meter.meter == "pkg" and tpj.samples == pytest.approx([6.0, 3.0, 1.5])
 
 
 def test_energy_spread_keeps_metric_and_meter():

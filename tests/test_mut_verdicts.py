@@ -181,12 +181,13 @@ def test_blocker_reads_the_claims_energy_kind_and_scope(tmp_path):
                    decode_pct=80.0, tpj=0.2, seed=1)
     s, b = load_cells([write_run(tmp_path, "r", [s_rec, b_rec])])
     sel = dict(subject={"backend": "npu", "catalog": "rngd"}, workload=W, at_least=2.0, metric="j_per_token")
-    gross = V._blocker("j_per_token", s, b, claim(**sel))
+    gross = V._blocker("j_per_token", s, b, claim(scope="gpu-board", **sel))
     assert gross.startswith("subject spends ") and "below the floor of rngd" in gross
-    # the wall meter, named by the claim's scope, is within physics
+    # no scope: the one meter rule's (both ok: the widest, the wall), which is within physics
+    assert V._blocker("j_per_token", s, b, claim(**sel)) is None
     assert V._blocker("j_per_token", s, b, claim(scope="wall", **sel)) is None
     # net figures: these meters have none, so there is nothing to hold to the floor
-    assert V._blocker("j_per_token", s, b, claim(energy="net", **sel)) is None
+    assert V._blocker("j_per_token", s, b, claim(energy="net", scope="gpu-board", **sel)) is None
 
 
 def test_blocker_names_a_failed_cell_and_both_sides(tmp_path):

@@ -128,7 +128,7 @@ def cmd_report(args) -> int:
         if parts.verdicts is not None:
             print_verdicts(parts.verdicts)
         print_doc_table(parts.headline, "at a glance: per device, best tokens/J and cost per 1M tokens, with the meter")
-        print_table(bench_rows([c.record for c in doc.cells], ci=True), title=doc.title)
+        print_table(bench_rows(list(doc.cells), ci=True), title=doc.title)
     print(f"wrote {md} (figures in {md.parent / 'plots'})")
     print(f"wrote {html} (self-contained: open it in any browser, no network needed)")
     return 0

@@ -25,7 +25,8 @@ def throughput_table(cells: list[ResultCell]) -> Table:
     if not cells:
         return Table(["note"], [["no batch (offline) cells on this device: see Request scenarios"]], [None])
     # the backend of an unsealed or failing run carries its mark (harness.seal), as labels do
-    df = bench_rows([replace(c.record, backend=f"{c.record.backend} {c.mark}") if c.mark else c.record
+    # the cells, not bare records: their run.json says which meter is `primary: true`
+    df = bench_rows([replace(c, record=replace(c.record, backend=f"{c.record.backend} {c.mark}")) if c.mark else c
                      for c in cells], ci=True)
     # bench_rows' t/s is the median [95 % CI] (with ~ where noisy); a second, mean ± sd, column
     # would leave the reader asking which to quote: only the one central figure is shown

@@ -2,11 +2,13 @@
 joule and the lowest cost per million generated tokens, each with the meter it was read
 from and why that meter, and the best decode throughput.
 
-Which meter, when a cell has several: the one the suite marks `primary: true` in its
-`meters:` list (harness.schema.METER_ENTRY_KEYS), else the measured meter of the widest
-scope (wall over board or module over package over DRAM: the wider the scope, the more of
-the energy a buyer pays for it sees), else an estimate, labelled as one. One meter per
-device, so every cell of the device is ranked on the same meter.
+Which meter: the one rule every table and verdict uses (harness.figures.primary_meter:
+the suite's `primary: true` meter, then the better quality, then the widest scope, then
+the first configured), so a cell's figure here and in the tables comes from one meter.
+One meter per device, so every cell of the device is ranked on the same meter: the one a
+`primary: true` mark names wherever it has a figure, else the one the rule picks for most
+of the device's cells. A best cell whose own pick is another meter (its meters differ from
+the rest) says so beside its figure.
 """
 from __future__ import annotations
 
@@ -15,14 +17,13 @@ from typing import Optional
 
 from harness import stats
 from harness.cells import ResultCell
-from harness.figures import METRICS, metric_value
+from harness.figures import METRICS, is_marked, meter_rank, metric_value, primary_meter, why_meter
+from harness.figures import primary_keys as run_primary_keys
 from harness.records import MeterEnergy
 from harness.report.cell_summary import CellSummary, energy_tag, fmt
 from harness.report.document import Table
 from harness.report.prices import CostPerMillion, Prices, cost_per_million
 
-#: how much of the machine a scope sees; a wider one is closer to what is paid for
-SCOPE_WIDTH = {"wall": 4, "npu-module": 3, "gpu-board": 3, "cpu-package": 2, "dram": 1}
 #: meter qualities whose figure may head the table (others are shown only when nothing else is)
 TRUSTED = ("ok", "short-window", "estimate")
 
@@ -54,49 +55,43 @@ class DeviceHeadline:
     no_energy: str = ""  # why there is no energy figure on this device
 
 
-def primary_keys(cells: list[ResultCell]) -> dict[str, list[str]]:
-    """run id -> the meter names its suite marks `primary: true` (a meter's name, or its type,
-    which every default meter name starts with: nvml:0, rapl:package-0, csv-log:file)."""
-    out: dict[str, list[str]] = {}
+def primary_keys(cells: list[ResultCell]) -> dict[str, tuple[str, ...]]:
+    """run id -> the meter names its suite marks `primary: true` (harness.figures.primary_keys
+    of its run.json: a meter's name, or its type, which every default meter name starts with:
+    nvml:0, rapl:package-0, csv-log:file)."""
+    out: dict[str, tuple[str, ...]] = {}
     for c in cells:
         if c.run_id not in out:
-            meters = (c.meta.get("config") or {}).get("meters") if isinstance(c.meta, dict) else None
-            out[c.run_id] = [str(m.get("name") or m.get("type")) for m in (meters if isinstance(meters, list) else [])
-                             if isinstance(m, dict) and m.get("primary") is True]
+            out[c.run_id] = run_primary_keys(c.meta)
     return out
 
 
-def _is_key(name: str, key: str) -> bool:
-    return name == key or name.startswith(key + ":")
-
-
-def choose_meter(cells: list[ResultCell], primary: dict[str, list[str]]) -> Optional[MeterChoice]:
-    """The one meter a device's headline quotes (None when no cell has a tokens/J figure)."""
-    seen: dict[str, MeterEnergy] = {}
+def choose_meter(cells: list[ResultCell], primary: dict[str, tuple[str, ...]]) -> Optional[MeterChoice]:
+    """The one meter a device's headline quotes (None when no cell has a tokens/J figure):
+    each valid cell's own meter by the one rule (harness.figures.primary_meter), then the
+    meter a `primary: true` mark names, else the one picked for most cells, else by the rule."""
+    picks: dict[str, list[tuple[ResultCell, MeterEnergy]]] = {}
     for c in cells:
         if not c.ok or c.record.energy is None:
             continue
-        for m in c.record.energy.meters:
-            if m.tokens_per_joule_gross is not None:
-                seen.setdefault(m.meter, m)
-    if not seen:
+        m = primary_meter(c.record, "tokens_per_joule", primary=primary.get(c.run_id, ()))
+        if m is not None:
+            picks.setdefault(m.meter, []).append((c, m))
+    if not picks:
         return None
-    marked = {k for c in cells for k in primary.get(c.run_id, [])}
-    cands = [m for m in seen.values() if any(_is_key(m.meter, k) for k in marked)]
-    if cands:
-        why = "marked `primary: true` in the suite"
-    else:
-        measured = [m for m in seen.values() if not m.is_estimate]
-        cands = measured or list(seen.values())
-        if len(seen) == 1:
-            why = "the only meter"
-        elif not measured:
-            why = "an ESTIMATE: no meter measured this device"
-        else:
-            why = f"widest scope of {len(seen)} meters ({', '.join(sorted(seen))})"
-            if len(measured) < len(seen):
-                why += "; estimates set aside"
-    best = max(cands, key=lambda m: (SCOPE_WIDTH.get(m.scope or "", 0), m.quality == "ok"))
+    n = sum(len(v) for v in picks.values())
+
+    def rank(name: str) -> tuple:
+        c, m = picks[name][0]
+        marked = any(is_marked(name, primary.get(c2.run_id, ())) for c2, _ in picks[name])
+        return (not marked, -len(picks[name]), meter_rank(m, 0)[1:3], name)
+
+    name = min(picks, key=rank)
+    c, best = picks[name][0]
+    why = why_meter(c.record, best, primary=primary.get(c.run_id, ()))
+    if len(picks[name]) < n:
+        others = ", ".join(f"{k}: {len(v)}" for k, v in sorted(picks.items()) if k != name)
+        why += f"; the rule picks it for {len(picks[name])} of {n} cells ({others})"
     return MeterChoice(best.meter, best.scope or "-", best.method or "-", why)
 
 
@@ -129,7 +124,7 @@ def device_headline(device: str, cells: list[ResultCell], sums: dict[int, CellSu
         # a figure flagged untrustworthy (speed mismatch, clock skew) is best only where no other is
         c, v, mv = max(vals, key=lambda t: (t[2].meter.quality in TRUSTED, stats.median(t[2].samples)))
         h.tokens_per_joule = Best(c, _median_text(mv.summary(), "tokens_per_joule") + energy_tag(mv.meter)
-                                  + f" — {_at(c, label)}")
+                                  + f" — {_at(c, label)}" + _own_meter_note(c, h.choice.meter, primary))
     if prices is not None and ok:
         meter_of = {id(c): v.record.energy.meters[0] for c, v in metered}
         costs = [(c, cost_per_million(c, meter_of.get(id(c)), prices)) for c in ok]
@@ -140,6 +135,18 @@ def device_headline(device: str, cells: list[ResultCell], sums: dict[int, CellSu
             h.cost = Best(c, k.text(prices.currency) + (f" ({'; '.join(notes)})" if notes else "")
                           + f" — {_at(c, label)}")
     return h
+
+
+def _own_meter_note(c: ResultCell, device_meter: str, primary: dict[str, tuple[str, ...]]) -> str:
+    """Said where this cell's tables quote another meter than the device's headline meter
+    (its own meters differ from the device's other cells), so two figures of one cell are
+    never shown without a word."""
+    keys = primary.get(c.run_id, ())
+    own = primary_meter(c.record, "tokens_per_joule", primary=keys)
+    if own is None or own.meter == device_meter:
+        return ""
+    return (f" (this cell's tables quote {own.meter} ({own.scope or '-'}): "
+            f"{why_meter(c.record, own, primary=keys)})")
 
 
 def _cost_rank(k: CostPerMillion) -> tuple:

@@ -148,7 +148,7 @@ def _row(c: ResultCell, p50: dict[str, stats.Summary]) -> tuple[list[str], Optio
     if m.get("count_mismatch"):
         notes.append(f"{m['count_mismatch']} count mismatch")
     row = base + [figure("achieved_rps", 4), figure("output_tps", 4), ttft_text, t99_text, tpot_text,
-                  _ms(summary.get("itl_p99_s")), good_text, energy_text(r, "j_per_token"),
+                  _ms(summary.get("itl_p99_s")), good_text, energy_text(c, "j_per_token"),
                   str(summary.get("failed", m.get("failed", 0))), "; ".join(notes)]
     return row, ("invalid" if r.invalid else None)
 

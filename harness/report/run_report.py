@@ -161,7 +161,9 @@ def _runs_table(runs: list[LoadedRun]) -> Table:
                ", ".join(sorted({c.device_label for c in cs})) or "-", started or "-",
                meta.get("harness_version", "-"), str((meta.get("inventory") or {}).get("git_commit") or "-")[:12],
                f"{sum(c.ok for c in cs)} / {sum(c.failed for c in cs)} / {sum(c.invalid for c in cs)}",
-               (meta.get("config") or {}).get("repetitions", "-")], "invalid" if seal.status == "sealed+FAIL" else None)
+               # run.json comes from other labs: a config that is no mapping shows "-", never a traceback
+               (meta.get("config") if isinstance(meta.get("config"), dict) else {}).get("repetitions", "-")],
+              "invalid" if seal.status == "sealed+FAIL" else None)
     return t
 
 

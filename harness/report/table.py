@@ -10,7 +10,8 @@ from typing import Optional
 import pandas as pd
 
 from harness import stats
-from harness.figures import energy_unavailable_reason, meter_figure, primary_meter
+from harness.cells import ResultCell
+from harness.figures import energy_unavailable_reason, meter_figure, primary_keys, primary_meter
 from harness.records import CellRecord
 
 
@@ -54,16 +55,19 @@ def _params(n) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
 
 
-def energy_text(r: CellRecord, metric: str) -> str:
+def energy_text(cell: CellRecord | ResultCell, metric: str) -> str:
     """A J/token figure (gross) from the cell's primary meter, with its scope, or why not.
 
-    The same for batch and request scenarios: both carry one energy shape. The primary
-    meter is a measurement before an estimate and a full window before a short one; an
-    estimate is always labelled "estimate", a short window "short".
+    The same for batch and request scenarios: both carry one energy shape. The meter is
+    harness.figures.primary_meter's, the rule the headline and verdicts use: the suite's
+    `primary: true` meter (known from a ResultCell's run.json; a bare record has none), then
+    a measurement before an estimate and a full window before a short one, then the widest
+    scope. An estimate is always labelled "estimate", a short window "short".
     """
+    r = cell.record if isinstance(cell, ResultCell) else cell
     if r.energy is not None and r.energy.status in ("disabled", "no meters"):
         return r.energy.status
-    m = primary_meter(r, metric)
+    m = primary_meter(r, metric, primary=primary_keys(cell.meta) if isinstance(cell, ResultCell) else ())
     if m is None:
         return energy_unavailable_reason(r).replace("no energy figure", "unavailable")
     tag = "estimate" if m.is_estimate else (m.scope or "") + (", short" if m.quality == "short-window" else "")
@@ -91,14 +95,16 @@ def _accuracy(r: CellRecord) -> str:
     return a.get("status", "-")
 
 
-def bench_rows(records: list[CellRecord], ci: bool = False) -> pd.DataFrame:
+def bench_rows(records: list[CellRecord | ResultCell], ci: bool = False) -> pd.DataFrame:
     """One row per cell and test. t/s is the one central figure: the median with its 95 %
     bootstrap interval, marked noisy (NOISY) where the interval is wide. ci=True adds the
-    number of repetitions. Invalid cells say INVALID in the t/s column too."""
+    number of repetitions. Invalid cells say INVALID in the t/s column too. A ResultCell's
+    energy honours its suite's `primary: true` meter (energy_text)."""
     rows = []
     central_of: list[Optional[dict]] = []
     invalid_rows: set[int] = set()
-    for r in records:
+    for cell in records:
+        r = cell.record if isinstance(cell, ResultCell) else cell
         base = {"model": r.model, "params": _params(r.params), "dtype": r.shown_precision,
                 "backend": r.backend, "device": r.device, "batch": r.batch}
         if r.failed:
@@ -119,7 +125,7 @@ def bench_rows(records: list[CellRecord], ci: bool = False) -> pd.DataFrame:
             central_of.append(m.get(key))
             if ci:
                 row["n"] = (m.get(key) or {}).get("n", "-")
-            rows.append({**row, "% roof": _pct(roof.get(pct)), "J/token": energy_text(r, metric), "accuracy": acc,
+            rows.append({**row, "% roof": _pct(roof.get(pct)), "J/token": energy_text(cell, metric), "accuracy": acc,
                          "placement": placement(r)})
     texts = _central_texts(central_of)
     for row in rows:
