@@ -127,7 +127,7 @@ def meter_rank(m: MeterEnergy, index: int, primary: Iterable[str] = ()) -> tuple
             -SCOPE_WIDTH.get(m.scope, 0) if isinstance(m.scope, str) else 0, index)
 
 
-def meter_candidates(record: CellRecord, metric: str = "tokens_per_joule", kind: str = "gross",
+def meter_candidates(record: CellRecord, metric: str, kind: str,
                      scope: Optional[str] = None) -> list[tuple[int, MeterEnergy]]:
     """(index, meter) of the cell's meters that have a finite figure of the metric."""
     out = []

@@ -203,3 +203,51 @@ def test_primary_meter_reads_the_asked_kind_and_survives_no_energy():
     assert primary_meter(r, kind="net").meter == "gross-less"
     r.energy = None
     assert primary_meter(r) is None
+
+
+def test_meters_equal_on_mark_quality_and_scope_go_by_configured_order_not_by_name():
+    """The last key is the configured order: names sorting the other way must not decide."""
+    r = rec([meter("zeta"), meter("alpha")])
+    assert primary_meter(r).meter == "zeta"
+    r = rec([meter("zeta", quality="clock-skew"), meter("alpha", quality="unrated")])
+    assert primary_meter(r).meter == "zeta"
+
+
+def test_an_unknown_or_missing_scope_ranks_below_every_known_one():
+    """Scope width: wall 4 ... dram 1; an unknown scope string and no scope at all are 0, so
+    even the narrowest known scope (dram) wins over them, whatever the order."""
+    assert primary_meter(rec([meter("rack", scope="rack"), meter("dram", scope="dram")])).meter == "dram"
+    assert primary_meter(rec([meter("none", scope=None), meter("dram", scope="dram")])).meter == "dram"
+    # unknown and missing tie: the configured order decides
+    assert primary_meter(rec([meter("none", scope=None), meter("rack", scope="rack")])).meter == "none"
+    assert primary_meter(rec([meter("rack", scope="rack"), meter("none", scope=None)])).meter == "rack"
+
+
+def test_an_unknown_quality_ties_with_every_other_unrated_one():
+    """Any quality the rule does not rank (clock-skew, a future one) ranks 3, after an
+    estimate; two such tie and go on to scope."""
+    r = rec([meter("odd", quality="from-the-future", scope="dram"), meter("skew", quality="clock-skew", scope="wall")])
+    assert primary_meter(r).meter == "skew"
+
+
+def test_tokens_per_s_per_watt_honours_the_primary_mark():
+    r = rec([meter("wall", scope="wall", avg_w=400.0), meter("board", scope="gpu-board", avg_w=100.0)])
+    assert metric_value(r, "tokens_per_s_per_watt").samples == [10 / 400, 20 / 400, 40 / 400]
+    marked = metric_value(r, "tokens_per_s_per_watt", primary=("board",))
+    assert marked.meter.meter == "board" and marked.samples == [0.1, 0.2, 0.4]
+
+
+def test_a_meter_of_odd_json_types_ranks_last_without_an_exception():
+    """results.jsonl comes from other labs: a quality or scope that is not a string (a list,
+    a mapping: unhashable) is unrated and of no scope, never a TypeError."""
+    r = rec([meter("odd", quality=["ok"], scope={"wall": 1}), meter("dram", scope="dram")])
+    assert primary_meter(r).meter == "dram"
+    r = rec([meter("odd", quality=["ok"], scope={"wall": 1}), meter("skew", quality="clock-skew", scope=None)])
+    assert primary_meter(r).meter == "odd"  # both unrated, neither has a scope: configured order
+
+
+def test_an_unknown_quality_string_and_a_non_string_quality_tie():
+    r = rec([meter("future", quality="from-the-future"), meter("odd", quality=["ok"])])
+    assert primary_meter(r).meter == "future"
+    r = rec([meter("odd", quality=["ok"]), meter("future", quality="from-the-future")])
+    assert primary_meter(r).meter == "odd"

@@ -202,3 +202,12 @@ def test_no_bandwidth_means_no_decode_side():
 ])
 def test_side_suspect_boundaries(side, roof, expected):
     assert side_suspect(roof, side) is expected
+
+
+@pytest.mark.parametrize("peaks,basis", [
+    ({"fp32": 1.79e11, "int8": 3.43e11}, "q8_0 against the fastest calibrated matmul, int8 343 GOP/s"),
+    ({"fp32": 1.2345e12, "int8": 3.43e11}, "q8_0 against the fastest calibrated matmul, fp32 1.23e+03 GFLOP/s"),
+])
+def test_the_basis_states_the_ceiling_used_with_its_unit(peaks, basis):
+    r = roofline(record(precision="q8_0"), dict(CAL, matmul_flops=peaks))
+    assert r["basis"] == f"calibration d on h (prefill: {basis})"
