@@ -137,3 +137,18 @@ def test_calibrate_records_the_int8_peak_and_why_no_fp8_on_cpu():
     assert cal["matmul_flops"]["int8"] > 0 and cal["matmul_kernels"]["int8"]
     assert "fp8" not in cal["matmul_flops"]
     assert any("no FP8 units on a CPU" in n for n in cal["notes"])
+
+
+def test_the_fp8_rate_call_runs_where_torch_has_a_scaled_mm():
+    """calibrate() asks FP8 only of CUDA capability 8.9+ (tested above); the call itself
+    (e4m3 operands, the second column-major, per-tensor fp32 scales, bf16 out) is the one
+    torch's CPU _scaled_mm also takes, so its form is checked here without a GPU."""
+    from harness.calibrate import fp8_matmul_rate
+
+    if not hasattr(torch, "float8_e4m3fn"):
+        pytest.skip(f"torch {torch.__version__} has no float8_e4m3fn")
+    try:
+        rate = fp8_matmul_rate(torch.device("cpu"), 64, min_s=0.01)
+    except (RuntimeError, NotImplementedError) as e:
+        pytest.skip(f"this torch has no CPU _scaled_mm: {e}")
+    assert rate > 0
