@@ -232,7 +232,7 @@ def cmd_run(args) -> int:
               file=sys.stderr)
         return 1
     meta, records = load_run(run_dir)
-    _print_records(records, title=f"{plan.suite.name}: {run_dir}", meta=meta, run_dir=run_dir)
+    _print_records(Path(run_dir), meta, records, title=f"{plan.suite.name}: {run_dir}")
     failed = sum(r.failed for r in records)
     invalid = sum(r.status == "invalid" for r in records)
     print(f"{len(records)} cells ({failed} failed, {invalid} invalid) in {time.time() - t0:.1f} s; results in {run_dir}")
@@ -256,7 +256,9 @@ def _new_run_plan(args):
     return safe_run_dir(plan.suite.output, args.name or new_run_id(plan.suite.name)), plan
 
 
-def _print_records(records, title=None, meta=None, run_dir=None) -> None:
+def _print_records(run_dir: Path, meta: dict, records, title=None) -> None:
+    """The table `harness run` ends with: its cells with their run.json, so each J/token
+    honours the suite's `primary: true` meter as `harness report` does (figures.primary_meter)."""
     from harness.cells import ResultCell
     from harness.report.scenario_table import scenario_rows
     from harness.report.table import bench_rows, print_table
@@ -264,11 +266,8 @@ def _print_records(records, title=None, meta=None, run_dir=None) -> None:
     offline = [r for r in records if not r.is_request_scenario]
     loaded = [r for r in records if r.is_request_scenario]
     if offline or not loaded:
-        # with its run.json, each cell's J/token honours the suite's `primary: true` meter,
-        # as `harness report` does (harness.figures.primary_meter)
-        cells = [ResultCell(str((meta or {}).get("run_id") or Path(run_dir or ".").name), Path(run_dir or "."),
-                            meta if isinstance(meta, dict) else {}, r) for r in offline]
-        print_table(bench_rows(cells), title=title)
+        run_id = meta.get("run_id") or run_dir.name  # load_run checked: a string when present
+        print_table(bench_rows([ResultCell(run_id, run_dir, meta, r) for r in offline]), title=title)
     if loaded:
         print_table(scenario_rows(loaded), title=f"{title} (request-level scenarios)" if title else None)
 

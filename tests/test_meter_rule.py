@@ -255,7 +255,7 @@ def test_report_command_on_a_run_json_whose_config_is_a_list(tmp_path):
 
 def test_the_table_harness_run_prints_honours_the_primary_mark(tmp_path, capsys):
     """`harness run` ends with the run's table (cli._print_records, given the run's run.json):
-    its J/token is the marked narrower meter's, as the report's is; without the run.json the
+    its J/token is the marked narrower meter's, as the report's is; without the mark the
     same records quote the wider meter."""
     from harness.cli import _print_records
     from harness.results import load_run
@@ -263,9 +263,9 @@ def test_the_table_harness_run_prints_honours_the_primary_mark(tmp_path, capsys)
     run = one_cell_run(tmp_path, [meter("wall", "wall", 2.0), meter("nvml:0", "gpu-board", 4.0)],
                        [{"type": "csv-log", "name": "wall"}, {"type": "nvml", "primary": True}])
     meta, records = load_run(run)
-    _print_records(records, title="t", meta=meta, run_dir=run)
+    _print_records(run, meta, records, title="t")
     marked = capsys.readouterr().out
     assert "0.25 (gpu-board)" in marked and "0.5 (wall)" not in marked
-    _print_records(records, title="t")
+    _print_records(run, {**meta, "config": {"meters": []}}, records, title="t")
     unmarked = capsys.readouterr().out
     assert "0.5 (wall)" in unmarked and "0.25 (gpu-board)" not in unmarked
